@@ -1,0 +1,1 @@
+"""Alembic migrations of the robmon database (one revision per schema change)."""

@@ -1,0 +1,116 @@
+"""Loaded models behind one small interface: differentiable torch modules and black boxes.
+
+Both take pixel-space tensors in [0, 1] shaped N×C×H×W. Nothing here imports MLflow: the
+registry builds these objects, and attacks, audits and the scorer only use them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from monitor.errors import ModelIncompatible
+
+OUTPUT_KINDS = ("logits", "probabilities", "labels")
+
+
+@dataclass
+class TorchClassifier:
+    """A differentiable torch module returning logits (normalisation lives inside the module)."""
+
+    name: str
+    module: torch.nn.Module
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    kind: str = "torch"
+    outputs: str = "logits"
+    batch_size: int = 512
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits N×K on CPU, computed in batches on the model's device."""
+        chunks = [
+            self.module(x[i : i + self.batch_size].to(self.device)).float().cpu()
+            for i in range(0, len(x), self.batch_size)
+        ]
+        out = torch.cat(chunks) if chunks else torch.empty(0, 0)
+        if out.ndim != 2:
+            raise ModelIncompatible(
+                f"{self.name} returned outputs of shape {tuple(out.shape)}, not N×classes logits."
+            )
+        return out
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities N×K (float32, CPU)."""
+        return torch.softmax(self.logits(x), dim=1)
+
+    def labels(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(x).argmax(dim=1)
+
+
+@dataclass
+class BlackBoxClassifier:
+    """A model known only through a predict function on numpy arrays (scikit-learn, pyfunc).
+
+    ``layout`` says how pixel tensors are handed over: ``nchw`` as is, ``nhwc`` channels last,
+    ``flat`` one row of C·H·W features per image (how scikit-learn models are usually trained).
+    The predict function returns class probabilities (N×K) or labels (N).
+    """
+
+    name: str
+    predict_fn: Callable[[np.ndarray], object]
+    layout: str = "nchw"
+    dtype: np.dtype = field(default_factory=lambda: np.dtype("float32"))
+    kind: str = "blackbox"
+    outputs: str = "probabilities"
+    batch_size: int = 1024
+
+    def _raw(self, x: torch.Tensor) -> np.ndarray:
+        outs = []
+        for i in range(0, len(x), self.batch_size):
+            chunk = x[i : i + self.batch_size].detach().cpu().numpy()
+            if self.layout == "flat":
+                chunk = chunk.reshape(len(chunk), -1)
+            elif self.layout == "nhwc":
+                chunk = chunk.transpose(0, 2, 3, 1)
+            result = self.predict_fn(chunk.astype(self.dtype, copy=False))
+            outs.append(np.asarray(getattr(result, "to_numpy", lambda r=result: r)()))
+        return np.concatenate(outs) if outs else np.empty((0,))
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Probabilities N×K, or None when the model returns labels only."""
+        raw = self._raw(x)
+        if raw.ndim == 1 or (raw.ndim == 2 and raw.shape[1] == 1):
+            self.outputs = "labels"
+            return None
+        probs = torch.as_tensor(raw, dtype=torch.float32)
+        rows = probs.sum(dim=1)
+        if (probs < 0).any() or not torch.allclose(rows, torch.ones_like(rows), atol=1e-3):
+            probs = torch.softmax(probs, dim=1)  # decision scores, not probabilities
+        self.outputs = "probabilities"
+        return probs
+
+    def labels(self, x: torch.Tensor) -> torch.Tensor:
+        raw = self._raw(x)
+        if raw.ndim == 2 and raw.shape[1] > 1:
+            return torch.as_tensor(raw.argmax(axis=1), dtype=torch.long)
+        return torch.as_tensor(raw.reshape(-1).astype(np.int64), dtype=torch.long)
+
+
+Classifier = TorchClassifier | BlackBoxClassifier
+
+
+def layout_from_shape(shape: tuple[int, ...] | None) -> str:
+    """Input layout of a black box from its signature's tensor shape (batch axis included)."""
+    if shape is None or (len(shape) == 4 and shape[1] in (1, 3, 4)):
+        return "nchw"
+    if len(shape) == 2:
+        return "flat"
+    if len(shape) == 4 and shape[-1] in (1, 3, 4):
+        return "nhwc"
+    raise ModelIncompatible(
+        f"cannot feed images to a model whose input signature has shape {shape}; "
+        "expected (-1, C, H, W), (-1, H, W, C) or (-1, features)."
+    )

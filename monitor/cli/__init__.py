@@ -1,0 +1,74 @@
+"""The ``robmon`` command line: parse, call the library, render tables or --json. Nothing else.
+
+Errors: a ``RobmonError`` prints its one sentence on stderr and exits with its exit code (1, or
+2 where a command documents it); anything else is a bug and says so. ``--debug`` adds the
+traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+import warnings
+
+import click
+import typer
+
+from monitor.cli import (  # noqa: F401  (each module registers its commands on the app)
+    admin,
+    models,
+)
+from monitor.cli.base import app, state
+from monitor.errors import RobmonError
+
+
+@app.callback()
+def _global_options(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress to stderr."),
+) -> None:
+    state.debug = debug or os.environ.get("ROBMON_DEBUG", "") not in ("", "0")
+    state.verbose = verbose
+    _configure_logging(state.debug, verbose)
+
+
+def _configure_logging(debug: bool, verbose: bool) -> None:
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "PIL", "apscheduler"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
+    if not debug:
+        warnings.filterwarnings("ignore")
+
+
+def main() -> None:
+    """Entry point of the ``robmon`` console script."""
+    code = 0
+    state.reset()
+    try:
+        result = app(standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except RobmonError as err:
+        if state.debug:
+            traceback.print_exc()
+        print(f"error: {err}", file=sys.stderr)
+        code = err.exit_code
+    except click.exceptions.ClickException as err:
+        err.show()
+        code = err.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        print("error: interrupted.", file=sys.stderr)
+        code = 130
+    except Exception as err:  # a bug: say so in one line, traceback on request
+        if state.debug:
+            traceback.print_exc()
+        print(
+            f"error: unexpected {type(err).__name__}: {err} (run with --debug for the traceback).",
+            file=sys.stderr,
+        )
+        code = 1
+    finally:
+        state.close()
+    sys.exit(code)

@@ -1,0 +1,172 @@
+"""What every command shares: the Typer app, lazily opened resources, rendering, progress."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from monitor.config import Settings
+    from monitor.db.session import Database
+    from monitor.progress import Reporter
+    from monitor.registry import Registry
+
+app = typer.Typer(
+    name="robmon",
+    help="Robustness Monitor: adversarial audits of MLflow models, production input monitoring, "
+    "per-source alerts and release gates.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+JSON_OPTION = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
+
+
+@dataclass
+class State:
+    """Resources opened on first use and shared by one command invocation."""
+
+    debug: bool = False
+    verbose: bool = False
+    _settings: Settings | None = None
+    _database: Database | None = None
+    _registry: Registry | None = None
+    cleanups: list[Any] = field(default_factory=list)
+
+    def settings(self) -> Settings:
+        if self._settings is None:
+            from monitor.config import load_settings
+
+            self._settings = load_settings()
+        return self._settings
+
+    def database(self) -> Database:
+        if self._database is None:
+            from monitor.db.session import open_database
+
+            self._database = open_database(self.settings())
+        return self._database
+
+    def registry(self) -> Registry:
+        if self._registry is None:
+            from monitor.registry import Registry
+
+            self._registry = Registry(self.settings())
+        return self._registry
+
+    def close(self) -> None:
+        if self._database is not None:
+            self._database.dispose()
+
+    def reset(self) -> None:
+        """Forget every opened resource (one process may run several commands in tests)."""
+        self.close()
+        self.debug = self.verbose = False
+        self._settings = self._database = self._registry = None
+
+
+state = State()
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain JSON types for dataclasses, datetimes, paths and numpy/torch scalars."""
+    from dataclasses import asdict, is_dataclass
+
+    if is_dataclass(value) and not isinstance(value, type):
+        return to_jsonable(asdict(value))
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    return value
+
+
+def emit_json(value: Any) -> None:
+    """Write ``value`` as indented JSON on stdout."""
+    sys.stdout.write(json.dumps(to_jsonable(value), indent=2, allow_nan=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A rich table on stdout; ``None`` renders as an empty cell."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", show_lines=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    Console(soft_wrap=False).print(table)
+
+
+def say(message: str) -> None:
+    """A line of human-readable output on stdout (not used with --json)."""
+    from rich.console import Console
+
+    Console(highlight=False, width=None if sys.stdout.isatty() else 160).print(
+        message, markup=False
+    )
+
+
+def note(message: str) -> None:
+    """A status line on stderr, so that stdout stays machine-readable."""
+    print(message, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def progress_bars(enabled: bool = True) -> Iterator[Reporter]:
+    """A Reporter drawing one rich progress bar per task on stderr, when stderr is a terminal."""
+    from monitor.progress import silent
+
+    if not enabled or not sys.stderr.isatty():
+        yield silent
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    tasks: dict[str, Any] = {}
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    ) as bars:
+
+        def report(task: str, done: float, total: float | None) -> None:
+            if task not in tasks:
+                tasks[task] = bars.add_task(task, total=total)
+            bars.update(tasks[task], completed=done, total=total)
+
+        yield report
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    """A number for a table cell (blank when missing)."""
+    if value is None:
+        return ""
+    return f"{value:.{digits}f}"

@@ -1,0 +1,129 @@
+"""`robmon models list` and `robmon demo`."""
+
+from __future__ import annotations
+
+import typer
+
+from monitor.cli.base import (
+    JSON_OPTION,
+    app,
+    emit_json,
+    fmt,
+    note,
+    print_table,
+    progress_bars,
+    say,
+    state,
+)
+
+models_app = typer.Typer(help="Models in the MLflow registry.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def list_models(
+    name: str | None = typer.Argument(None, help="Only this registered model."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Registered models with their versions, aliases and last robustness score."""
+    models = state.registry().list_models(name)
+    if as_json:
+        emit_json(
+            [
+                {
+                    "name": m.name,
+                    "aliases": m.aliases,
+                    "versions": [
+                        {
+                            "version": v.version,
+                            "aliases": v.aliases,
+                            "created_at": v.created_at,
+                            "dataset": v.tags.get("robustness.dataset"),
+                            "robustness_score": _float(v.tags.get("robustness.score")),
+                            "robustness_status": v.tags.get("robustness.status"),
+                            "tags": v.tags,
+                        }
+                        for v in m.versions
+                    ],
+                }
+                for m in models
+            ]
+        )
+        return
+    if not models:
+        say("no registered models (try `robmon demo --no-serve`)")
+        return
+    rows = [
+        (
+            m.name,
+            v.version,
+            ", ".join(v.aliases),
+            v.created_at.strftime("%Y-%m-%d %H:%M"),
+            v.tags.get("robustness.dataset", ""),
+            fmt(_float(v.tags.get("robustness.score")), 1),
+            v.tags.get("robustness.status", ""),
+        )
+        for m in models
+        for v in m.versions
+    ]
+    print_table(
+        "registered models",
+        ("model", "version", "aliases", "created (UTC)", "dataset", "score", "last audit"),
+        rows,
+    )
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+@app.command("demo")
+def demo(
+    serve: bool = typer.Option(
+        True, "--serve/--no-serve", help="Serve the dashboard at the end (--no-serve stops before)."
+    ),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """The main job on the embedded default: seed demo models (reusing what exists)."""
+    from monitor.demo import seed_demo_models
+
+    registry = state.registry()
+    state.database()  # migrate the embedded database on first use
+    with progress_bars(not as_json) as report:
+        seeded = seed_demo_models(registry, report)
+    if as_json:
+        emit_json(
+            {
+                "models": [
+                    {
+                        "key": m.key,
+                        "name": m.ref.name,
+                        "version": m.ref.version,
+                        "kind": m.kind,
+                        "clean_accuracy": m.clean_accuracy,
+                        "created": m.created,
+                    }
+                    for m in seeded
+                ]
+            }
+        )
+    else:
+        print_table(
+            "demo models",
+            ("model", "version", "kind", "test accuracy", "this run"),
+            [
+                (
+                    m.ref.name,
+                    m.ref.version,
+                    m.kind,
+                    fmt(m.clean_accuracy),
+                    "registered" if m.created else "reused",
+                )
+                for m in seeded
+            ],
+        )
+    if serve:
+        note("the dashboard is not part of this build yet; stopping here.")

@@ -1,0 +1,1 @@
+"""The database: typed models (the one schema), sessions and migrations."""

@@ -1,0 +1,176 @@
+"""The one schema: typed SQLAlchemy 2 models. Alembic migrations are generated from these."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from monitor.db.types import UTCDateTime, utcnow
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}  # noqa: RUF012
+
+
+class Audit(Base):
+    """One robustness audit of one model version under one configuration.
+
+    ``status`` moves queued -> running -> succeeded | failed | interrupted. ``active_key`` is
+    set while the audit is queued or running and cleared when it ends: its unique constraint is
+    the database-level claim that stops two processes from running the same audit at once.
+    """
+
+    __tablename__ = "audits"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(255))
+    model_version: Mapped[str] = mapped_column(String(64))
+    model_kind: Mapped[str | None] = mapped_column(String(16))
+    dataset: Mapped[str] = mapped_column(String(1024))
+    config: Mapped[dict[str, Any]]
+    config_hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    trigger: Mapped[str] = mapped_column(String(32), default="cli")
+    requested_by: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    clean_accuracy: Mapped[float | None] = mapped_column(Float)
+    score: Mapped[float | None] = mapped_column(Float)
+    n_samples: Mapped[int | None] = mapped_column(Integer)
+    device: Mapped[str | None] = mapped_column(String(32))
+    surrogate: Mapped[str | None] = mapped_column(String(300))
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    writeback_error: Mapped[str | None] = mapped_column(Text)
+    active_key: Mapped[str | None] = mapped_column(String(400), unique=True)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    heartbeat_at: Mapped[datetime | None]
+    lease_expires_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+    results: Mapped[list[AuditResult]] = relationship(
+        back_populates="audit", cascade="all, delete-orphan", order_by="AuditResult.id"
+    )
+    class_results: Mapped[list[AuditClassResult]] = relationship(
+        back_populates="audit", cascade="all, delete-orphan", order_by="AuditClassResult.id"
+    )
+    checks: Mapped[list[AuditCheck]] = relationship(
+        back_populates="audit", cascade="all, delete-orphan", order_by="AuditCheck.id"
+    )
+    artifacts: Mapped[list[AuditArtifact]] = relationship(
+        back_populates="audit", cascade="all, delete-orphan", order_by="AuditArtifact.id"
+    )
+
+    __table_args__ = (
+        Index("ix_audits_model_version_config", "model_name", "model_version", "config_hash"),
+        Index("ix_audits_status_created", "status", "created_at"),
+        Index("ix_audits_created_at", "created_at"),
+    )
+
+
+class AuditResult(Base):
+    """Robust accuracy of one (attack, norm, eps, threat) cell of an audit."""
+
+    __tablename__ = "audit_results"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    audit_id: Mapped[int] = mapped_column(ForeignKey("audits.id", ondelete="CASCADE"))
+    attack: Mapped[str] = mapped_column(String(32))
+    norm: Mapped[str] = mapped_column(String(8))
+    eps: Mapped[float] = mapped_column(Float)
+    threat: Mapped[str] = mapped_column(String(16), default="white-box")
+    steps: Mapped[int] = mapped_column(Integer)
+    restarts: Mapped[int] = mapped_column(Integer, default=1)
+    robust_accuracy: Mapped[float] = mapped_column(Float)
+    attack_success_rate: Mapped[float | None] = mapped_column(Float)
+    n: Mapped[int] = mapped_column(Integer)
+    mean_perturbation: Mapped[float | None] = mapped_column(Float)
+    max_perturbation: Mapped[float | None] = mapped_column(Float)
+    seconds: Mapped[float] = mapped_column(Float)
+    passes: Mapped[int | None] = mapped_column(Integer)
+
+    audit: Mapped[Audit] = relationship(back_populates="results")
+
+    __table_args__ = (
+        UniqueConstraint("audit_id", "attack", "norm", "eps", "threat"),
+        Index("ix_audit_results_audit_id", "audit_id"),
+    )
+
+
+class AuditClassResult(Base):
+    """Accuracy on one class, clean (attack ``clean``, eps 0) or under one attack cell."""
+
+    __tablename__ = "audit_class_results"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    audit_id: Mapped[int] = mapped_column(ForeignKey("audits.id", ondelete="CASCADE"))
+    attack: Mapped[str] = mapped_column(String(32))
+    norm: Mapped[str] = mapped_column(String(8))
+    eps: Mapped[float] = mapped_column(Float)
+    threat: Mapped[str] = mapped_column(String(16), default="white-box")
+    label: Mapped[int] = mapped_column(Integer)
+    n: Mapped[int] = mapped_column(Integer)
+    accuracy: Mapped[float] = mapped_column(Float)
+
+    audit: Mapped[Audit] = relationship(back_populates="class_results")
+
+    __table_args__ = (Index("ix_audit_class_results_audit_id", "audit_id"),)
+
+
+class AuditCheck(Base):
+    """One credibility check: ``passed``, ``warning`` or ``skipped`` with a one-line reason."""
+
+    __tablename__ = "audit_checks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    audit_id: Mapped[int] = mapped_column(ForeignKey("audits.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(Text)
+
+    audit: Mapped[Audit] = relationship(back_populates="checks")
+
+    __table_args__ = (
+        UniqueConstraint("audit_id", "name"),
+        Index("ix_audit_checks_audit_id", "audit_id"),
+    )
+
+
+class AuditArtifact(Base):
+    """A small file an audit produced (report, plots, example gallery), kept for the dashboard."""
+
+    __tablename__ = "audit_artifacts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    audit_id: Mapped[int] = mapped_column(ForeignKey("audits.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(128))
+    content_type: Mapped[str] = mapped_column(String(64))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+    audit: Mapped[Audit] = relationship(back_populates="artifacts")
+
+    __table_args__ = (UniqueConstraint("audit_id", "name"),)

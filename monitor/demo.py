@@ -1,0 +1,139 @@
+"""The demo: registers small digits models in the configured MLflow, reusing what exists.
+
+``robmon demo`` runs these steps on the embedded default; later steps (audits, a production log
+with attackers, alerts, the dashboard) build on the models seeded here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from monitor import architectures
+from monitor.datasets import load_dataset
+from monitor.progress import Reporter, silent
+from monitor.registry import DATASET_TAG, ModelVersionRef, Registry
+from monitor.training import accuracy, train_classifier
+
+log = logging.getLogger(__name__)
+DEMO_TAG = "robmon.demo"
+DEMO_DATASET = "digits"
+
+
+@dataclass
+class DemoModel:
+    key: str
+    ref: ModelVersionRef
+    kind: str
+    clean_accuracy: float | None
+    created: bool
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    key: str
+    name: str
+    kind: str
+    description: str
+    build: Callable[[Registry, Reporter], tuple[ModelVersionRef, float]]
+
+
+def _torch_model(
+    key: str, name: str, factory: Callable[[], torch.nn.Module], epochs: int, seed: int
+) -> Callable[[Registry, Reporter], tuple[ModelVersionRef, float]]:
+    def build(registry: Registry, report: Reporter) -> tuple[ModelVersionRef, float]:
+        train, test = load_dataset(DEMO_DATASET, "train"), load_dataset(DEMO_DATASET, "test")
+        torch.manual_seed(seed)
+        model = factory()
+        train_classifier(
+            model,
+            train.x,
+            train.y,
+            epochs=epochs,
+            lr=2e-3,
+            seed=seed,
+            on_epoch=lambda e, n, _s: report(f"training {key}", e, n),
+        )
+        acc = accuracy(model, test.x, test.y)
+        ref = registry.register_torch(model, name, test.x[:2], tags=_tags(key, acc))
+        return ref, acc
+
+    return build
+
+
+def _logreg(key: str, name: str) -> Callable[[Registry, Reporter], tuple[ModelVersionRef, float]]:
+    def build(registry: Registry, report: Reporter) -> tuple[ModelVersionRef, float]:
+        from sklearn.linear_model import LogisticRegression
+
+        train, test = load_dataset(DEMO_DATASET, "train"), load_dataset(DEMO_DATASET, "test")
+        report(f"training {key}", 0, 1)
+        flat = train.x.reshape(len(train), -1).numpy()
+        clf = LogisticRegression(max_iter=2000, C=1.0).fit(flat, train.y.numpy())
+        acc = float((clf.predict(test.x.reshape(len(test), -1).numpy()) == test.y.numpy()).mean())
+        report(f"training {key}", 1, 1)
+        example = test.x[:2].reshape(2, -1).numpy().astype(np.float32)
+        ref = registry.register_sklearn(clf, name, example, tags=_tags(key, acc))
+        return ref, acc
+
+    return build
+
+
+def _tags(key: str, acc: float) -> dict[str, str]:
+    return {DEMO_TAG: key, DATASET_TAG: DEMO_DATASET, "robmon.test_accuracy": f"{acc:.4f}"}
+
+
+DEMO_MODELS = (
+    DemoSpec(
+        "digits-cnn-v1",
+        "digits-cnn",
+        "torch",
+        "small CNN (champion)",
+        _torch_model("digits-cnn-v1", "digits-cnn", architectures.digits_cnn, 15, 0),
+    ),
+    DemoSpec(
+        "digits-cnn-v2",
+        "digits-cnn",
+        "torch",
+        "wider CNN, global pooling",
+        _torch_model("digits-cnn-v2", "digits-cnn", architectures.digits_cnn_wide, 15, 1),
+    ),
+    DemoSpec(
+        "digits-logreg",
+        "digits-logreg",
+        "blackbox",
+        "scikit-learn logistic regression",
+        _logreg("digits-logreg", "digits-logreg"),
+    ),
+)
+
+
+def seed_demo_models(registry: Registry, report: Reporter = silent) -> list[DemoModel]:
+    """Train and register the demo models that are not registered yet; champion on v1."""
+    seeded = []
+    for spec in DEMO_MODELS:
+        existing = _find_demo_version(registry, spec)
+        if existing is not None:
+            tags = registry.version_tags(existing)
+            acc = float(tags["robmon.test_accuracy"]) if "robmon.test_accuracy" in tags else None
+            seeded.append(DemoModel(spec.key, existing, spec.kind, acc, created=False))
+            continue
+        ref, acc = spec.build(registry, report)
+        log.info("registered %s as %s (test accuracy %.3f)", spec.key, ref, acc)
+        seeded.append(DemoModel(spec.key, ref, spec.kind, acc, created=True))
+    champion = next(m for m in seeded if m.key == "digits-cnn-v1")
+    if "champion" not in registry.aliases(champion.ref.name):
+        registry.set_alias(champion.ref.name, "champion", champion.ref.version)
+    return seeded
+
+
+def _find_demo_version(registry: Registry, spec: DemoSpec) -> ModelVersionRef | None:
+    versions = registry.search_versions(
+        f"name = '{spec.name}' and tags.`{DEMO_TAG}` = '{spec.key}'"
+    )
+    if not versions:
+        return None
+    return ModelVersionRef(spec.name, str(min(int(v.version) for v in versions)))

@@ -1,0 +1,395 @@
+"""MLflow model registry: resolve references, list models, load classifiers, write tags and runs.
+
+References are ``models:/NAME/VERSION``, ``models:/NAME@ALIAS`` or a bare ``NAME`` (its
+``champion`` alias if set, else its latest version). Every call goes through ``Registry._call``,
+which turns MLflow's exceptions into one-sentence ``RegistryError``s; retries against an
+unreachable server are bounded (see ``config.MLFLOW_ENV_DEFAULTS``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import torch
+
+from monitor.classifiers import BlackBoxClassifier, Classifier, TorchClassifier, layout_from_shape
+from monitor.config import Settings, apply_mlflow_environment
+from monitor.errors import ModelIncompatible, ModelNotFound, RegistryError, RegistryUnavailable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEFAULT_ALIAS = "champion"
+MODELS_EXPERIMENT = "robmon-models"
+DATASET_TAG = "robustness.dataset"
+_REF = re.compile(r"^(?:models:/)?(?P<name>[^/@]+?)(?:/(?P<version>\d+)|@(?P<alias>[\w.-]+))?$")
+_UNREACHABLE = ("Max retries exceeded", "Connection refused", "Failed to establish", "timed out")
+
+
+@dataclass(frozen=True)
+class ModelVersionRef:
+    """One resolved model version; ``alias`` records how it was reached, if by alias."""
+
+    name: str
+    version: str
+    alias: str | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+    def __str__(self) -> str:
+        return f"{self.name}/{self.version}"
+
+
+@dataclass
+class VersionInfo:
+    version: str
+    aliases: list[str]
+    tags: dict[str, str]
+    created_at: datetime
+    run_id: str | None
+    source: str | None
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    aliases: dict[str, str]
+    versions: list[VersionInfo] = field(default_factory=list)
+    description: str | None = None
+
+
+def parse_reference(text: str) -> tuple[str, str | None, str | None]:
+    """(name, version, alias) of a reference; raises ModelNotFound for malformed text."""
+    match = _REF.match(text.strip())
+    if not match:
+        raise ModelNotFound(
+            f"{text!r} is not a model reference; use NAME, models:/NAME/VERSION or "
+            "models:/NAME@ALIAS."
+        )
+    return match["name"], match["version"], match["alias"]
+
+
+class Registry:
+    """The gateway to MLflow for everything robmon reads or writes there."""
+
+    def __init__(self, settings: Settings) -> None:
+        apply_mlflow_environment(settings)
+        from mlflow import MlflowClient
+
+        self.settings = settings
+        self.client = MlflowClient(
+            tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri
+        )
+
+    # -- errors ---------------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run an MLflow call, translating its failures into one-sentence errors."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return fn(*args, **kwargs)
+        except MlflowException as err:
+            text = str(err)
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in text.lower():
+                raise ModelNotFound(f"{what}: {_first_line(text)}.") from err
+            if any(marker in text for marker in _UNREACHABLE):
+                raise RegistryUnavailable(
+                    f"the MLflow tracking server at {self.settings.mlflow_tracking_uri} "
+                    f"is unreachable ({what})."
+                ) from err
+            raise RegistryError(f"MLflow failed to {what}: {_first_line(text)}.") from err
+        except OSError as err:  # requests' connection errors are OSErrors
+            raise RegistryUnavailable(
+                f"the MLflow tracking server at {self.settings.mlflow_tracking_uri} "
+                f"is unreachable ({what}): {err}."
+            ) from err
+
+    # -- references -----------------------------------------------------------------------
+
+    def resolve(self, reference: str) -> ModelVersionRef:
+        """The concrete version a reference points to."""
+        name, version, alias = parse_reference(reference)
+        model = self._call(f"find model {name!r}", self.client.get_registered_model, name)
+        aliases = {a: str(v) for a, v in (model.aliases or {}).items()}
+        if version is not None:
+            self._call(
+                f"find version {version} of {name!r}", self.client.get_model_version, name, version
+            )
+            return ModelVersionRef(name, version)
+        if alias is not None:
+            if alias not in aliases:
+                known = ", ".join(sorted(aliases)) or "none"
+                raise ModelNotFound(f"model {name!r} has no alias {alias!r} (aliases: {known}).")
+            return ModelVersionRef(name, aliases[alias], alias)
+        if DEFAULT_ALIAS in aliases:
+            return ModelVersionRef(name, aliases[DEFAULT_ALIAS], DEFAULT_ALIAS)
+        versions = self._versions(name)
+        if not versions:
+            raise ModelNotFound(f"model {name!r} has no versions.")
+        return ModelVersionRef(name, str(max(int(v.version) for v in versions)))
+
+    def _versions(self, name: str) -> list[Any]:
+        return self.search_versions(f"name = '{_quote(name)}'")
+
+    def search_versions(self, filter_string: str) -> list[Any]:
+        """Model versions matching an MLflow filter (e.g. on ``tags.`key` = 'value'``)."""
+        return self._call("search model versions", self.client.search_model_versions, filter_string)
+
+    # -- listing --------------------------------------------------------------------------
+
+    def list_models(self, name: str | None = None) -> list[ModelInfo]:
+        """Registered models (one, when ``name`` is given) with their versions and aliases."""
+        if name is not None:
+            models = [self._call(f"find model {name!r}", self.client.get_registered_model, name)]
+        else:
+            models = self._call("list registered models", _search_all_models, self.client)
+        infos = []
+        for model in sorted(models, key=lambda m: m.name):
+            aliases = {a: str(v) for a, v in (model.aliases or {}).items()}
+            by_version: dict[str, list[str]] = {}
+            for alias, version in aliases.items():
+                by_version.setdefault(version, []).append(alias)
+            versions = [
+                VersionInfo(
+                    version=str(v.version),
+                    aliases=sorted(by_version.get(str(v.version), [])),
+                    tags=dict(v.tags or {}),
+                    created_at=datetime.fromtimestamp(v.creation_timestamp / 1000, UTC),
+                    run_id=v.run_id,
+                    source=v.source,
+                )
+                for v in self._versions(model.name)
+            ]
+            versions.sort(key=lambda v: int(v.version))
+            infos.append(ModelInfo(model.name, aliases, versions, model.description))
+        return infos
+
+    def version_tags(self, ref: ModelVersionRef) -> dict[str, str]:
+        version = self._call(f"read {ref}", self.client.get_model_version, ref.name, ref.version)
+        return dict(version.tags or {})
+
+    def flavors(self, ref: ModelVersionRef) -> dict[str, Any]:
+        from mlflow.models import get_model_info
+
+        return self._call(f"read the MLmodel of {ref}", get_model_info, ref.uri).flavors
+
+    # -- loading --------------------------------------------------------------------------
+
+    def load(self, ref: ModelVersionRef, device: str | torch.device = "cpu") -> Classifier:
+        """Torch models as differentiable modules in eval mode; anything else as a black box."""
+        if "pytorch" in self.flavors(ref):
+            return self.load_torch(ref, device)
+        return self._load_blackbox(ref)
+
+    def load_torch(
+        self, ref: ModelVersionRef, device: str | torch.device = "cpu"
+    ) -> TorchClassifier:
+        import mlflow.pytorch
+
+        device = torch.device(device)
+        module = self._call(f"load {ref}", mlflow.pytorch.load_model, ref.uri, map_location=device)
+        if not isinstance(module, torch.nn.Module):
+            raise ModelIncompatible(f"{ref} did not load as a torch module.")
+        # torch.export (pt2) graphs refuse .eval(); they are exported in eval mode already
+        with contextlib.suppress(NotImplementedError):
+            module.eval()
+        module = module.to(device)
+        return TorchClassifier(name=str(ref), module=module, device=device)
+
+    def _load_blackbox(self, ref: ModelVersionRef) -> BlackBoxClassifier:
+        import mlflow.pyfunc
+
+        model = self._call(f"load {ref}", mlflow.pyfunc.load_model, ref.uri)
+        shape, dtype = None, "float32"
+        schema = model.metadata.get_input_schema()
+        if schema is not None and schema.is_tensor_spec():
+            spec = schema.inputs[0]
+            shape, dtype = tuple(spec.shape), spec.type
+        return BlackBoxClassifier(
+            name=str(ref), predict_fn=model.predict, layout=layout_from_shape(shape), dtype=dtype
+        )
+
+    def find_surrogate(self, dataset: str, exclude: str | None = None) -> ModelVersionRef:
+        """The newest torch model version registered for ``dataset`` (tag robustness.dataset)."""
+        versions = self.search_versions(f"tags.`{DATASET_TAG}` = '{_quote(dataset)}'")
+        for v in sorted(versions, key=lambda v: v.creation_timestamp, reverse=True):
+            ref = ModelVersionRef(v.name, str(v.version))
+            if v.name != exclude and "pytorch" in self.flavors(ref):
+                return ref
+        raise ModelNotFound(
+            f"no torch model is registered for dataset {dataset!r} to craft transfer attacks on; "
+            "pass --surrogate MODEL."
+        )
+
+    # -- writing --------------------------------------------------------------------------
+
+    def set_tags(self, ref: ModelVersionRef, tags: dict[str, Any]) -> None:
+        for key, value in tags.items():
+            self._call(
+                f"tag {ref}",
+                self.client.set_model_version_tag,
+                ref.name,
+                ref.version,
+                key,
+                str(value),
+            )
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self._call(
+            f"move alias {alias!r} of {name!r}",
+            self.client.set_registered_model_alias,
+            name,
+            alias,
+            version,
+        )
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        self._call(
+            f"delete alias {alias!r} of {name!r}",
+            self.client.delete_registered_model_alias,
+            name,
+            alias,
+        )
+
+    def aliases(self, name: str) -> dict[str, str]:
+        model = self._call(f"find model {name!r}", self.client.get_registered_model, name)
+        return {a: str(v) for a, v in (model.aliases or {}).items()}
+
+    def experiment_id(self, name: str) -> str:
+        """Id of experiment ``name``, created with an explicit artifact location if missing."""
+        experiment = self._call(
+            f"find experiment {name!r}", self.client.get_experiment_by_name, name
+        )
+        if experiment is not None:
+            return experiment.experiment_id
+        return self._call(
+            f"create experiment {name!r}",
+            self.client.create_experiment,
+            name,
+            artifact_location=self.settings.artifact_location(name),
+        )
+
+    def register_torch(
+        self,
+        module: torch.nn.Module,
+        name: str,
+        example: torch.Tensor,
+        *,
+        tags: dict[str, str] | None = None,
+        experiment: str = MODELS_EXPERIMENT,
+        serialization_format: str = "pt2",
+    ) -> ModelVersionRef:
+        """Log ``module`` (eval mode, CPU) with input example and signature; register a version.
+
+        ``pt2`` (torch.export) is MLflow 3's default and needs no code to load; ``pickle`` keeps
+        a trainable module (its classes must be importable where it is loaded).
+        """
+        import mlflow.pytorch
+
+        module = module.cpu().eval()
+        requirements = [f"torch=={torch.__version__.split('+')[0]}"]
+        return self._log_and_register(
+            name,
+            experiment,
+            tags,
+            lambda: mlflow.pytorch.log_model(
+                module,
+                name="model",
+                input_example=example.cpu().numpy(),
+                registered_model_name=name,
+                pip_requirements=requirements,
+                serialization_format=serialization_format,
+            ),
+        )
+
+    def register_sklearn(
+        self,
+        estimator: Any,
+        name: str,
+        example: Any,
+        *,
+        tags: dict[str, str] | None = None,
+        experiment: str = MODELS_EXPERIMENT,
+    ) -> ModelVersionRef:
+        """Log a scikit-learn classifier whose pyfunc returns class probabilities."""
+        import mlflow.sklearn
+        import sklearn
+
+        return self._log_and_register(
+            name,
+            experiment,
+            tags,
+            lambda: mlflow.sklearn.log_model(
+                estimator,
+                name="model",
+                input_example=example,
+                registered_model_name=name,
+                pip_requirements=[f"scikit-learn=={sklearn.__version__}"],
+                pyfunc_predict_fn="predict_proba",
+            ),
+        )
+
+    def _log_and_register(
+        self, name: str, experiment: str, tags: dict[str, str] | None, log_model: Callable[[], Any]
+    ) -> ModelVersionRef:
+        import mlflow
+
+        experiment_id = self.experiment_id(experiment)
+        chatter = io.StringIO()  # MLflow prints "Created version ..." on stderr; log it instead
+        with (
+            contextlib.redirect_stderr(chatter),
+            self._call(
+                "start a run",
+                mlflow.start_run,
+                experiment_id=experiment_id,
+                run_name=f"register-{name}",
+            ),
+        ):
+            info = self._call(f"log model {name!r}", log_model)
+        for line in chatter.getvalue().splitlines():
+            log.info("mlflow: %s", line)
+        version = str(info.registered_model_version)
+        ref = ModelVersionRef(name, version)
+        if tags:
+            self.set_tags(ref, tags)
+        return ref
+
+    def wait_until_reachable(self, attempts: int = 3, delay: float = 1.0) -> None:
+        """Fail with RegistryUnavailable unless MLflow answers within a few tries."""
+        for attempt in range(attempts):
+            try:
+                self._call("list experiments", self.client.search_experiments, max_results=1)
+                return
+            except RegistryUnavailable:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(delay * 2**attempt)
+
+
+def _search_all_models(client: Any) -> list[Any]:
+    models, token = [], None
+    while True:
+        page = client.search_registered_models(max_results=200, page_token=token)
+        models.extend(page)
+        token = page.token
+        if not token:
+            return models
+
+
+def _quote(text: str) -> str:
+    return text.replace("'", "\\'")
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0].rstrip(".") if text.strip() else "unknown error"
