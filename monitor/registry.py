@@ -346,6 +346,8 @@ class Registry:
         import mlflow
 
         experiment_id = self.experiment_id(experiment)
+        mlflow.set_tracking_uri(self.settings.mlflow_tracking_uri)
+        mlflow.set_registry_uri(self.settings.mlflow_tracking_uri)
         chatter = io.StringIO()  # MLflow prints "Created version ..." on stderr; log it instead
         with (
             contextlib.redirect_stderr(chatter),

@@ -13,7 +13,6 @@ import sys
 import traceback
 import warnings
 
-import click
 import typer
 
 from monitor.cli import (  # noqa: F401  (each module registers its commands on the app)
@@ -44,21 +43,20 @@ def _configure_logging(debug: bool, verbose: bool) -> None:
 
 
 def main() -> None:
-    """Entry point of the ``robmon`` console script."""
+    """Entry point of the ``robmon`` console script.
+
+    Typer handles usage errors (exit 2) and --help itself; robmon's own errors arrive here.
+    """
     code = 0
     state.reset()
     try:
-        result = app(standalone_mode=False)
-        code = result if isinstance(result, int) else 0
+        app()  # standalone: exits with the command's status
     except RobmonError as err:
         if state.debug:
             traceback.print_exc()
         print(f"error: {err}", file=sys.stderr)
         code = err.exit_code
-    except click.exceptions.ClickException as err:
-        err.show()
-        code = err.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except KeyboardInterrupt:
         print("error: interrupted.", file=sys.stderr)
         code = 130
     except Exception as err:  # a bug: say so in one line, traceback on request

@@ -1,0 +1,152 @@
+"""Shared fixtures: isolated ROBMON_HOMEs, a demo MLflow store seeded once, PostgreSQL databases.
+
+Nothing here mocks robmon or MLflow: stores are real SQLite files in temp dirs, PostgreSQL is the
+server named by ROBMON_TEST_POSTGRES_URL (tests needing it are skipped when it is unset).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+torch.set_num_threads(1)
+
+ENV_KEYS = ("ROBMON_HOME", "ROBMON_DB_URL", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI",
+            "ROBMON_CONFIG", "ROBMON_INPUT_ROOT", "ROBMON_MLFLOW_ARTIFACT_ROOT")
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty ROBMON_HOME; the working directory is its parent (no stray robmon.toml)."""
+    for key in ENV_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.chdir(tmp_path)
+    robmon_home = tmp_path / ".robmon"
+    monkeypatch.setenv("ROBMON_HOME", str(robmon_home))
+    return robmon_home
+
+
+@pytest.fixture(scope="session")
+def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ROBMON_HOME whose MLflow store holds the demo models (seeded once per test session)."""
+    from monitor.config import load_settings
+    from monitor.demo import seed_demo_models
+    from monitor.registry import Registry
+
+    store = tmp_path_factory.mktemp("demo") / ".robmon"
+    settings = load_settings({"ROBMON_HOME": str(store)})
+    seed_demo_models(Registry(settings))
+    return store
+
+
+@pytest.fixture
+def demo_home(home: Path, demo_store: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private copy of the demo store (registry writes stay in this test)."""
+    home.mkdir(parents=True)
+    shutil.copy(demo_store / "mlflow.db", home / "mlflow.db")
+    # Artifacts stay where the demo store keeps them (their URIs are absolute); new runs of this
+    # test get their own experiments' folders under ``home``.
+    return home
+
+
+@pytest.fixture
+def settings(home: Path):
+    from monitor.config import load_settings
+
+    return load_settings()
+
+
+@pytest.fixture
+def demo_settings(demo_home: Path):
+    from monitor.config import load_settings
+
+    return load_settings()
+
+
+@pytest.fixture
+def demo_registry(demo_settings):
+    from monitor.registry import Registry
+
+    return Registry(demo_settings)
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> str:
+    url = os.environ.get("ROBMON_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("ROBMON_TEST_POSTGRES_URL is not set")
+    return url
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url: str) -> str:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin = make_url(postgres_server_url).set(drivername="postgresql+psycopg")
+    name = f"robmon_test_{uuid.uuid4().hex[:10]}"
+    engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield admin.set(database=name).render_as_string(hide_password=False)
+    with engine.connect() as conn:
+        conn.execute(text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"
+        ), {"n": name})
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each database backend in turn: a SQLite file, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'test.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self):
+        import json
+
+        return json.loads(self.stdout)
+
+
+def run_robmon(*args: str) -> CliResult:
+    """Run the robmon CLI in this process (same entry point as the console script)."""
+    from monitor.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    sys.argv = ["robmon", *args]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    finally:
+        sys.argv = argv
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def robmon():
+    return run_robmon

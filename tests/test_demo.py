@@ -1,0 +1,23 @@
+def test_demo_seeds_three_models_then_reuses_them(home, robmon) -> None:
+    first = robmon("demo", "--no-serve", "--json")
+    assert first.code == 0, first.stderr
+    models = {(m["name"], m["version"]): m for m in first.json()["models"]}
+    assert set(models) == {("digits-cnn", "1"), ("digits-cnn", "2"), ("digits-logreg", "1")}
+    assert all(m["created"] for m in models.values())
+    assert all(m["clean_accuracy"] > 0.9 for m in models.values())
+    assert models[("digits-logreg", "1")]["kind"] == "blackbox"
+
+    second = robmon("demo", "--no-serve", "--json")
+    assert second.code == 0, second.stderr
+    assert not any(m["created"] for m in second.json()["models"])
+
+    listing = {m["name"]: m for m in robmon("models", "list", "--json").json()}
+    assert listing["digits-cnn"]["aliases"] == {"champion": "1"}
+    assert [v["version"] for v in listing["digits-cnn"]["versions"]] == ["1", "2"]
+    # each version carries an input example and a signature (MLflow's MLmodel file)
+    from mlflow.models import get_model_info
+
+    info = get_model_info("models:/digits-cnn/2")
+    assert info.signature is not None and info.saved_input_example_info is not None
+    assert (home / "mlartifacts" / "robmon-models").is_dir()
+    assert not (home.parent / "mlruns").exists()
