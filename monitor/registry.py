@@ -367,6 +367,51 @@ class Registry:
             self.set_tags(ref, tags)
         return ref
 
+    def log_run(
+        self,
+        experiment: str,
+        run_name: str,
+        *,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        artifacts: dict[str, bytes],
+        tags: dict[str, str] | None = None,
+    ) -> str:
+        """Create a finished run with params, metrics and artifact files; returns its id."""
+        import tempfile
+        from pathlib import Path
+
+        from mlflow.entities import Metric, Param
+
+        experiment_id = self.experiment_id(experiment)
+        run = self._call(
+            "create a run",
+            self.client.create_run,
+            experiment_id,
+            run_name=run_name,
+            tags=tags or {},
+        )
+        run_id = run.info.run_id
+        try:
+            now = int(time.time() * 1000)
+            self._call(
+                "log params and metrics",
+                self.client.log_batch,
+                run_id,
+                metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+            )
+            with tempfile.TemporaryDirectory() as tmp:
+                for name, data in artifacts.items():
+                    (Path(tmp) / name).write_bytes(data)
+                self._call("upload artifacts", self.client.log_artifacts, run_id, tmp)
+            self._call("finish the run", self.client.set_terminated, run_id, "FINISHED")
+        except Exception:
+            with contextlib.suppress(Exception):
+                self.client.set_terminated(run_id, "FAILED")
+            raise
+        return run_id
+
     def wait_until_reachable(self, attempts: int = 3, delay: float = 1.0) -> None:
         """Fail with RegistryUnavailable unless MLflow answers within a few tries."""
         for attempt in range(attempts):

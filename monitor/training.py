@@ -66,7 +66,7 @@ def train_classifier(
             loss.backward()
             optimiser.step()
             hits = (logits.argmax(1) == yb).detach()
-            total_loss += float(loss) * len(idx)
+            total_loss += float(loss.detach()) * len(idx)
             adv_correct += int(hits[:n_adv].sum())
             adv_seen += n_adv
             correct += int(hits[n_adv:].sum())

@@ -17,6 +17,7 @@ import typer
 
 from monitor.cli import (  # noqa: F401  (each module registers its commands on the app)
     admin,
+    audits,
     models,
 )
 from monitor.cli.base import app, state

@@ -105,7 +105,6 @@ def emit_json(value: Any) -> None:
 
 def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """A rich table on stdout; ``None`` renders as an empty cell."""
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title, title_justify="left", show_lines=False)
@@ -113,16 +112,19 @@ def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequen
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*("" if v is None else str(v) for v in row))
-    Console(soft_wrap=False).print(table)
+    _stdout_console().print(table)
+
+
+def _stdout_console():
+    """A console on stdout; wide when stdout is a file or a pipe (no terminal to fit)."""
+    from rich.console import Console
+
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 def say(message: str) -> None:
     """A line of human-readable output on stdout (not used with --json)."""
-    from rich.console import Console
-
-    Console(highlight=False, width=None if sys.stdout.isatty() else 160).print(
-        message, markup=False
-    )
+    _stdout_console().print(message, markup=False)
 
 
 def note(message: str) -> None:

@@ -1,0 +1,171 @@
+"""What every attack needs, in one place: model mode and parameters, devices, the input
+gradient, and per-norm steps, projections and random starts.
+
+Attacks work in pixel space: x is float in [0, 1] shaped N×C×H×W, eps is in that scale. The
+model returns logits. Parameters never receive gradients and the model's train/eval mode is
+restored when the attack ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_TINY = 1e-12
+
+
+@dataclass
+class AttackStats:
+    """Samples pushed through the model: forward passes and backward passes to the input."""
+
+    forward: int = 0
+    backward: int = 0
+
+
+@contextmanager
+def attack_mode(model: nn.Module) -> Iterator[torch.device]:
+    """Eval mode (where the model allows switching) and frozen parameters, restored on exit.
+
+    Yields the device the model lives on. Models exported with torch.export (MLflow's pt2
+    format) refuse ``.eval()``; they are already in eval mode and are used as they are.
+    """
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    switched = False
+    if model.training:
+        try:
+            model.eval()
+            switched = True
+        except NotImplementedError:
+            pass
+    try:
+        with torch.enable_grad():
+            yield model_device(model)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+        if switched:
+            model.train()
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a stateless model)."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def attacker_loss(logits: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
+    """Per-sample loss the attacker ascends: cross-entropy, negated towards a target."""
+    loss = F.cross_entropy(logits.float(), y, reduction="none")
+    return -loss if targeted else loss
+
+
+def input_gradient(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    targeted: bool,
+    stats: AttackStats | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient of the summed attacker loss with respect to x, and the logits at x."""
+    x = x.detach().requires_grad_(True)
+    logits = model(x)
+    (grad,) = torch.autograd.grad(attacker_loss(logits, y, targeted).sum(), x)
+    if stats is not None:
+        stats.forward += len(x)
+        stats.backward += len(x)
+    return grad, logits.detach()
+
+
+def succeeded(logits: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
+    """Boolean per sample: misclassified (untargeted) or classified as the target (targeted)."""
+    pred = logits.argmax(dim=1)
+    return pred == y if targeted else pred != y
+
+
+def _flat_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (t.ndim - 1)))
+
+
+@dataclass(frozen=True)
+class Norm:
+    """How one norm steps, projects and starts at random."""
+
+    step: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+    project: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+    random_start: Callable[[torch.Tensor, float, torch.Generator | None], torch.Tensor]
+    size: Callable[[torch.Tensor], torch.Tensor]
+
+
+def _linf_step(x_adv: torch.Tensor, grad: torch.Tensor, alpha: float) -> torch.Tensor:
+    return x_adv + alpha * grad.sign()
+
+
+def _linf_project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.clamp(x_adv, (x - eps).clamp_(min=0.0), (x + eps).clamp_(max=1.0))
+
+
+def _linf_random(x: torch.Tensor, eps: float, gen: torch.Generator | None) -> torch.Tensor:
+    noise = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+    return (x + (2.0 * noise - 1.0) * eps).clamp_(0.0, 1.0)
+
+
+def _l2_step(x_adv: torch.Tensor, grad: torch.Tensor, alpha: float) -> torch.Tensor:
+    return x_adv + alpha * grad / (_flat_norm(grad) + _TINY)
+
+
+def _l2_project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    delta = x_adv - x
+    delta = delta * torch.clamp(eps / (_flat_norm(delta) + _TINY), max=1.0)
+    return (x + delta).clamp_(0.0, 1.0)
+
+
+def _l2_random(x: torch.Tensor, eps: float, gen: torch.Generator | None) -> torch.Tensor:
+    direction = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+    radius = torch.rand((len(x),) + (1,) * (x.ndim - 1), generator=gen, device=x.device)
+    delta = direction / (_flat_norm(direction) + _TINY) * radius * eps
+    return (x + delta).clamp_(0.0, 1.0)
+
+
+NORMS: dict[str, Norm] = {
+    "linf": Norm(_linf_step, _linf_project, _linf_random, lambda d: d.flatten(1).abs().amax(dim=1)),
+    "l2": Norm(_l2_step, _l2_project, _l2_random, lambda d: d.flatten(1).norm(p=2, dim=1)),
+}
+
+
+def get_norm(norm: str) -> Norm:
+    try:
+        return NORMS[norm]
+    except KeyError:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}, not {norm!r}") from None
+
+
+def perturbation_size(x_adv: torch.Tensor, x: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-sample size of x_adv - x in the given norm."""
+    return get_norm(norm).size(x_adv - x)
+
+
+def check_inputs(x: torch.Tensor, y: torch.Tensor, eps: float) -> None:
+    """Programmer errors, raised as ValueError (user data is validated before attacks run)."""
+    if x.ndim != 4:
+        raise ValueError(f"x must be N×C×H×W, got shape {tuple(x.shape)}")
+    if len(y) != len(x):
+        raise ValueError(f"{len(x)} inputs but {len(y)} labels")
+    if not eps >= 0:
+        raise ValueError(f"eps must be non-negative, got {eps}")
+
+
+def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    """A seeded generator on ``device``, or None to use torch's global random state."""
+    if seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(seed)

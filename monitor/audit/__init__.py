@@ -1,0 +1,1 @@
+"""Robustness audits: run attacks against a registry model, check the numbers, store them."""

@@ -1,0 +1,209 @@
+"""Credibility checks: the red flags of gradient masking and broken evaluations.
+
+After Athalye, Carlini & Wagner (ICML 2018), Carlini et al. "On Evaluating Adversarial
+Robustness" (2019) and AutoAttack's ``checks.py``. Each check returns ``passed``, ``warning`` or
+``skipped`` (not applicable to this audit) with a one-line explanation that carries its numbers.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from monitor.audit.config import LARGE_EPS
+from monitor.audit.measure import CellResult, Measurements
+
+PASSED, WARNING, SKIPPED = "passed", "warning", "skipped"
+FGSM_PGD_GAP = 0.30  # FGSM-only adversarial training: 0.87 under FGSM, 0.00 under PGD (eps 0.2)
+LARGE_EPS_MAX_ACCURACY = 0.05
+ZERO_GRADIENT_MAX_SHARE = 0.10
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str
+    detail: str
+
+
+def tolerance(n: int) -> float:
+    """Sampling slack for comparing two accuracies on n samples."""
+    return max(0.02, 3.0 / max(n, 1))
+
+
+def _cells(m: Measurements, **match: object) -> list[CellResult]:
+    return [c for c in m.cells if all(getattr(c, k) == v for k, v in match.items())]
+
+
+def _pairs(m: Measurements, threat: str = "white-box") -> list[tuple[CellResult, CellResult]]:
+    """(FGSM, PGD) cells at the same norm and eps."""
+    pgd = {(c.norm, c.eps): c for c in _cells(m, attack="pgd", threat=threat)}
+    return [
+        (f, pgd[(f.norm, f.eps)])
+        for f in _cells(m, attack="fgsm", threat=threat)
+        if (f.norm, f.eps) in pgd
+    ]
+
+
+def pgd_weaker_than_fgsm(m: Measurements) -> Check:
+    name, tol = "pgd_weaker_than_fgsm", tolerance(m.n)
+    pairs = _pairs(m)
+    if not pairs:
+        return Check(name, SKIPPED, "needs white-box FGSM and PGD at the same eps.")
+    bad = [(f, p) for f, p in pairs if p.robust_accuracy > f.robust_accuracy + tol]
+    if bad:
+        f, p = bad[0]
+        return Check(
+            name,
+            WARNING,
+            f"PGD leaves {p.robust_accuracy:.3f} at {p.norm} eps "
+            f"{p.eps:g} where one-step FGSM leaves {f.robust_accuracy:.3f}: the "
+            "iterative attack is failing (gradient masking or a broken step size).",
+        )
+    return Check(name, PASSED, f"PGD is at least as strong as FGSM at all {len(pairs)} eps.")
+
+
+def fgsm_far_above_pgd(m: Measurements) -> Check:
+    name = "fgsm_far_above_pgd"
+    pairs = _pairs(m)
+    if not pairs:
+        return Check(name, SKIPPED, "needs white-box FGSM and PGD at the same eps.")
+    f, p = max(pairs, key=lambda fp: fp[0].robust_accuracy - fp[1].robust_accuracy)
+    gap = f.robust_accuracy - p.robust_accuracy
+    if gap > FGSM_PGD_GAP:
+        return Check(
+            name,
+            WARNING,
+            f"FGSM leaves {f.robust_accuracy:.3f} but PGD "
+            f"{p.robust_accuracy:.3f} at {f.norm} eps {f.eps:g}: the mark of "
+            "FGSM-only adversarial training or a masked gradient at the data points.",
+        )
+    return Check(
+        name,
+        PASSED,
+        f"largest FGSM-PGD gap {gap:.3f} (at eps {f.eps:g}) is within {FGSM_PGD_GAP:.2f}.",
+    )
+
+
+def accuracy_rises_with_eps(m: Measurements) -> Check:
+    name, tol = "accuracy_rises_with_eps", tolerance(m.n)
+    groups: dict[tuple[str, str, str], list[CellResult]] = {}
+    for c in m.cells:
+        groups.setdefault((c.threat, c.attack, c.norm), []).append(c)
+    for (threat, attack, norm), cells in groups.items():
+        cells = sorted(cells, key=lambda c: c.eps)
+        for lo, hi in itertools.pairwise(cells):
+            if hi.robust_accuracy > lo.robust_accuracy + tol:
+                return Check(
+                    name,
+                    WARNING,
+                    f"{threat} {attack} {norm}: robust accuracy rises "
+                    f"from {lo.robust_accuracy:.3f} at eps {lo.eps:g} to "
+                    f"{hi.robust_accuracy:.3f} at eps {hi.eps:g}; a larger ball "
+                    "cannot make a model more robust.",
+                )
+    return Check(name, PASSED, "robust accuracy never rises with eps.")
+
+
+def large_eps_accuracy(m: Measurements) -> Check:
+    name, cell = "large_eps_accuracy", m.probes.large_eps
+    if cell is None:
+        return Check(name, SKIPPED, "needs a white-box model.")
+    if cell.robust_accuracy > LARGE_EPS_MAX_ACCURACY:
+        return Check(
+            name,
+            WARNING,
+            f"PGD at {cell.norm} eps {LARGE_EPS[cell.norm]:g} (where any "
+            f"image is reachable) still leaves {cell.robust_accuracy:.3f}; an honest "
+            "attack leaves almost nothing, so gradients are not guiding the attack.",
+        )
+    return Check(
+        name,
+        PASSED,
+        f"PGD at {cell.norm} eps {LARGE_EPS[cell.norm]:g} leaves {cell.robust_accuracy:.3f}.",
+    )
+
+
+def transfer_stronger_than_whitebox(m: Measurements) -> Check:
+    name, tol = "transfer_stronger_than_whitebox", tolerance(m.n)
+    white = {(c.attack, c.norm, c.eps): c for c in _cells(m, threat="white-box")}
+    both = [
+        (c, white[(c.attack, c.norm, c.eps)])
+        for c in _cells(m, threat="transfer")
+        if (c.attack, c.norm, c.eps) in white
+    ]
+    if not both:
+        return Check(name, SKIPPED, "needs white-box and transfer attacks on the same model.")
+    bad = [(t, w) for t, w in both if t.robust_accuracy < w.robust_accuracy - tol]
+    if bad:
+        t, w = bad[0]
+        return Check(
+            name,
+            WARNING,
+            f"transfer {t.attack} from a surrogate leaves "
+            f"{t.robust_accuracy:.3f} but white-box {w.robust_accuracy:.3f} at "
+            f"{t.norm} eps {t.eps:g}: the model's own gradients are misleading.",
+        )
+    return Check(name, PASSED, "white-box attacks are at least as strong as transfer attacks.")
+
+
+def zero_gradients(m: Measurements) -> Check:
+    name, p = "zero_gradients", m.probes
+    if p.zero_gradient_share is None:
+        return Check(name, SKIPPED, "needs a white-box model.")
+    share = p.zero_gradient_share + (p.nonfinite_gradient_share or 0.0)
+    if share > ZERO_GRADIENT_MAX_SHARE:
+        return Check(
+            name,
+            WARNING,
+            f"{share:.0%} of correctly classified inputs have a zero or "
+            "non-finite input gradient (non-differentiable layers such as rounding, or "
+            "saturated outputs): gradient attacks cannot move them.",
+        )
+    return Check(name, PASSED, f"{share:.1%} of inputs have a zero or non-finite gradient.")
+
+
+def outputs_are_probabilities(m: Measurements) -> Check:
+    name, p = "outputs_are_probabilities", m.probes
+    if p.outputs_look_like_probabilities is None:
+        return Check(name, SKIPPED, "needs a white-box model.")
+    if p.outputs_look_like_probabilities:
+        return Check(
+            name,
+            WARNING,
+            "the model's outputs lie in [0, 1] and sum to 1: attacks take "
+            "cross-entropy of logits, and a softmax output weakens them.",
+        )
+    return Check(name, PASSED, "the model returns logits.")
+
+
+def randomized_model(m: Measurements) -> Check:
+    name, p = "randomized_model", m.probes
+    if p.randomized is None:
+        return Check(name, SKIPPED, "needs a white-box model.")
+    if p.randomized:
+        return Check(
+            name,
+            WARNING,
+            "two forward passes on the same inputs disagree: a "
+            "randomised model needs expectation over transformation (EOT) attacks.",
+        )
+    return Check(name, PASSED, "the model is deterministic.")
+
+
+CHECKS: tuple[Callable[[Measurements], Check], ...] = (
+    pgd_weaker_than_fgsm,
+    fgsm_far_above_pgd,
+    accuracy_rises_with_eps,
+    large_eps_accuracy,
+    transfer_stronger_than_whitebox,
+    zero_gradients,
+    outputs_are_probabilities,
+    randomized_model,
+)
+
+
+def run_checks(m: Measurements) -> list[Check]:
+    """Every credibility check on one audit's measurements."""
+    return [check(m) for check in CHECKS]

@@ -1,0 +1,142 @@
+"""What an audit runs: dataset, attacks, norms, eps grid, steps, restarts, sample limit, seed.
+
+Two audits with the same model version and the same ``config_hash`` are the same audit: the
+hash covers everything that changes the numbers (not batch size or device).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from monitor.errors import AuditError
+
+ATTACK_NAMES = ("fgsm", "pgd")
+DEFAULT_EPS = {"linf": (0.05, 0.1, 0.2), "l2": (0.5, 1.0, 2.0)}
+# Credibility probe: a radius at which every honest attack should leave (almost) nothing.
+LARGE_EPS = {"linf": 1.0, "l2": 100.0}
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """An audit's configuration; ``surrogate`` is a resolved ``name/version`` once hashed."""
+
+    dataset: str
+    attacks: tuple[str, ...] = ("fgsm", "pgd")
+    norms: tuple[str, ...] = ("linf",)
+    eps: tuple[float, ...] | None = None
+    steps: int = 10
+    restarts: int = 1
+    limit: int | None = None
+    seed: int = 0
+    surrogate: str | None = None
+
+    def __post_init__(self) -> None:
+        for attack in self.attacks:
+            if attack not in ATTACK_NAMES:
+                raise AuditError(
+                    f"unknown attack {attack!r}; choose from {', '.join(ATTACK_NAMES)}."
+                )
+        for norm in self.norms:
+            if norm not in DEFAULT_EPS:
+                raise AuditError(f"unknown norm {norm!r}; choose from linf, l2.")
+        if not self.attacks or not self.norms:
+            raise AuditError("an audit needs at least one attack and one norm.")
+        if self.eps is not None and (not self.eps or any(not e > 0 for e in self.eps)):
+            raise AuditError("every eps must be a positive number.")
+        if self.steps < 1 or self.restarts < 1:
+            raise AuditError("--steps and --restarts must be at least 1.")
+        if self.limit is not None and self.limit < 1:
+            raise AuditError("--limit must be at least 1.")
+
+    def eps_for(self, norm: str) -> tuple[float, ...]:
+        """The eps grid for one norm, ascending."""
+        return tuple(sorted(self.eps if self.eps is not None else DEFAULT_EPS[norm]))
+
+    def cells(self) -> list[tuple[str, str, float]]:
+        """Every (attack, norm, eps) the audit measures."""
+        return [(a, n, e) for n in self.norms for e in self.eps_for(n) for a in self.attacks]
+
+    def canonical(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["eps"] = {n: list(self.eps_for(n)) for n in self.norms}
+        data["attacks"] = sorted(self.attacks)
+        data["norms"] = sorted(self.norms)
+        return data
+
+    def hash(self) -> str:
+        """SHA-256 of the canonical JSON form (stable across runs and machines)."""
+        text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def with_surrogate(self, surrogate: str | None) -> AuditConfig:
+        return replace(self, surrogate=surrogate)
+
+
+def parse_eps(text: str) -> tuple[float, ...]:
+    """``"0.05,0.1,8/255"`` -> (0.05, 0.1, 0.0314...)."""
+    values = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "/" in part:
+                num, den = part.split("/", 1)
+                values.append(float(num) / float(den))
+            else:
+                values.append(float(part))
+        except (ValueError, ZeroDivisionError):
+            raise AuditError(
+                f"--eps takes numbers such as 0.05,0.1 or 8/255, not {part!r}."
+            ) from None
+    if not values:
+        raise AuditError("--eps needs at least one value.")
+    return tuple(values)
+
+
+_DEFAULT_KEYS = {
+    "dataset",
+    "attacks",
+    "norms",
+    "eps",
+    "steps",
+    "restarts",
+    "limit",
+    "seed",
+    "batch_size",
+    "device",
+}
+
+
+def audit_defaults(table: dict[str, Any]) -> dict[str, Any]:
+    """Validated ``[audit]`` defaults from robmon.toml (keys as in AuditConfig, plus
+    batch_size and device)."""
+    unknown = set(table) - _DEFAULT_KEYS
+    if unknown:
+        raise AuditError(
+            f"robmon.toml: unknown key audit.{sorted(unknown)[0]} "
+            f"(known: {', '.join(sorted(_DEFAULT_KEYS))})."
+        )
+    out = dict(table)
+    for key in ("attacks", "norms"):
+        if key in out:
+            if isinstance(out[key], str):
+                out[key] = [out[key]]
+            if not isinstance(out[key], list) or not all(isinstance(v, str) for v in out[key]):
+                raise AuditError(f"robmon.toml: audit.{key} must be a list of names.")
+            out[key] = tuple(out[key])
+    if "eps" in out:
+        eps = out["eps"]
+        if isinstance(eps, str):
+            out["eps"] = parse_eps(eps)
+        elif isinstance(eps, list) and all(isinstance(v, int | float) for v in eps):
+            out["eps"] = tuple(float(v) for v in eps)
+        else:
+            raise AuditError("robmon.toml: audit.eps must be a list of numbers.")
+    for key in ("steps", "restarts", "limit", "seed", "batch_size"):
+        if key in out and not isinstance(out[key], int):
+            raise AuditError(f"robmon.toml: audit.{key} must be an integer.")
+    return out

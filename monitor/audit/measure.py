@@ -1,0 +1,316 @@
+"""The numbers of an audit, computed on tensors: clean accuracy, one result per attack cell,
+and the probes the credibility checks read. No database, no MLflow.
+
+Robust accuracy counts a sample as robust when the model classifies it correctly both clean and
+attacked (as AutoAttack does); only initially correct samples are attacked.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from monitor.attacks import AttackStats, fgsm, perturbation_size, pgd
+from monitor.attacks.core import attack_mode, input_gradient
+from monitor.audit.config import LARGE_EPS, AuditConfig
+from monitor.classifiers import Classifier, TorchClassifier
+from monitor.errors import ModelIncompatible
+from monitor.progress import Reporter, silent
+
+GALLERY_SIZE = 8
+PROBE_SAMPLES = 256
+
+# attack name -> (model, x, y, eps, norm, config, early_stop, seed, stats) -> x_adv
+Craft = Callable[
+    [nn.Module, torch.Tensor, torch.Tensor, float, str, AuditConfig, bool, int, AttackStats],
+    torch.Tensor,
+]
+CRAFT: dict[str, Craft] = {
+    "fgsm": lambda m, x, y, eps, norm, cfg, es, seed, st: fgsm(m, x, y, eps, norm=norm, stats=st),
+    "pgd": lambda m, x, y, eps, norm, cfg, es, seed, st: pgd(
+        m,
+        x,
+        y,
+        eps,
+        norm=norm,
+        steps=cfg.steps,
+        restarts=cfg.restarts,
+        early_stop=es,
+        seed=seed,
+        stats=st,
+    ),
+}
+STEPS = {"fgsm": lambda cfg: 1, "pgd": lambda cfg: cfg.steps}
+
+
+@dataclass
+class Example:
+    """One successful adversarial example for the gallery (CPU tensors C×H×W)."""
+
+    clean: torch.Tensor
+    adversarial: torch.Tensor
+    label: int
+    adversarial_label: int
+
+
+@dataclass
+class CellResult:
+    attack: str
+    norm: str
+    eps: float
+    threat: str  # white-box | transfer
+    steps: int
+    restarts: int
+    robust_accuracy: float
+    attack_success_rate: float | None
+    n: int
+    mean_perturbation: float | None
+    max_perturbation: float | None
+    seconds: float
+    passes: int
+    per_class: dict[int, tuple[int, float]]
+    examples: list[Example] = field(default_factory=list, repr=False)
+
+
+@dataclass
+class Probes:
+    """Evidence for the credibility checks beyond the result grid."""
+
+    zero_gradient_share: float | None = None
+    nonfinite_gradient_share: float | None = None
+    outputs_look_like_probabilities: bool | None = None
+    randomized: bool | None = None
+    large_eps: CellResult | None = None
+
+
+@dataclass
+class Measurements:
+    clean_accuracy: float
+    n: int
+    n_classes: int | None
+    per_class_clean: dict[int, tuple[int, float]]
+    cells: list[CellResult]
+    probes: Probes
+
+
+@dataclass
+class Attackers:
+    """Who is attacked and who crafts: the target itself (white-box) and/or a surrogate."""
+
+    target: Classifier
+    surrogate: TorchClassifier | None = None
+
+    def threats(self) -> list[tuple[str, TorchClassifier]]:
+        pairs = []
+        if isinstance(self.target, TorchClassifier):
+            pairs.append(("white-box", self.target))
+        if self.surrogate is not None:
+            pairs.append(("transfer", self.surrogate))
+        return pairs
+
+
+def measure(
+    attackers: Attackers,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: AuditConfig,
+    *,
+    batch_size: int = 256,
+    report: Reporter = silent,
+) -> Measurements:
+    """Clean accuracy, every (threat, attack, norm, eps) cell, and the probes."""
+    correct, n_classes = clean_predictions(attackers.target, x, y)
+    per_class_clean = per_class(correct, y)
+    cells = []
+    for threat, crafter in attackers.threats():
+        for attack, norm, eps in config.cells():
+            cells.append(
+                measure_cell(
+                    crafter,
+                    attackers.target,
+                    x,
+                    y,
+                    correct,
+                    attack,
+                    norm,
+                    eps,
+                    config,
+                    threat,
+                    batch_size,
+                    report,
+                )
+            )
+    probes = probe(attackers, x, y, correct, config, batch_size)
+    return Measurements(
+        clean_accuracy=int(correct.sum()) / len(y),
+        n=len(y),
+        n_classes=n_classes,
+        per_class_clean=per_class_clean,
+        cells=cells,
+        probes=probes,
+    )
+
+
+def clean_predictions(
+    target: Classifier, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, int | None]:
+    """Which samples the target gets right, and its number of classes (None: labels only)."""
+    try:
+        probs = target.probabilities(x)
+    except RuntimeError as err:
+        raise ModelIncompatible(
+            f"{target.name} cannot take inputs shaped {tuple(x.shape[1:])}: "
+            f"{str(err).strip().splitlines()[0]}."
+        ) from err
+    if probs is None:
+        return target.labels(x) == y, None
+    bad = (~torch.isfinite(probs)).any(dim=1)
+    if bad.any():
+        raise ModelIncompatible(
+            f"{target.name} returned NaN or infinite outputs on {int(bad.sum())} of {len(x)} "
+            "clean inputs."
+        )
+    n_classes = probs.shape[1]
+    top = int(y.max())
+    if top >= n_classes:
+        raise ModelIncompatible(
+            f"the dataset has label {top} but {target.name} predicts only {n_classes} classes."
+        )
+    return probs.argmax(dim=1) == y, n_classes
+
+
+def measure_cell(
+    crafter: TorchClassifier,
+    target: Classifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    correct: torch.Tensor,
+    attack: str,
+    norm: str,
+    eps: float,
+    config: AuditConfig,
+    threat: str,
+    batch_size: int,
+    report: Reporter = silent,
+    task: str | None = None,
+) -> CellResult:
+    """Attack the initially correct samples in batches; evaluate the target on the results."""
+    started = time.perf_counter()
+    stats = AttackStats()
+    robust = torch.zeros(len(y), dtype=torch.bool)
+    sizes: list[torch.Tensor] = []
+    examples: list[Example] = []
+    todo = correct.nonzero().squeeze(1)
+    task = task or f"{threat} {attack} {norm} eps={eps:g}"
+    report(task, 0, len(todo))
+    early_stop = threat == "white-box"  # transfer examples are stronger at full strength
+    for start in range(0, len(todo), batch_size):
+        idx = todo[start : start + batch_size]
+        xb = x[idx].to(crafter.device)
+        adv = CRAFT[attack](
+            crafter.module,
+            xb,
+            y[idx].to(crafter.device),
+            eps,
+            norm,
+            config,
+            early_stop,
+            config.seed + start,
+            stats,
+        ).detach()
+        predicted = target.labels(adv).cpu()
+        still = predicted == y[idx]
+        robust[idx] = still
+        fooled = ~still
+        if fooled.any():
+            sizes.append(
+                perturbation_size(adv[fooled.to(adv.device)], xb[fooled.to(xb.device)], norm).cpu()
+            )
+            for j in fooled.nonzero().squeeze(1)[: GALLERY_SIZE - len(examples)].tolist():
+                examples.append(
+                    Example(xb[j].cpu(), adv[j].cpu(), int(y[idx][j]), int(predicted[j]))
+                )
+        report(task, min(start + batch_size, len(todo)), len(todo))
+    n_correct = int(correct.sum())
+    size = torch.cat(sizes) if sizes else None
+    return CellResult(
+        attack=attack,
+        norm=norm,
+        eps=eps,
+        threat=threat,
+        steps=STEPS[attack](config),
+        restarts=config.restarts if attack == "pgd" else 1,
+        robust_accuracy=int(robust.sum()) / len(y),
+        attack_success_rate=1.0 - int(robust.sum()) / n_correct if n_correct else None,
+        n=len(y),
+        mean_perturbation=float(size.mean()) if size is not None else None,
+        max_perturbation=float(size.max()) if size is not None else None,
+        seconds=time.perf_counter() - started,
+        passes=stats.forward,
+        per_class=per_class(robust, y),
+        examples=examples,
+    )
+
+
+def per_class(hits: torch.Tensor, y: torch.Tensor) -> dict[int, tuple[int, float]]:
+    """label -> (count, accuracy)."""
+    out = {}
+    for label in torch.unique(y).tolist():
+        mask = y == label
+        out[int(label)] = (int(mask.sum()), int(hits[mask].sum()) / int(mask.sum()))
+    return out
+
+
+def probe(
+    attackers: Attackers,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    correct: torch.Tensor,
+    config: AuditConfig,
+    batch_size: int,
+) -> Probes:
+    """Gradients, output kind, randomness and a very-large-eps attack, on the white-box model."""
+    target = attackers.target
+    if not isinstance(target, TorchClassifier):
+        return Probes()
+    idx = correct.nonzero().squeeze(1)[:PROBE_SAMPLES]
+    if idx.numel() == 0:
+        return Probes()
+    xs, ys = x[idx].to(target.device), y[idx].to(target.device)
+    with attack_mode(target.module):
+        grad, logits = input_gradient(target.module, xs, ys, targeted=False)
+        again = target.module(xs).detach()
+    flat = grad.flatten(1)
+    finite = torch.isfinite(flat).all(dim=1)
+    zero = finite & (flat.abs().amax(dim=1) == 0)
+    rows = logits.sum(dim=1)
+    looks_like_probs = bool(
+        (logits >= 0).all()
+        and (logits <= 1).all()
+        and torch.allclose(rows, torch.ones_like(rows), atol=1e-3)
+    )
+    norm = "linf" if "linf" in config.norms else config.norms[0]
+    large = measure_cell(
+        target,
+        target,
+        x[idx].cpu(),
+        y[idx].cpu(),
+        torch.ones(len(idx), dtype=torch.bool),
+        "pgd",
+        norm,
+        LARGE_EPS[norm],
+        config,
+        "white-box",
+        batch_size,
+    )
+    return Probes(
+        zero_gradient_share=float(zero.float().mean()),
+        nonfinite_gradient_share=float((~finite).float().mean()),
+        outputs_look_like_probabilities=looks_like_probs,
+        randomized=bool((again - logits).abs().max() > 1e-4),
+        large_eps=large,
+    )

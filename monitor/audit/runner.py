@@ -1,0 +1,235 @@
+"""An audit, as a sequence of named steps:
+
+    resolve the reference -> plan (surrogate, config hash) -> reuse or claim -> load models
+    -> load data -> measure -> check -> score -> store -> write back to MLflow
+
+Failures are recorded on the audit (failed, or interrupted) with their error before they
+propagate; partial results are never stored as a finished audit.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from monitor.audit import store
+from monitor.audit.checks import run_checks
+from monitor.audit.config import AuditConfig
+from monitor.audit.measure import Attackers, Measurements, measure
+from monitor.audit.report import example_gallery, robust_accuracy_plot
+from monitor.audit.score import robustness_score
+from monitor.audit.store import AuditDetail
+from monitor.audit.writeback import tag_failure, write_back
+from monitor.classifiers import TorchClassifier
+from monitor.datasets import load_dataset
+from monitor.db.session import Database
+from monitor.errors import AuditError, ModelIncompatible, RobmonError
+from monitor.progress import Reporter, silent
+from monitor.registry import ModelVersionRef, Registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AuditRequest:
+    reference: str
+    config: AuditConfig
+    trigger: str = "cli"
+    force: bool = False
+    device: str | None = None
+    batch_size: int = 256
+    requested_by: str | None = None
+
+
+@dataclass
+class AuditOutcome:
+    detail: AuditDetail
+    reused: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A resolved audit: the exact version and a config whose surrogate is a version too."""
+
+    ref: ModelVersionRef
+    config: AuditConfig
+
+    @property
+    def config_hash(self) -> str:
+        return self.config.hash()
+
+
+def run_audit(
+    db: Database, registry: Registry, request: AuditRequest, report: Reporter = silent
+) -> AuditOutcome:
+    """Audit a model version now, or return the stored audit with the same configuration."""
+    plan = make_plan(registry, request.reference, request.config)
+    if not request.force:
+        existing = store.find_reusable(db, plan.ref.name, plan.ref.version, plan.config_hash)
+        if existing is not None:
+            return AuditOutcome(store.get_audit(db, existing), reused=True)
+    audit_id = store.create(
+        db,
+        name=plan.ref.name,
+        version=plan.ref.version,
+        dataset=plan.config.dataset,
+        config=plan.config.canonical(),
+        config_hash=plan.config_hash,
+        trigger=request.trigger,
+        requested_by=request.requested_by,
+    )
+    detail = execute(db, registry, audit_id, plan, request.device, request.batch_size, report)
+    return AuditOutcome(detail, reused=False)
+
+
+def make_plan(registry: Registry, reference: str, config: AuditConfig) -> Plan:
+    """Resolve the model and, for black boxes (or when asked), the transfer surrogate."""
+    ref = registry.resolve(reference)
+    surrogate = None
+    if config.surrogate:
+        surrogate = str(registry.resolve(config.surrogate))
+    elif "pytorch" not in registry.flavors(ref):
+        surrogate = str(registry.find_surrogate(config.dataset, exclude=ref.name))
+    return Plan(ref, config.with_surrogate(surrogate))
+
+
+def plan_from_row(name: str, version: str, config: dict) -> Plan:
+    """The plan of a stored (queued) audit."""
+    fields = {k: v for k, v in config.items() if k in AuditConfig.__dataclass_fields__}
+    fields["attacks"], fields["norms"] = tuple(fields["attacks"]), tuple(fields["norms"])
+    eps = config["eps"]
+    fields["eps"] = tuple(sorted({e for values in eps.values() for e in values}))
+    if len({tuple(v) for v in eps.values()}) > 1:
+        raise AuditError("stored audit uses a different eps grid per norm; re-run it from the CLI.")
+    return Plan(ModelVersionRef(name, version), AuditConfig(**fields))
+
+
+def execute(
+    db: Database,
+    registry: Registry,
+    audit_id: int,
+    plan: Plan,
+    device: str | None = None,
+    batch_size: int = 256,
+    report: Reporter = silent,
+) -> AuditDetail:
+    """Run a claimed audit to the end: succeeded, or failed/interrupted with its error."""
+    try:
+        target_device = pick_device(device)
+        attackers = load_attackers(registry, plan, target_device)
+        store.mark_running(
+            db,
+            audit_id,
+            kind=attackers.target.kind,
+            device=str(target_device),
+            surrogate=plan.config.surrogate,
+        )
+        data = load_dataset(plan.config.dataset).head(plan.config.limit)
+        measurements = measure(
+            attackers, data.x, data.y, plan.config, batch_size=batch_size, report=report
+        )
+        checks = run_checks(measurements)
+        score = robustness_score(measurements.cells)
+        artifacts = render_artifacts(plan, measurements, score)
+        store.save_success(db, audit_id, measurements, checks, score, artifacts)
+        detail = store.get_audit(db, audit_id)
+    except KeyboardInterrupt:
+        store.mark_ended(db, audit_id, "interrupted", "interrupted before it finished")
+        raise
+    except Exception as err:
+        message = failure_message(err, device, batch_size)
+        store.mark_ended(db, audit_id, "failed", message)
+        _tag_failure_quietly(registry, db, audit_id)
+        raise AuditError(f"audit {audit_id} of {plan.ref} failed: {message}") from err
+    _write_back(db, registry, detail, artifacts)
+    return store.get_audit(db, audit_id)
+
+
+def pick_device(device: str | None) -> torch.device:
+    """CUDA when available unless told otherwise; a clear error for CUDA without a GPU."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise AuditError("CUDA is not available on this machine; use --device cpu.")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise AuditError(f"--device takes cpu or cuda (or cuda:N), not {device!r}.") from None
+
+
+def load_attackers(registry: Registry, plan: Plan, device: torch.device) -> Attackers:
+    target = registry.load(plan.ref, device)
+    surrogate = None
+    if plan.config.surrogate:
+        name, version = plan.config.surrogate.rsplit("/", 1)
+        surrogate = registry.load(ModelVersionRef(name, version), device)
+        if not isinstance(surrogate, TorchClassifier):
+            raise ModelIncompatible(
+                f"surrogate {plan.config.surrogate} is not a torch model; transfer attacks are "
+                "crafted with gradients."
+            )
+    if not isinstance(target, TorchClassifier) and surrogate is None:
+        raise ModelIncompatible(f"{plan.ref} is a black box and no surrogate was found.")
+    return Attackers(target=target, surrogate=surrogate)
+
+
+def render_artifacts(
+    plan: Plan, m: Measurements, score: float | None
+) -> dict[str, tuple[str, bytes]]:
+    """The robust-accuracy plot and the example gallery, as (content type, PNG bytes)."""
+    title = f"{plan.ref.name} v{plan.ref.version} on {plan.config.dataset}"
+    if score is not None:
+        title += f"  (score {score:.1f})"
+    artifacts = {
+        "robust_accuracy.png": ("image/png", robust_accuracy_plot(m.cells, m.clean_accuracy, title))
+    }
+    cells = [c for c in m.cells if c.examples]
+    if cells:
+        norm = cells[0].norm
+        grid = sorted({c.eps for c in cells if c.norm == norm})
+        middle = grid[len(grid) // 2]
+        cell = min(
+            (c for c in cells if c.norm == norm and c.eps == middle),
+            key=lambda c: c.robust_accuracy,
+        )
+        caption = (
+            f"{plan.ref.name} v{plan.ref.version}: {cell.threat} {cell.attack.upper()} "
+            f"{norm} eps {cell.eps:g}"
+        )
+        artifacts["examples.png"] = ("image/png", example_gallery(cell.examples, caption))
+    return artifacts
+
+
+def failure_message(err: BaseException, device: str | None, batch_size: int) -> str:
+    """One sentence for the audit's error column."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return (
+            f"out of memory on {device or 'the device'} at batch size {batch_size}; "
+            "lower --batch-size."
+        )
+    if isinstance(err, MemoryError):
+        return f"out of memory at batch size {batch_size}; lower --batch-size."
+    if isinstance(err, RobmonError):
+        return str(err)
+    return f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''}"
+
+
+def _tag_failure_quietly(registry: Registry, db: Database, audit_id: int) -> None:
+    try:
+        tag_failure(registry, store.get_audit(db, audit_id))
+    except RobmonError as err:
+        log.warning("could not tag the failed audit %s in MLflow: %s", audit_id, err)
+
+
+def _write_back(
+    db: Database, registry: Registry, detail: AuditDetail, artifacts: dict[str, tuple[str, bytes]]
+) -> None:
+    """MLflow write-back; a failure is kept on the audit (its numbers stay valid)."""
+    try:
+        run_id = write_back(registry, detail, {k: v for k, (_, v) in artifacts.items()})
+        store.set_writeback(db, detail.id, run_id, None)
+    except RobmonError as err:
+        log.warning("audit %s: MLflow write-back failed: %s", detail.id, err)
+        store.set_writeback(db, detail.id, None, str(err))

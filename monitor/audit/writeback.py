@@ -1,0 +1,78 @@
+"""Audit results back into MLflow: one run per audit, and tags on the audited model version."""
+
+from __future__ import annotations
+
+from monitor.audit.report import audit_json
+from monitor.audit.store import AuditDetail
+from monitor.registry import ModelVersionRef, Registry
+
+EXPERIMENT = "robustness-audits"
+
+
+def metric_key(threat: str, attack: str, norm: str, eps: float) -> str:
+    prefix = "robust_accuracy" if threat == "white-box" else f"{threat}_robust_accuracy"
+    return f"{prefix}.{attack}.{norm}.eps_{eps:g}"
+
+
+def write_back(registry: Registry, detail: AuditDetail, artifacts: dict[str, bytes]) -> str:
+    """Log the audit as a run in ``robustness-audits`` and tag the version; returns the run id."""
+    import json
+
+    metrics = {
+        metric_key(r.threat, r.attack, r.norm, r.eps): r.robust_accuracy for r in detail.results
+    }
+    metrics["clean_accuracy"] = detail.clean_accuracy or 0.0
+    if detail.score is not None:
+        metrics["robustness_score"] = detail.score
+    metrics["credibility_warnings"] = float(detail.warnings)
+    config = detail.config
+    params = {
+        "model": detail.model_name,
+        "version": detail.model_version,
+        "dataset": detail.dataset,
+        "attacks": ",".join(config["attacks"]),
+        "norms": ",".join(config["norms"]),
+        "eps": json.dumps(config["eps"]),
+        "steps": config["steps"],
+        "restarts": config["restarts"],
+        "limit": config["limit"],
+        "seed": config["seed"],
+        "surrogate": detail.surrogate,
+        "config_hash": detail.config_hash,
+        "device": detail.device,
+        "audit_id": detail.id,
+    }
+    files = {"report.json": json.dumps(audit_json(detail), indent=2, default=str).encode()}
+    files.update(artifacts)
+    run_id = registry.log_run(
+        EXPERIMENT,
+        f"audit-{detail.id} {detail.model_name} v{detail.model_version}",
+        params=params,
+        metrics=metrics,
+        artifacts=files,
+        tags={
+            "robustness.audit_id": str(detail.id),
+            "robustness.model": detail.model_name,
+            "robustness.version": detail.model_version,
+            "robustness.trigger": detail.trigger,
+        },
+    )
+    registry.set_tags(
+        ModelVersionRef(detail.model_name, detail.model_version),
+        {
+            "robustness.score": f"{detail.score:.4f}" if detail.score is not None else "",
+            "robustness.audit_id": detail.id,
+            "robustness.audited_at": (detail.finished_at or detail.created_at).isoformat(),
+            "robustness.status": detail.status,
+            "robustness.credibility": "warning" if detail.warnings else "passed",
+        },
+    )
+    return run_id
+
+
+def tag_failure(registry: Registry, detail: AuditDetail) -> None:
+    """A failed audit marks the version without touching the last good score."""
+    registry.set_tags(
+        ModelVersionRef(detail.model_name, detail.model_version),
+        {"robustness.status": detail.status, "robustness.failed_audit_id": detail.id},
+    )

@@ -1,0 +1,258 @@
+"""`robmon audit MODEL` and `robmon audits list|show`."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import typer
+
+from monitor.cli.base import (
+    JSON_OPTION,
+    app,
+    emit_json,
+    fmt,
+    note,
+    print_table,
+    progress_bars,
+    say,
+    state,
+)
+
+audits_app = typer.Typer(help="Past robustness audits.", no_args_is_help=True)
+app.add_typer(audits_app, name="audits")
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@app.command("audit")
+def audit(
+    model: str = typer.Argument(..., help="NAME, models:/NAME/VERSION or models:/NAME@ALIAS."),
+    dataset: str | None = typer.Option(
+        None,
+        help="digits, digits28, a .npz file or an image folder "
+        "(default: the version's robustness.dataset tag, then robmon.toml [audit].dataset).",
+    ),
+    attack: list[str] = typer.Option(None, "--attack", help="fgsm and/or pgd (repeatable)."),
+    eps: str | None = typer.Option(None, help="Comma-separated radii, e.g. 0.05,0.1,0.2 or 8/255."),
+    norm: list[str] = typer.Option(None, "--norm", help="linf and/or l2 (repeatable)."),
+    steps: int | None = typer.Option(None, help="PGD steps (default 10)."),
+    restarts: int | None = typer.Option(None, help="PGD restarts (default 1)."),
+    batch_size: int | None = typer.Option(None, help="Samples per attack batch (default 256)."),
+    limit: int | None = typer.Option(None, help="Audit only the first N samples."),
+    seed: int | None = typer.Option(None, help="Random seed (default 0)."),
+    surrogate: str | None = typer.Option(
+        None,
+        help="Torch model to craft transfer attacks on (default for black boxes: the "
+        "newest torch model registered for the same dataset).",
+    ),
+    device: str | None = typer.Option(None, help="cpu or cuda (default: CUDA when available)."),
+    force: bool = typer.Option(False, help="Run again even if this audit exists."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Attack a model version now and report its robustness (reuses a matching audit)."""
+    from monitor.audit.config import AuditConfig, audit_defaults, parse_eps
+    from monitor.audit.report import audit_json
+    from monitor.audit.runner import AuditRequest, run_audit
+    from monitor.errors import AuditError
+
+    settings, registry = state.settings(), state.registry()
+    db = state.database()
+    defaults = audit_defaults(settings.section("audit"))
+    chosen = {
+        "dataset": dataset,
+        "attacks": tuple(attack) if attack else None,
+        "norms": tuple(norm) if norm else None,
+        "eps": parse_eps(eps) if eps else None,
+        "steps": steps,
+        "restarts": restarts,
+        "limit": limit,
+        "seed": seed,
+        "surrogate": surrogate,
+    }
+    fields = {k: v for k, v in defaults.items() if k in AuditConfig.__dataclass_fields__}
+    fields.update({k: v for k, v in chosen.items() if v is not None})
+    if not fields.get("dataset"):
+        ref = registry.resolve(model)
+        fields["dataset"] = registry.version_tags(ref).get("robustness.dataset")
+        if not fields["dataset"]:
+            raise AuditError(
+                f"{ref} has no robustness.dataset tag and no dataset is configured; pass --dataset."
+            )
+    request = AuditRequest(
+        reference=model,
+        config=AuditConfig(**fields),
+        force=force,
+        device=device or defaults.get("device"),
+        batch_size=batch_size or defaults.get("batch_size", 256),
+    )
+    signal.signal(signal.SIGTERM, _interrupt)
+    with progress_bars(not as_json) as report:
+        outcome = run_audit(db, registry, request, report)
+    if as_json:
+        emit_json({**audit_json(outcome.detail), "reused": outcome.reused})
+        return
+    if outcome.reused:
+        note(
+            f"reusing audit {outcome.detail.id} (same version and configuration; "
+            "--force runs it again)"
+        )
+    render_audit(outcome.detail)
+
+
+@audits_app.command("list")
+def list_audits(
+    model: str | None = typer.Option(None, help="Only this registered model."),
+    version: str | None = typer.Option(None, help="Only this version (with --model)."),
+    status: str | None = typer.Option(
+        None, help="queued, running, succeeded, failed or interrupted."
+    ),
+    limit: int = typer.Option(50, help="At most this many, newest first."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Past audits, newest first."""
+    from monitor.audit import store
+
+    audits = store.list_audits(
+        state.database(), model=model, version=version, status=status, limit=limit
+    )
+    if as_json:
+        emit_json(audits)
+        return
+    if not audits:
+        say("no audits yet (run `robmon audit MODEL`)")
+        return
+    print_table(
+        "audits",
+        (
+            "id",
+            "model",
+            "version",
+            "dataset",
+            "status",
+            "trigger",
+            "created (UTC)",
+            "clean",
+            "score",
+            "warnings",
+        ),
+        [
+            (
+                a.id,
+                a.model_name,
+                a.model_version,
+                a.dataset,
+                a.status,
+                a.trigger,
+                a.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                fmt(a.clean_accuracy),
+                fmt(a.score, 1),
+                a.warnings or "",
+            )
+            for a in audits
+        ],
+    )
+
+
+@audits_app.command("show")
+def show_audit(
+    audit_id: int = typer.Argument(..., help="Audit id (see `robmon audits list`)."),
+    save_artifacts: Path | None = typer.Option(
+        None, "--save-artifacts", help="Write the audit's plots into this folder."
+    ),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """One audit: results per attack and eps, per-class accuracy, credibility checks."""
+    from monitor.audit import store
+    from monitor.audit.report import audit_json
+
+    db = state.database()
+    detail = store.get_audit(db, audit_id)
+    if save_artifacts is not None:
+        save_artifacts.mkdir(parents=True, exist_ok=True)
+        for name in detail.artifact_names:
+            (save_artifacts / name).write_bytes(store.get_artifact(db, audit_id, name)[1])
+    if as_json:
+        emit_json(audit_json(detail))
+    else:
+        render_audit(detail)
+
+
+def render_audit(detail) -> None:
+    """Tables for one audit: header, results, per-class, checks."""
+    say(
+        f"audit {detail.id}: {detail.model_name} v{detail.model_version} on {detail.dataset} "
+        f"({detail.status}, {detail.trigger})"
+    )
+    if detail.status != "succeeded":
+        say(f"error: {detail.error}" if detail.error else "no results yet")
+        return
+    surrogate = f", transfer from {detail.surrogate}" if detail.surrogate else ""
+    say(
+        f"clean accuracy {fmt(detail.clean_accuracy)} on {detail.n_samples} samples; "
+        f"robustness score {fmt(detail.score, 1)}{surrogate}"
+    )
+    print_table(
+        None,
+        (
+            "threat",
+            "attack",
+            "norm",
+            "eps",
+            "robust acc",
+            "success rate",
+            "mean pert.",
+            "max pert.",
+            "seconds",
+        ),
+        [
+            (
+                r.threat,
+                r.attack,
+                r.norm,
+                f"{r.eps:g}",
+                fmt(r.robust_accuracy),
+                fmt(r.attack_success_rate),
+                fmt(r.mean_perturbation, 4),
+                fmt(r.max_perturbation, 4),
+                fmt(r.seconds, 2),
+            )
+            for r in detail.results
+        ],
+    )
+    _render_per_class(detail)
+    print_table(
+        None,
+        ("check", "status", "detail"),
+        [
+            (c.name, c.status.upper() if c.status == "warning" else c.status, c.detail)
+            for c in detail.checks
+        ],
+    )
+    if detail.mlflow_run_id:
+        say(f"MLflow run {detail.mlflow_run_id} (experiment robustness-audits)")
+    elif detail.writeback_error:
+        say(f"MLflow write-back failed: {detail.writeback_error}")
+
+
+def _render_per_class(detail) -> None:
+    clean = {c.label: c.accuracy for c in detail.per_class if c.threat == "clean"}
+    strongest = min(detail.results, key=lambda r: (r.robust_accuracy, -r.eps), default=None)
+    if not clean or strongest is None:
+        return
+    middle = sorted({r.eps for r in detail.results if r.norm == strongest.norm})
+    eps = middle[len(middle) // 2]
+    attacked = {}
+    for row in detail.per_class:
+        if row.threat == strongest.threat and row.norm == strongest.norm and row.eps == eps:
+            attacked[row.label] = min(attacked.get(row.label, 1.0), row.accuracy)
+    print_table(
+        f"per-class accuracy (clean / worst attack at {strongest.norm} eps {eps:g})",
+        ("class", *[str(k) for k in sorted(clean)]),
+        [
+            ("clean", *[fmt(clean[k], 2) for k in sorted(clean)]),
+            ("attacked", *[fmt(attacked.get(k), 2) for k in sorted(clean)]),
+        ],
+    )
