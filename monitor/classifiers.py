@@ -27,6 +27,7 @@ class TorchClassifier:
     kind: str = "torch"
     outputs: str = "logits"
     batch_size: int = 512
+    input_shape: tuple[int, ...] | None = None  # C, H, W from the signature, when known
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,6 +67,7 @@ class BlackBoxClassifier:
     kind: str = "blackbox"
     outputs: str = "probabilities"
     batch_size: int = 1024
+    input_shape: tuple[int, ...] | None = None  # C, H, W (or features,) from the signature
 
     def _raw(self, x: torch.Tensor) -> np.ndarray:
         outs = []
@@ -100,6 +102,34 @@ class BlackBoxClassifier:
 
 
 Classifier = TorchClassifier | BlackBoxClassifier
+
+
+def check_input_shape(model: Classifier, image_shape: tuple[int, ...], data: str) -> None:
+    """Raise ModelIncompatible when images cannot be what the model's signature takes."""
+    expected = model.input_shape
+    if expected is None:
+        return
+    known = [d for d in expected if d not in (-1, None)]
+    fits = (
+        tuple(expected) == tuple(image_shape)
+        if len(known) == len(expected) == 3
+        else int(np_prod(image_shape)) == int(np_prod(known))
+        if len(expected) == 1
+        else True
+    )
+    if not fits:
+        shown = "×".join(str(d) for d in expected)
+        raise ModelIncompatible(
+            f"{model.name} takes inputs shaped {shown} (its signature) but {data} is "
+            f"{'×'.join(str(d) for d in image_shape)}."
+        )
+
+
+def np_prod(values: tuple[int, ...] | list[int]) -> int:
+    out = 1
+    for v in values:
+        out *= int(v)
+    return out
 
 
 def layout_from_shape(shape: tuple[int, ...] | None) -> str:

@@ -192,6 +192,17 @@ class Registry:
             return self.load_torch(ref, device)
         return self._load_blackbox(ref)
 
+    def input_signature(self, ref: ModelVersionRef) -> tuple[tuple[int, ...] | None, str]:
+        """(shape without the batch axis, dtype) of the model's tensor input signature."""
+        from mlflow.models import get_model_info
+
+        info = self._call(f"read the MLmodel of {ref}", get_model_info, ref.uri)
+        schema = info.signature.inputs if info.signature is not None else None
+        if schema is None or not schema.is_tensor_spec():
+            return None, "float32"
+        spec = schema.inputs[0]
+        return tuple(spec.shape[1:]), str(spec.type)
+
     def load_torch(
         self, ref: ModelVersionRef, device: str | torch.device = "cpu"
     ) -> TorchClassifier:
@@ -205,19 +216,20 @@ class Registry:
         with contextlib.suppress(NotImplementedError):
             module.eval()
         module = module.to(device)
-        return TorchClassifier(name=str(ref), module=module, device=device)
+        shape, _ = self.input_signature(ref)
+        return TorchClassifier(name=str(ref), module=module, device=device, input_shape=shape)
 
     def _load_blackbox(self, ref: ModelVersionRef) -> BlackBoxClassifier:
         import mlflow.pyfunc
 
         model = self._call(f"load {ref}", mlflow.pyfunc.load_model, ref.uri)
-        shape, dtype = None, "float32"
-        schema = model.metadata.get_input_schema()
-        if schema is not None and schema.is_tensor_spec():
-            spec = schema.inputs[0]
-            shape, dtype = tuple(spec.shape), spec.type
+        shape, dtype = self.input_signature(ref)
         return BlackBoxClassifier(
-            name=str(ref), predict_fn=model.predict, layout=layout_from_shape(shape), dtype=dtype
+            name=str(ref),
+            predict_fn=model.predict,
+            layout=layout_from_shape(None if shape is None else (-1, *shape)),
+            dtype=dtype,
+            input_shape=shape,
         )
 
     def find_surrogate(self, dataset: str, exclude: str | None = None) -> ModelVersionRef:

@@ -18,12 +18,23 @@ from pathlib import Path
 import pytest
 import torch
 
+from monitor.architectures import digits_cnn
+from monitor.datasets import load_dataset
+from monitor.training import train_classifier
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 torch.set_num_threads(1)
 
-ENV_KEYS = ("ROBMON_HOME", "ROBMON_DB_URL", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI",
-            "ROBMON_CONFIG", "ROBMON_INPUT_ROOT", "ROBMON_MLFLOW_ARTIFACT_ROOT")
+ENV_KEYS = (
+    "ROBMON_HOME",
+    "ROBMON_DB_URL",
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "ROBMON_CONFIG",
+    "ROBMON_INPUT_ROOT",
+    "ROBMON_MLFLOW_ARTIFACT_ROOT",
+)
 
 
 @pytest.fixture
@@ -102,9 +113,10 @@ def postgres_url(postgres_server_url: str) -> str:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     yield admin.set(database=name).render_as_string(hide_password=False)
     with engine.connect() as conn:
-        conn.execute(text(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"
-        ), {"n": name})
+        conn.execute(
+            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+            {"n": name},
+        )
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
     engine.dispose()
 
@@ -150,3 +162,43 @@ def run_robmon(*args: str) -> CliResult:
 @pytest.fixture
 def robmon():
     return run_robmon
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def trained_cnn():
+    """The demo CNN architecture trained on the digits train split (about 2 s)."""
+    train = load_dataset("digits", "train")
+    torch.manual_seed(0)
+    model = digits_cnn()
+    train_classifier(model, train.x, train.y, epochs=15, lr=2e-3, seed=0)
+    return model.eval()
+
+
+class ForwardCounter:
+    """Counts samples through a model's forward passes (an outside view of an attack's cost)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.samples = 0
+        self.handle = model.register_forward_hook(self._hook)
+
+    def _hook(self, _module, inputs, _output) -> None:
+        self.samples += len(inputs[0])
+
+
+@pytest.fixture
+def forward_counter():
+    handles = []
+
+    def attach(model):
+        counter = ForwardCounter(model)
+        handles.append(counter.handle)
+        return counter
+
+    yield attach
+    for handle in handles:
+        handle.remove()

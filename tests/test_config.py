@@ -36,8 +36,11 @@ def test_masks_passwords_in_urls_and_secret_keys() -> None:
     masked = mask_secrets(
         {"db_url": "postgresql://robmon:hunter2@db:5432/x", "webhook": {"secret": "s3"}, "n": 3}
     )
-    assert masked == {"db_url": "postgresql://robmon:***@db:5432/x",
-                      "webhook": {"secret": "***"}, "n": 3}
+    assert masked == {
+        "db_url": "postgresql://robmon:***@db:5432/x",
+        "webhook": {"secret": "***"},
+        "n": 3,
+    }
 
 
 @pytest.mark.parametrize(

@@ -123,6 +123,6 @@ def test_unreachable_tracking_server_fails_fast_with_one_sentence(home, monkeypa
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
     registry = Registry(load_settings())
     started = time.monotonic()
-    with pytest.raises(RegistryUnavailable, match="http://127.0.0.1:9 is unreachable"):
+    with pytest.raises(RegistryUnavailable, match=r"http://127\.0\.0\.1:9 is unreachable"):
         registry.resolve("digits-cnn")
     assert time.monotonic() - started < 30

@@ -17,7 +17,7 @@ from torch import nn
 from monitor.attacks import AttackStats, fgsm, perturbation_size, pgd
 from monitor.attacks.core import attack_mode, input_gradient
 from monitor.audit.config import LARGE_EPS, AuditConfig
-from monitor.classifiers import Classifier, TorchClassifier
+from monitor.classifiers import Classifier, TorchClassifier, check_input_shape
 from monitor.errors import ModelIncompatible
 from monitor.progress import Reporter, silent
 
@@ -159,9 +159,10 @@ def clean_predictions(
     target: Classifier, x: torch.Tensor, y: torch.Tensor
 ) -> tuple[torch.Tensor, int | None]:
     """Which samples the target gets right, and its number of classes (None: labels only)."""
+    check_input_shape(target, tuple(x.shape[1:]), "the dataset")
     try:
         probs = target.probabilities(x)
-    except RuntimeError as err:
+    except (RuntimeError, AssertionError) as err:  # pt2 graphs assert on shapes
         raise ModelIncompatible(
             f"{target.name} cannot take inputs shaped {tuple(x.shape[1:])}: "
             f"{str(err).strip().splitlines()[0]}."

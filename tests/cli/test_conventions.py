@@ -22,7 +22,10 @@ def test_debug_adds_the_traceback(demo_home, robmon) -> None:
 def test_console_script_entry_point(home) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "monitor", "db", "current", "--json"],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert '"head"' in result.stdout

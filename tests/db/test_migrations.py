@@ -71,7 +71,8 @@ def test_external_database_out_of_date_stops_with_one_sentence(
     assert len(lines) == 1
     assert lines[0].startswith("error: the database at postgresql")
     assert lines[0].endswith("run `robmon db upgrade`.")
-    assert robmon("db", "upgrade", "--json").json()["to"] == robmon(
-        "db", "current", "--json"
-    ).json()["head"]
+    assert (
+        robmon("db", "upgrade", "--json").json()["to"]
+        == robmon("db", "current", "--json").json()["head"]
+    )
     assert robmon("audits", "list", "--json").code == 0
