@@ -23,7 +23,7 @@ from monitor.audit.score import robustness_score
 from monitor.audit.store import AuditDetail
 from monitor.audit.writeback import tag_failure, write_back
 from monitor.classifiers import TorchClassifier
-from monitor.datasets import load_dataset
+from monitor.datasets import Dataset, load_dataset
 from monitor.db.session import Database
 from monitor.errors import AuditError, ModelIncompatible, RobmonError
 from monitor.progress import Reporter, silent
@@ -65,7 +65,9 @@ def run_audit(
     db: Database, registry: Registry, request: AuditRequest, report: Reporter = silent
 ) -> AuditOutcome:
     """Audit a model version now, or return the stored audit with the same configuration."""
+    device = pick_device(request.device)
     plan = make_plan(registry, request.reference, request.config)
+    data = load_dataset(plan.config.dataset).head(plan.config.limit)  # bad data: no audit row
     if not request.force:
         existing = store.find_reusable(db, plan.ref.name, plan.ref.version, plan.config_hash)
         if existing is not None:
@@ -80,7 +82,7 @@ def run_audit(
         trigger=request.trigger,
         requested_by=request.requested_by,
     )
-    detail = execute(db, registry, audit_id, plan, request.device, request.batch_size, report)
+    detail = execute(db, registry, audit_id, plan, device, request.batch_size, report, data)
     return AuditOutcome(detail, reused=False)
 
 
@@ -111,13 +113,14 @@ def execute(
     registry: Registry,
     audit_id: int,
     plan: Plan,
-    device: str | None = None,
+    device: torch.device | str | None = None,
     batch_size: int = 256,
     report: Reporter = silent,
+    data: Dataset | None = None,
 ) -> AuditDetail:
     """Run a claimed audit to the end: succeeded, or failed/interrupted with its error."""
     try:
-        target_device = pick_device(device)
+        target_device = device if isinstance(device, torch.device) else pick_device(device)
         attackers = load_attackers(registry, plan, target_device)
         store.mark_running(
             db,
@@ -126,7 +129,8 @@ def execute(
             device=str(target_device),
             surrogate=plan.config.surrogate,
         )
-        data = load_dataset(plan.config.dataset).head(plan.config.limit)
+        if data is None:
+            data = load_dataset(plan.config.dataset).head(plan.config.limit)
         measurements = measure(
             attackers, data.x, data.y, plan.config, batch_size=batch_size, report=report
         )
@@ -202,7 +206,7 @@ def render_artifacts(
     return artifacts
 
 
-def failure_message(err: BaseException, device: str | None, batch_size: int) -> str:
+def failure_message(err: BaseException, device: object, batch_size: int) -> str:
     """One sentence for the audit's error column."""
     if isinstance(err, torch.OutOfMemoryError):
         return (
