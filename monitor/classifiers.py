@@ -28,6 +28,12 @@ class TorchClassifier:
     outputs: str = "logits"
     batch_size: int = 512
     input_shape: tuple[int, ...] | None = None  # C, H, W from the signature, when known
+    attack_module: torch.nn.Module | None = None  # a faster stand-in used to craft attacks
+
+    @property
+    def crafting_module(self) -> torch.nn.Module:
+        """The module attacks differentiate (fast mode's wrapper, else the model itself)."""
+        return self.attack_module if self.attack_module is not None else self.module
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:

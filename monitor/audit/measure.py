@@ -213,7 +213,7 @@ def measure_cell(
         idx = todo[start : start + batch_size]
         xb = x[idx].to(crafter.device)
         adv = CRAFT[attack](
-            crafter.module,
+            crafter.crafting_module,
             xb,
             y[idx].to(crafter.device),
             eps,

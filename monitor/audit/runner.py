@@ -41,6 +41,7 @@ class AuditRequest:
     device: str | None = None
     batch_size: int = 256
     requested_by: str | None = None
+    fast: bool = False  # CUDA only: craft with compile + bf16 + channels_last
 
 
 @dataclass
@@ -66,6 +67,8 @@ def run_audit(
 ) -> AuditOutcome:
     """Audit a model version now, or return the stored audit with the same configuration."""
     device = pick_device(request.device)
+    if request.fast and device.type != "cuda":
+        raise AuditError("--fast needs a CUDA device (compile + bf16 + channels_last).")
     plan = make_plan(registry, request.reference, request.config)
     data = load_dataset(plan.config.dataset).head(plan.config.limit)  # bad data: no audit row
     if not request.force:
@@ -82,7 +85,9 @@ def run_audit(
         trigger=request.trigger,
         requested_by=request.requested_by,
     )
-    detail = execute(db, registry, audit_id, plan, device, request.batch_size, report, data)
+    detail = execute(
+        db, registry, audit_id, plan, device, request.batch_size, report, data, fast=request.fast
+    )
     return AuditOutcome(detail, reused=False)
 
 
@@ -117,16 +122,18 @@ def execute(
     batch_size: int = 256,
     report: Reporter = silent,
     data: Dataset | None = None,
+    *,
+    fast: bool = False,
 ) -> AuditDetail:
     """Run a claimed audit to the end: succeeded, or failed/interrupted with its error."""
     try:
         target_device = device if isinstance(device, torch.device) else pick_device(device)
-        attackers = load_attackers(registry, plan, target_device)
+        attackers = load_attackers(registry, plan, target_device, fast=fast)
         store.mark_running(
             db,
             audit_id,
             kind=attackers.target.kind,
-            device=str(target_device),
+            device=f"{target_device} (fast)" if fast else str(target_device),
             surrogate=plan.config.surrogate,
         )
         if data is None:
@@ -163,7 +170,12 @@ def pick_device(device: str | None) -> torch.device:
         raise AuditError(f"--device takes cpu or cuda (or cuda:N), not {device!r}.") from None
 
 
-def load_attackers(registry: Registry, plan: Plan, device: torch.device) -> Attackers:
+def load_attackers(
+    registry: Registry, plan: Plan, device: torch.device, *, fast: bool = False
+) -> Attackers:
+    """The target and the surrogate; with ``fast``, their crafting modules are accelerated."""
+    if fast and device.type != "cuda":
+        raise AuditError("--fast needs a CUDA device (compile + bf16 + channels_last).")
     target = registry.load(plan.ref, device)
     surrogate = None
     if plan.config.surrogate:
@@ -176,6 +188,12 @@ def load_attackers(registry: Registry, plan: Plan, device: torch.device) -> Atta
             )
     if not isinstance(target, TorchClassifier) and surrogate is None:
         raise ModelIncompatible(f"{plan.ref} is a black box and no surrogate was found.")
+    if fast:
+        from monitor.attacks.fast import accelerate
+
+        for model in (target, surrogate):
+            if isinstance(model, TorchClassifier):
+                model.attack_module = accelerate(model.module)
     return Attackers(target=target, surrogate=surrogate)
 
 

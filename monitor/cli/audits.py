@@ -50,6 +50,9 @@ def audit(
     ),
     device: str | None = typer.Option(None, help="cpu or cuda (default: CUDA when available)."),
     force: bool = typer.Option(False, help="Run again even if this audit exists."),
+    fast: bool = typer.Option(
+        False, help="CUDA only: craft attacks with torch.compile, bf16 and channels_last."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Attack a model version now and report its robustness (reuses a matching audit)."""
@@ -87,6 +90,7 @@ def audit(
         force=force,
         device=device or defaults.get("device"),
         batch_size=batch_size or defaults.get("batch_size", 256),
+        fast=fast,
     )
     signal.signal(signal.SIGTERM, _interrupt)
     with progress_bars(not as_json) as report:

@@ -1,0 +1,208 @@
+"""Attack speed against its floor (k forward+backward passes to the input) and against ART.
+
+    OMP_NUM_THREADS=1 python benchmarks/attacks.py            # CPU: 8×8 demo CNN, 28×28 CNN
+    python benchmarks/attacks.py --device cuda                 # adds a ResNet-18 on 32×32
+
+Every ratio is measured in this one run (medians over repetitions). The floor is one forward
+plus one backward pass to the input with the model's parameters frozen, which is what an attack
+must pay per step; PGD-k is compared with k of those. With ``adversarial-robustness-toolbox``
+installed, ART's FGSM and PGD run on the same model and data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._timing import median_seconds, table  # noqa: E402
+from monitor import architectures  # noqa: E402
+from monitor.attacks import fgsm, pgd  # noqa: E402
+from monitor.attacks.core import attack_mode, input_gradient  # noqa: E402
+
+
+def floor_seconds(model, x, y, device, repeats) -> float:
+    """One forward + backward to the input, parameters frozen (set up outside the timing)."""
+    with attack_mode(model):
+        return median_seconds(lambda: input_gradient(model, x, y, targeted=False), device, repeats)
+
+
+def accuracy(model, x, y) -> float:
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+def trained_digits_model(name: str, device: torch.device, epochs: int):
+    from monitor.datasets import load_dataset
+    from monitor.training import train_classifier
+
+    size = "digits28" if name == "cnn28" else "digits"
+    train, test = load_dataset(size, "train"), load_dataset(size)
+    torch.manual_seed(0)
+    model = architectures.ARCHITECTURES[name]()
+    train_classifier(model, train.x, train.y, epochs=epochs, lr=2e-3, seed=0)
+    return model.to(device).eval(), test.x.to(device), test.y.to(device)
+
+
+def resnet_case(device: torch.device, batch: int):
+    torch.manual_seed(0)
+    model = architectures.resnet18_cifar().to(device).eval()
+    x = torch.rand(batch, 3, 32, 32, device=device)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # untrained: its own predictions are the labels
+    return model, x, y
+
+
+def art_timings(model, x, y, eps, steps, repeats, device):
+    try:
+        import numpy as np
+        from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
+        from art.estimators.classification import PyTorchClassifier
+    except ImportError:
+        return None
+    clf = PyTorchClassifier(
+        model=model,
+        loss=torch.nn.CrossEntropyLoss(),
+        input_shape=tuple(x.shape[1:]),
+        nb_classes=10,
+        clip_values=(0.0, 1.0),
+        device_type="gpu" if device.type == "cuda" else "cpu",
+    )
+    xn, yn = x.cpu().numpy(), y.cpu().numpy()
+    art_fgsm = FastGradientMethod(clf, eps=eps, batch_size=len(xn))
+    art_pgd = ProjectedGradientDescent(
+        clf, eps=eps, eps_step=2.5 * eps / steps, max_iter=steps, batch_size=len(xn), verbose=False
+    )
+    fgsm_adv = art_fgsm.generate(xn, y=yn)
+    np.random.seed(0)
+    pgd_adv = art_pgd.generate(xn, y=yn)
+    return {
+        "fgsm_s": median_seconds(lambda: art_fgsm.generate(xn, y=yn), device, repeats),
+        "pgd_s": median_seconds(lambda: art_pgd.generate(xn, y=yn), device, max(3, repeats // 2)),
+        "fgsm_acc": accuracy(model, torch.as_tensor(fgsm_adv, device=device), y),
+        "pgd_acc": accuracy(model, torch.as_tensor(pgd_adv, device=device), y),
+    }
+
+
+def bench(label, model, x, y, eps, steps, repeats, device, with_art):
+    floor = floor_seconds(model, x, y, device, repeats)
+    t_fgsm = median_seconds(lambda: fgsm(model, x, y, eps), device, repeats)
+    t_pgd = median_seconds(
+        lambda: pgd(model, x, y, eps, steps=steps, early_stop=False, seed=0), device, repeats
+    )
+    t_pgd_es = median_seconds(lambda: pgd(model, x, y, eps, steps=steps, seed=0), device, repeats)
+    acc_fgsm = accuracy(model, fgsm(model, x, y, eps), y)
+    acc_pgd = accuracy(model, pgd(model, x, y, eps, steps=steps, seed=0), y)
+    print(f"\n== {label}: batch {len(x)}, eps {eps}, PGD-{steps}, device {device} ==")
+    print(f"clean accuracy {accuracy(model, x, y):.3f}; floor (1 fwd+bwd) {floor * 1e3:.2f} ms")
+    rows = [
+        ("FGSM / 1 floor", f"{t_fgsm / floor:.3f}", f"{t_fgsm * 1e3:.1f} ms", f"{acc_fgsm:.3f}"),
+        (
+            f"PGD-{steps} (early stop off) / {steps} floors",
+            f"{t_pgd / (steps * floor):.3f}",
+            f"{t_pgd * 1e3:.1f} ms",
+            "",
+        ),
+        (
+            f"PGD-{steps} (early stop on) / {steps} floors",
+            f"{t_pgd_es / (steps * floor):.3f}",
+            f"{t_pgd_es * 1e3:.1f} ms",
+            f"{acc_pgd:.3f}",
+        ),
+    ]
+    art = art_timings(model, x, y, eps, steps, repeats, device) if with_art else None
+    if art:
+        rows += [
+            (
+                "ART FGSM / ours",
+                f"{art['fgsm_s'] / t_fgsm:.2f}x slower",
+                f"{art['fgsm_s'] * 1e3:.1f} ms",
+                f"{art['fgsm_acc']:.3f}",
+            ),
+            (
+                "ART PGD / ours (early stop off)",
+                f"{art['pgd_s'] / t_pgd:.2f}x slower",
+                f"{art['pgd_s'] * 1e3:.1f} ms",
+                f"{art['pgd_acc']:.3f}",
+            ),
+            ("ART PGD / ours (early stop on)", f"{art['pgd_s'] / t_pgd_es:.2f}x slower", "", ""),
+            ("ART PGD / its own floor", f"{art['pgd_s'] / (steps * floor):.3f}", "", ""),
+        ]
+        print(f"FGSM accuracies equal: {abs(art['fgsm_acc'] - acc_fgsm) < 1e-9}")
+    elif with_art:
+        print("(adversarial-robustness-toolbox is not installed: no ART comparison)")
+    if device.type == "cuda":
+        rows += fast_rows(model, x, y, eps, steps, repeats, device, t_pgd, acc_pgd)
+    print(table(rows, ("measure", "ratio", "time", "robust acc")))
+
+
+def fast_rows(model, x, y, eps, steps, repeats, device, t_pgd, acc_pgd):
+    """Opt-in fast mode (compile + bf16 + channels_last) against eager fp32, same run."""
+    import copy
+
+    from monitor.attacks.fast import accelerate
+
+    fast = accelerate(copy.deepcopy(model))
+    t_fast = median_seconds(
+        lambda: pgd(fast, x, y, eps, steps=steps, early_stop=False, seed=0),
+        device,
+        repeats,
+        warmup=2,
+    )
+    acc_fast = accuracy(model, pgd(fast, x, y, eps, steps=steps, seed=0), y)
+    return [
+        (
+            "fast PGD speed-up over eager fp32",
+            f"{t_pgd / t_fast:.2f}x",
+            f"{t_fast * 1e3:.1f} ms",
+            f"{acc_fast:.3f}",
+        ),
+        ("fast robust acc - fp32 (points)", f"{100 * (acc_fast - acc_pgd):+.2f}", "", ""),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--no-art", action="store_true")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    if device.type == "cpu":
+        torch.set_num_threads(int(__import__("os").environ.get("OMP_NUM_THREADS", "1")))
+    for name, eps, epochs in (("digits-cnn", 0.1, 15), ("cnn28", 0.1, 4)):
+        model, x, y = trained_digits_model(name, device, epochs)
+        bench(
+            f"{name} on {'digits28' if name == 'cnn28' else 'digits'}",
+            model,
+            x,
+            y,
+            eps,
+            args.steps,
+            args.repeats,
+            device,
+            not args.no_art,
+        )
+    if device.type == "cuda":
+        model, x, y = resnet_case(device, 1024)
+        bench(
+            "ResNet-18 on 32×32 (untrained)",
+            model,
+            x,
+            y,
+            8 / 255,
+            args.steps,
+            args.repeats,
+            device,
+            not args.no_art,
+        )
+
+
+if __name__ == "__main__":
+    main()
