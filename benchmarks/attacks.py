@@ -19,10 +19,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._timing import median_seconds, table  # noqa: E402
-from monitor import architectures  # noqa: E402
-from monitor.attacks import fgsm, pgd  # noqa: E402
-from monitor.attacks.core import attack_mode, input_gradient  # noqa: E402
+from benchmarks._timing import median_seconds, table
+from monitor import architectures
+from monitor.attacks import fgsm, pgd
+from monitor.attacks.core import attack_mode, input_gradient
 
 
 def floor_seconds(model, x, y, device, repeats) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,6 +19,10 @@ from monitor.datasets import load_dataset
 from monitor.progress import Reporter, silent
 from monitor.registry import DATASET_TAG, ModelVersionRef, Registry
 from monitor.training import accuracy, train_classifier
+
+if TYPE_CHECKING:
+    from monitor.audit.store import AuditDetail
+    from monitor.db.session import Database
 
 log = logging.getLogger(__name__)
 DEMO_TAG = "robmon.demo"
@@ -128,6 +133,20 @@ def seed_demo_models(registry: Registry, report: Reporter = silent) -> list[Demo
     if "champion" not in registry.aliases(champion.ref.name):
         registry.set_alias(champion.ref.name, "champion", champion.ref.version)
     return seeded
+
+
+def audit_demo_models(
+    db: Database, registry: Registry, models: list[DemoModel], report: Reporter = silent
+) -> list[AuditDetail]:
+    """Audit every demo model with the default configuration (reused when already done)."""
+    from monitor.audit.config import AuditConfig
+    from monitor.audit.runner import AuditRequest, run_audit
+
+    details = []
+    for model in models:
+        request = AuditRequest(model.ref.uri, AuditConfig(dataset=DEMO_DATASET), trigger="demo")
+        details.append(run_audit(db, registry, request, report).detail)
+    return details
 
 
 def _find_demo_version(registry: Registry, spec: DemoSpec) -> ModelVersionRef | None:

@@ -87,13 +87,15 @@ def demo(
     ),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """The main job on the embedded default: seed demo models (reusing what exists)."""
-    from monitor.demo import seed_demo_models
+    """The main job on the embedded default: seed demo models and audit them (reusing what
+    exists)."""
+    from monitor.demo import audit_demo_models, seed_demo_models
 
     registry = state.registry()
-    state.database()  # migrate the embedded database on first use
+    db = state.database()  # the embedded database migrates itself on first use
     with progress_bars(not as_json) as report:
         seeded = seed_demo_models(registry, report)
+        audits = audit_demo_models(db, registry, seeded, report)
     if as_json:
         emit_json(
             {
@@ -107,7 +109,19 @@ def demo(
                         "created": m.created,
                     }
                     for m in seeded
-                ]
+                ],
+                "audits": [
+                    {
+                        "audit_id": a.id,
+                        "model": a.model_name,
+                        "version": a.model_version,
+                        "status": a.status,
+                        "clean_accuracy": a.clean_accuracy,
+                        "score": a.score,
+                        "warnings": a.warnings,
+                    }
+                    for a in audits
+                ],
             }
         )
     else:
@@ -123,6 +137,21 @@ def demo(
                     "registered" if m.created else "reused",
                 )
                 for m in seeded
+            ],
+        )
+        print_table(
+            "robustness audits (FGSM and PGD, L∞ eps 0.05, 0.1, 0.2)",
+            ("audit", "model", "version", "clean acc", "score", "credibility"),
+            [
+                (
+                    a.id,
+                    a.model_name,
+                    a.model_version,
+                    fmt(a.clean_accuracy),
+                    fmt(a.score, 1),
+                    f"{a.warnings} warning(s)" if a.warnings else "passed",
+                )
+                for a in audits
             ],
         )
     if serve:
