@@ -93,8 +93,18 @@ class Registry:
 
     # -- errors ---------------------------------------------------------------------------
 
-    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run an MLflow call, translating its failures into one-sentence errors."""
+    def _call(
+        self,
+        what: str,
+        fn: Callable[..., T],
+        *args: Any,
+        not_found: str | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """Run an MLflow call, translating its failures into one-sentence errors.
+
+        ``not_found`` is the sentence for a missing resource (default: MLflow's own words).
+        """
         from mlflow.exceptions import MlflowException
 
         try:
@@ -102,7 +112,7 @@ class Registry:
         except MlflowException as err:
             text = str(err)
             if err.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in text.lower():
-                raise ModelNotFound(f"{what}: {_first_line(text)}.") from err
+                raise ModelNotFound(not_found or f"{what}: {_first_line(text)}.") from err
             if any(marker in text for marker in _UNREACHABLE):
                 raise RegistryUnavailable(
                     f"the MLflow tracking server at {self.settings.mlflow_tracking_uri} "
@@ -120,11 +130,15 @@ class Registry:
     def resolve(self, reference: str) -> ModelVersionRef:
         """The concrete version a reference points to."""
         name, version, alias = parse_reference(reference)
-        model = self._call(f"find model {name!r}", self.client.get_registered_model, name)
+        model = self._get_model(name)
         aliases = {a: str(v) for a, v in (model.aliases or {}).items()}
         if version is not None:
             self._call(
-                f"find version {version} of {name!r}", self.client.get_model_version, name, version
+                f"find version {version} of {name!r}",
+                self.client.get_model_version,
+                name,
+                version,
+                not_found=f"model {name!r} has no version {version}.",
             )
             return ModelVersionRef(name, version)
         if alias is not None:
@@ -139,6 +153,15 @@ class Registry:
             raise ModelNotFound(f"model {name!r} has no versions.")
         return ModelVersionRef(name, str(max(int(v.version) for v in versions)))
 
+    def _get_model(self, name: str) -> Any:
+        return self._call(
+            f"find model {name!r}",
+            self.client.get_registered_model,
+            name,
+            not_found=f"model {name!r} is not registered in MLflow "
+            f"({self.settings.mlflow_tracking_uri}).",
+        )
+
     def _versions(self, name: str) -> list[Any]:
         return self.search_versions(f"name = '{_quote(name)}'")
 
@@ -151,7 +174,7 @@ class Registry:
     def list_models(self, name: str | None = None) -> list[ModelInfo]:
         """Registered models (one, when ``name`` is given) with their versions and aliases."""
         if name is not None:
-            models = [self._call(f"find model {name!r}", self.client.get_registered_model, name)]
+            models = [self._get_model(name)]
         else:
             models = self._call("list registered models", _search_all_models, self.client)
         infos = []
@@ -275,7 +298,7 @@ class Registry:
         )
 
     def aliases(self, name: str) -> dict[str, str]:
-        model = self._call(f"find model {name!r}", self.client.get_registered_model, name)
+        model = self._get_model(name)
         return {a: str(v) for a, v in (model.aliases or {}).items()}
 
     def experiment_id(self, name: str) -> str:

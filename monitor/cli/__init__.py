@@ -19,6 +19,7 @@ from monitor.cli import (  # noqa: F401  (each module registers its commands on 
     admin,
     audits,
     models,
+    monitoring,
 )
 from monitor.cli.base import app, state
 from monitor.errors import RobmonError

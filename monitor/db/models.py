@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Float,
     ForeignKey,
     Index,
@@ -174,3 +175,104 @@ class AuditArtifact(Base):
     audit: Mapped[Audit] = relationship(back_populates="artifacts")
 
     __table_args__ = (UniqueConstraint("audit_id", "name"),)
+
+
+# -- production monitoring -------------------------------------------------------------------
+
+BigId = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER only
+
+
+class DetectorCalibration(Base):
+    """Detector thresholds of one model version at a target false-positive rate.
+
+    ``thresholds`` is what the ingester applies (squeezers, confidence, squeeze and combined
+    thresholds); ``report`` is the held-out evaluation; ``baseline`` holds, per flag, the highest
+    flag rate measured on benign held-out groups (the rate alerts compare against).
+    """
+
+    __tablename__ = "detector_calibrations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(255))
+    model_version: Mapped[str] = mapped_column(String(64))
+    dataset: Mapped[str] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    fpr: Mapped[float] = mapped_column(Float)
+    eps: Mapped[float] = mapped_column(Float)
+    thresholds: Mapped[dict[str, Any]]
+    baseline: Mapped[dict[str, Any]]
+    report: Mapped[dict[str, Any]]
+
+    __table_args__ = (
+        Index("ix_detector_calibrations_model", "model_name", "model_version", "created_at"),
+    )
+
+
+class InputScore(Base):
+    """One scored production input (the input itself is not kept; its SHA-256 is)."""
+
+    __tablename__ = "input_scores"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ts: Mapped[datetime]
+    source: Mapped[str] = mapped_column(String(255))
+    model_name: Mapped[str] = mapped_column(String(255))
+    model_version: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[str | None] = mapped_column(String(255))
+    predicted: Mapped[int] = mapped_column(Integer)
+    confidence: Mapped[float | None] = mapped_column(Float)
+    margin: Mapped[float | None] = mapped_column(Float)
+    entropy: Mapped[float | None] = mapped_column(Float)
+    divergences: Mapped[dict[str, Any]]
+    max_divergence: Mapped[float | None] = mapped_column(Float)
+    combined_score: Mapped[float | None] = mapped_column(Float)
+    low_confidence: Mapped[bool] = mapped_column(default=False)
+    squeeze_suspicious: Mapped[bool] = mapped_column(default=False)
+    combined_suspicious: Mapped[bool] = mapped_column(default=False)
+    flagged: Mapped[bool] = mapped_column(default=False)
+    calibration_id: Mapped[int | None] = mapped_column(
+        ForeignKey("detector_calibrations.id", ondelete="SET NULL")
+    )
+    input_sha256: Mapped[str] = mapped_column(String(64))
+    origin: Mapped[str | None] = mapped_column(String(1024))
+    kept_path: Mapped[str | None] = mapped_column(String(1024))
+
+    __table_args__ = (
+        UniqueConstraint("source", "request_id"),
+        UniqueConstraint("origin"),
+        Index("ix_input_scores_source_ts", "source", "ts"),
+        Index("ix_input_scores_ts", "ts"),
+        Index("ix_input_scores_model_ts", "model_name", "model_version", "ts"),
+    )
+
+
+class DeadLetter(Base):
+    """A production record that could not be scored, with why and where it came from."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    origin: Mapped[str] = mapped_column(String(1024))
+    line_number: Mapped[int | None] = mapped_column(BigInteger)
+    byte_offset: Mapped[int | None] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(Text)
+    excerpt: Mapped[str] = mapped_column(Text)
+    source: Mapped[str | None] = mapped_column(String(255))
+    model_name: Mapped[str | None] = mapped_column(String(255))
+    entry_key: Mapped[str | None] = mapped_column(String(1024), unique=True)
+
+    __table_args__ = (Index("ix_dead_letters_received_at", "received_at"),)
+
+
+class IngestOffset(Base):
+    """How far a file has been ingested: committed together with the scores before it."""
+
+    __tablename__ = "ingest_offsets"
+
+    path: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    inode: Mapped[int | None] = mapped_column(BigInteger)
+    offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    line_number: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,215 @@
+"""Calibrate the input detector of a registry model version and store its thresholds.
+
+Steps: resolve the model -> pick the dataset -> load the model (and a surrogate for black boxes)
+-> craft FGSM and PGD inputs at eps -> ``detect.calibration.calibrate_detector`` -> store.
+The ingester reads the newest stored calibration of each model version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import torch
+from sqlalchemy import select
+
+from monitor.attacks import fgsm, pgd
+from monitor.classifiers import Classifier, TorchClassifier, check_input_shape
+from monitor.config import Settings
+from monitor.datasets import load_dataset
+from monitor.db.models import DetectorCalibration
+from monitor.db.session import Database
+from monitor.detect.calibration import Calibration, Thresholds, calibrate_detector
+from monitor.detect.squeezers import CANDIDATES
+from monitor.errors import ConfigError, DatasetError
+from monitor.progress import Reporter, silent
+from monitor.registry import DATASET_TAG, ModelVersionRef, Registry
+
+DEFAULT_EPS = 0.1
+_DETECT_KEYS = {"dataset", "fpr", "eps", "accuracy_margin", "candidates", "max_squeezers", "limit"}
+
+
+@dataclass
+class StoredCalibration:
+    id: int
+    model_name: str
+    model_version: str
+    dataset: str
+    created_at: datetime
+    fpr: float
+    eps: float
+    thresholds: Thresholds
+    baseline: dict[str, float]
+    report: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DetectSettings:
+    """The ``[detect]`` table of robmon.toml."""
+
+    dataset: str | None = None
+    fpr: float = 0.05
+    eps: float = DEFAULT_EPS
+    accuracy_margin: float = 0.05
+    candidates: tuple[str, ...] = CANDIDATES
+    max_squeezers: int = 2
+    limit: int | None = None
+
+    @staticmethod
+    def from_table(table: dict[str, Any]) -> DetectSettings:
+        unknown = set(table) - _DETECT_KEYS
+        if unknown:
+            raise ConfigError(
+                f"robmon.toml: unknown key detect.{sorted(unknown)[0]} "
+                f"(known: {', '.join(sorted(_DETECT_KEYS))})."
+            )
+        values = dict(table)
+        if "candidates" in values:
+            values["candidates"] = tuple(values["candidates"])
+        try:
+            settings = DetectSettings(**values)
+        except TypeError as err:
+            raise ConfigError(f"robmon.toml [detect]: {err}.") from None
+        if not 0 < settings.fpr < 0.5:
+            raise ConfigError("robmon.toml: detect.fpr must be between 0 and 0.5.")
+        return settings
+
+
+def dataset_for(registry: Registry, ref: ModelVersionRef, detect: DetectSettings) -> str | None:
+    """The version's robustness.dataset tag, else the configured [detect].dataset."""
+    return registry.version_tags(ref).get(DATASET_TAG) or detect.dataset
+
+
+def calibrate_model(
+    db: Database,
+    registry: Registry,
+    settings: Settings,
+    reference: str | ModelVersionRef,
+    *,
+    dataset: str | None = None,
+    fpr: float | None = None,
+    eps: float | None = None,
+    device: str = "cpu",
+    report: Reporter = silent,
+) -> StoredCalibration:
+    """Calibrate thresholds for one model version on clean data and store them."""
+    detect = DetectSettings.from_table(settings.section("detect"))
+    ref = reference if isinstance(reference, ModelVersionRef) else registry.resolve(reference)
+    dataset = dataset or dataset_for(registry, ref, detect)
+    if not dataset:
+        raise DatasetError(
+            f"{ref} has no robustness.dataset tag and [detect].dataset is not set; pass --dataset."
+        )
+    fpr = detect.fpr if fpr is None else fpr
+    eps = detect.eps if eps is None else eps
+    if not 0 < fpr < 0.5:
+        raise ConfigError("--fpr must be between 0 and 0.5.")
+    data = load_dataset(dataset).head(detect.limit)
+    model = registry.load(ref, device)
+    check_input_shape(model, data.image_shape, f"dataset {dataset}")
+    crafter = (
+        model
+        if isinstance(model, TorchClassifier)
+        else registry.load(registry.find_surrogate(dataset, exclude=ref.name), device)
+    )
+    report("calibrating detector", 0, 1)
+    calibration = calibrate_detector(
+        probability_fn(model),
+        _craft(crafter, eps),
+        data.x,
+        data.y,
+        eps=eps,
+        fpr=fpr,
+        candidates=detect.candidates,
+        accuracy_margin=detect.accuracy_margin,
+        max_squeezers=detect.max_squeezers,
+    )
+    report("calibrating detector", 1, 1)
+    return _store(db, ref, dataset, calibration)
+
+
+def probability_fn(model: Classifier) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Class probabilities of any classifier; labels-only models give one-hot rows."""
+
+    def probabilities(x: torch.Tensor) -> torch.Tensor:
+        probs = model.probabilities(x)
+        if probs is None:
+            labels = model.labels(x)
+            probs = torch.nn.functional.one_hot(labels, int(labels.max()) + 1).float()
+        return probs
+
+    return probabilities
+
+
+def _craft(
+    crafter: TorchClassifier, eps: float
+) -> Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor]:
+    def craft(x: torch.Tensor, y: torch.Tensor, attack: str) -> torch.Tensor:
+        x, y = x.to(crafter.device), y.to(crafter.device)
+        if attack == "fgsm":
+            return fgsm(crafter.module, x, y, eps).cpu()
+        return pgd(crafter.module, x, y, eps, seed=0).cpu()
+
+    return craft
+
+
+def _store(db: Database, ref: ModelVersionRef, dataset: str, c: Calibration) -> StoredCalibration:
+    with db.session() as s:
+        row = DetectorCalibration(
+            model_name=ref.name,
+            model_version=ref.version,
+            dataset=dataset,
+            fpr=c.thresholds.fpr,
+            eps=c.eps,
+            thresholds=_finite(c.thresholds.to_dict()),
+            baseline=c.baseline,
+            report=_finite(c.report()),
+        )
+        s.add(row)
+        s.flush()
+        return _stored(row)
+
+
+def _finite(value: Any) -> Any:
+    """JSON-safe: NaN and infinities become None (JSON has no such numbers)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    return value
+
+
+def _stored(row: DetectorCalibration) -> StoredCalibration:
+    thresholds = dict(row.thresholds)
+    if thresholds.get("squeeze") is None:
+        thresholds["squeeze"] = float("inf")
+    return StoredCalibration(
+        id=row.id,
+        model_name=row.model_name,
+        model_version=row.model_version,
+        dataset=row.dataset,
+        created_at=row.created_at,
+        fpr=row.fpr,
+        eps=row.eps,
+        thresholds=Thresholds.from_dict(thresholds),
+        baseline=dict(row.baseline),
+        report=dict(row.report),
+    )
+
+
+def current_calibration(db: Database, name: str, version: str) -> StoredCalibration | None:
+    """The newest calibration of a model version, if any."""
+    with db.session() as s:
+        row = s.scalar(
+            select(DetectorCalibration)
+            .where(
+                DetectorCalibration.model_name == name, DetectorCalibration.model_version == version
+            )
+            .order_by(DetectorCalibration.created_at.desc(), DetectorCalibration.id.desc())
+            .limit(1)
+        )
+        return _stored(row) if row is not None else None

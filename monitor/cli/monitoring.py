@@ -1,0 +1,253 @@
+"""`robmon calibrate`, `robmon ingest` and `robmon inputs stats`: production monitoring."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import typer
+
+from monitor.cli.base import (
+    JSON_OPTION,
+    app,
+    emit_json,
+    fmt,
+    note,
+    print_table,
+    progress_bars,
+    say,
+    state,
+)
+
+inputs_app = typer.Typer(help="Scored production inputs.", no_args_is_help=True)
+app.add_typer(inputs_app, name="inputs")
+
+
+@app.command("calibrate")
+def calibrate(
+    model: str = typer.Argument(..., help="NAME, models:/NAME/VERSION or models:/NAME@ALIAS."),
+    dataset: str | None = typer.Option(
+        None, help="Clean data (default: the version's robustness.dataset tag)."
+    ),
+    fpr: float | None = typer.Option(None, help="Target false-positive rate (default 0.05)."),
+    eps: float | None = typer.Option(
+        None, help="L∞ eps of the FGSM/PGD inputs used to measure detection (default 0.1)."
+    ),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Detector thresholds for a model version at a target false-positive rate."""
+    from monitor.calibrate import calibrate_model
+
+    db, registry = state.database(), state.registry()
+    with progress_bars(not as_json) as report:
+        stored = calibrate_model(
+            db,
+            registry,
+            state.settings(),
+            model,
+            dataset=dataset,
+            fpr=fpr,
+            eps=eps,
+            device=device,
+            report=report,
+        )
+    data = {
+        "calibration_id": stored.id,
+        "model": {"name": stored.model_name, "version": stored.model_version},
+        "dataset": stored.dataset,
+        "fpr": stored.fpr,
+        "eps": stored.eps,
+        "created_at": stored.created_at,
+        "squeezers": list(stored.thresholds.squeezers),
+        "thresholds": {
+            "confidence": stored.thresholds.confidence,
+            "squeeze": stored.thresholds.squeeze,
+            "combined": stored.thresholds.combined.threshold
+            if stored.thresholds.combined
+            else None,
+        },
+        "baseline": stored.baseline,
+        **{
+            k: stored.report[k]
+            for k in (
+                "best_detector",
+                "reason",
+                "detectors",
+                "candidates",
+                "clean_accuracy",
+                "n_calibration",
+                "n_evaluation",
+                "n_adversarial",
+            )
+        },
+    }
+    if as_json:
+        emit_json(data)
+        return
+    say(
+        f"calibration {stored.id}: {stored.model_name} v{stored.model_version} on "
+        f"{stored.dataset}, target FPR {stored.fpr:.0%}, adversarial inputs at L∞ eps "
+        f"{stored.eps:g}"
+    )
+    say(f"chosen {data['reason']}")
+    print_table(
+        "squeezer candidates (calibration split)",
+        ("squeezer", "clean accuracy", "ROC AUC", "decision"),
+        [
+            (c["squeezer"], fmt(c["clean_accuracy"]), fmt(c["roc_auc"]), c["reason"])
+            for c in data["candidates"]
+        ],
+    )
+    rows = []
+    for d in data["detectors"]:
+        worst = max(d["fpr_benign"].items(), key=lambda kv: kv[1])
+        rows.append(
+            (
+                d["detector"],
+                *(fmt(d["detection_rate"].get(a)) for a in ("fgsm", "pgd")),
+                *(fmt(d["roc_auc"].get(a)) for a in ("fgsm", "pgd")),
+                fmt(d["fpr_clean"]),
+                f"{fmt(worst[1])} ({worst[0]})",
+            )
+        )
+    print_table(
+        "detection on the held-out split (successful adversarial inputs)",
+        (
+            "detector",
+            "FGSM rate",
+            "PGD rate",
+            "FGSM AUC",
+            "PGD AUC",
+            "FPR clean",
+            "worst benign FPR",
+        ),
+        rows,
+    )
+    say(f"best detector for this model: {data['best_detector']}")
+
+
+def _stopper() -> threading.Event:
+    stop = threading.Event()
+
+    def handle(_signum: int, _frame: object) -> None:
+        note("stopping after the current batch ...")
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    return stop
+
+
+@app.command("ingest")
+def ingest(
+    paths: list[str] = typer.Argument(
+        ..., help="JSON Lines files, globs or directories; - for standard input."
+    ),
+    follow: bool = typer.Option(False, help="Keep reading as files grow, rotate or truncate."),
+    batch_size: int = typer.Option(256, help="Records scored per batch (and per commit)."),
+    keep_flagged: Path | None = typer.Option(
+        None, help="Keep flagged inputs as PNG files in this folder for review."
+    ),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Score production records: confidence and feature-squeezing flags, exactly once."""
+    from monitor.ingest.pipeline import Ingester
+
+    if batch_size < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--batch-size")
+    ingester = Ingester(
+        state.database(),
+        state.registry(),
+        state.settings(),
+        batch_size=batch_size,
+        keep_flagged=keep_flagged,
+        device=device,
+    )
+    if paths == ["-"]:
+        summary = ingester.ingest_stream(sys.stdin.buffer)
+    elif "-" in paths:
+        raise typer.BadParameter("- (standard input) cannot be mixed with files")
+    elif follow:
+        summary = ingester.follow_files(paths, _stopper())
+    else:
+        summary = ingester.ingest_files(paths)
+    data = {
+        "records": summary.records,
+        "scored": summary.scored,
+        "dead_letters": summary.dead_letters,
+        "flagged": summary.flagged,
+        "duplicates": summary.duplicates,
+        "seconds": round(summary.seconds, 3),
+        "notes": summary.notes,
+    }
+    if as_json:
+        emit_json(data)
+        return
+    for line in summary.notes:
+        note(f"note: {line}")
+    rate = summary.records / summary.seconds if summary.seconds else 0.0
+    say(
+        f"{summary.records} records: {summary.scored} scored ({summary.flagged} flagged), "
+        f"{summary.dead_letters} dead letters, {summary.duplicates} duplicates, "
+        f"{summary.seconds:.1f} s ({rate:.0f} records/s)"
+    )
+
+
+@inputs_app.command("stats")
+def inputs_stats(
+    by: str = typer.Option("source", help="Group by: source."),
+    since: str | None = typer.Option(None, help="ISO time or 30m, 24h, 7d (record time)."),
+    model: str | None = typer.Option(None, help="Only inputs of this model."),
+    source: str | None = typer.Option(None, help="Only this source."),
+    limit: int = typer.Option(100, help="At most this many sources (most flagged first)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Per source: inputs, flagged rate, mean confidence, largest squeezing divergence."""
+    from monitor.ingest.store import source_stats
+    from monitor.times import parse_since
+
+    if by != "source":
+        raise typer.BadParameter("only 'source' is supported", param_hint="--by")
+    stats = source_stats(
+        state.database(),
+        since=parse_since(since) if since else None,
+        model=model,
+        source=source,
+        limit=limit,
+    )
+    if as_json:
+        emit_json(stats)
+        return
+    if not stats:
+        say("no scored inputs (run `robmon ingest FILE`)")
+        return
+    print_table(
+        "inputs by source",
+        (
+            "source",
+            "inputs",
+            "flagged",
+            "flagged rate",
+            "low-confidence rate",
+            "mean confidence",
+            "max divergence",
+            "last seen (UTC)",
+        ),
+        [
+            (
+                s.source,
+                s.count,
+                s.flagged,
+                fmt(s.flagged_rate),
+                fmt(s.low_confidence_rate),
+                fmt(s.mean_confidence),
+                fmt(s.max_divergence),
+                s.last_seen.strftime("%Y-%m-%d %H:%M"),
+            )
+            for s in stats
+        ],
+    )

@@ -1,0 +1,103 @@
+"""Per-input scores: prediction, confidence, margin, entropy and squeezing divergences.
+
+The divergence of a squeezer is the L1 distance between the model's softmax on the input and on
+the squeezed input (Xu et al. 2018); adversarial inputs tend to move more under squeezing than
+natural ones. All inputs and their squeezed versions go through the model as one batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from monitor.detect.squeezers import Squeezer
+
+# N×C×H×W pixel-space images -> N×K class probabilities (rows sum to 1)
+ProbabilityFn = Callable[[torch.Tensor], torch.Tensor]
+BASE_FEATURES = ("confidence", "margin", "entropy")
+
+
+@dataclass
+class ScoreBatch:
+    """Scores of N inputs; every tensor has length N."""
+
+    predicted: torch.Tensor
+    confidence: torch.Tensor
+    margin: torch.Tensor
+    entropy: torch.Tensor
+    divergences: dict[str, torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(self.confidence)
+
+    @property
+    def max_divergence(self) -> torch.Tensor:
+        """The largest divergence over the squeezers (0 when there are none)."""
+        if not self.divergences:
+            return torch.zeros_like(self.confidence)
+        return torch.stack(list(self.divergences.values())).amax(dim=0)
+
+    def feature(self, name: str) -> torch.Tensor:
+        """A named feature: confidence, margin, entropy, max_divergence or div:SQUEEZER."""
+        if name.startswith("div:"):
+            return self.divergences[name[4:]]
+        return getattr(self, name)
+
+    def select(self, index: torch.Tensor) -> ScoreBatch:
+        return ScoreBatch(
+            self.predicted[index],
+            self.confidence[index],
+            self.margin[index],
+            self.entropy[index],
+            {k: v[index] for k, v in self.divergences.items()},
+        )
+
+    @staticmethod
+    def concat(batches: Sequence[ScoreBatch]) -> ScoreBatch:
+        names = batches[0].divergences.keys()
+        return ScoreBatch(
+            torch.cat([b.predicted for b in batches]),
+            torch.cat([b.confidence for b in batches]),
+            torch.cat([b.margin for b in batches]),
+            torch.cat([b.entropy for b in batches]),
+            {n: torch.cat([b.divergences[n] for b in batches]) for n in names},
+        )
+
+
+def score_inputs(
+    probabilities: ProbabilityFn, x: torch.Tensor, squeezers: Sequence[Squeezer]
+) -> ScoreBatch:
+    """Scores of a batch: one model call on the inputs and all their squeezed versions."""
+    n = len(x)
+    probs = probabilities(torch.cat([x, *(s(x) for s in squeezers)])).float()
+    base = probs[:n]
+    top = base.topk(min(2, base.shape[1]), dim=1).values
+    margin = top[:, 0] - top[:, 1] if top.shape[1] > 1 else top[:, 0]
+    entropy = -(base * torch.log(base.clamp_min(1e-12))).sum(dim=1)
+    divergences = {
+        s.name: (base - probs[(i + 1) * n : (i + 2) * n]).abs().sum(dim=1)
+        for i, s in enumerate(squeezers)
+    }
+    return ScoreBatch(base.argmax(dim=1), top[:, 0], margin, entropy, divergences)
+
+
+def roc_auc(negatives: torch.Tensor, positives: torch.Tensor) -> float:
+    """Area under the ROC curve for "higher score = positive" (Mann–Whitney, ties count half)."""
+    if len(negatives) == 0 or len(positives) == 0:
+        return float("nan")
+    scores = torch.cat([negatives, positives]).double()
+    order = scores.argsort()
+    ranks = torch.empty_like(scores)
+    sorted_scores = scores[order]
+    # average ranks for ties
+    _, inverse, counts = torch.unique_consecutive(
+        sorted_scores, return_inverse=True, return_counts=True
+    )
+    ends = counts.cumsum(0).double()
+    average = ends - (counts.double() - 1) / 2
+    ranks[order] = average[inverse]
+    pos_ranks = ranks[len(negatives) :].sum()
+    n_pos, n_neg = len(positives), len(negatives)
+    return float((pos_ranks - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

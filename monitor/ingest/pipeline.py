@@ -1,0 +1,309 @@
+"""The ingester: lines -> records -> scores (batched per model version) -> one transaction.
+
+Per batch of lines: parse each (bad ones become dead letters), drop repeated (source, id)
+pairs, group by model version, score each group in one batched model call, then store scores,
+dead letters and the read position together. Bad input never stops the pipeline; an
+unreachable registry or database does (nothing is committed, so nothing is lost).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+
+from monitor.classifiers import check_input_shape
+from monitor.config import Settings
+from monitor.db.session import Database
+from monitor.db.types import utcnow
+from monitor.detect.scores import score_inputs
+from monitor.errors import BadRecord, ModelIncompatible, RobmonError
+from monitor.ingest import store
+from monitor.ingest.models import ModelCache, ScoringModel
+from monitor.ingest.records import Limits, Record, parse_record
+from monitor.ingest.sources import FileTailer, Position, RawLine, expand_paths, read_lines
+from monitor.registry import Registry
+
+log = logging.getLogger(__name__)
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass
+class IngestSummary:
+    records: int = 0
+    scored: int = 0
+    dead_letters: int = 0
+    flagged: int = 0
+    duplicates: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Parsed:
+    line: RawLine
+    record: Record
+    key: str | None
+
+
+class Ingester:
+    """Scores production records exactly once; holds the model cache and the running totals."""
+
+    def __init__(
+        self,
+        db: Database,
+        registry: Registry,
+        settings: Settings,
+        *,
+        batch_size: int = 256,
+        keep_flagged: Path | None = None,
+        device: str = "cpu",
+        limits: Limits | None = None,
+        on_commit: Callable[[Any, list[dict[str, Any]]], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.batch_size = batch_size
+        self.keep_flagged = keep_flagged
+        self.limits = limits or Limits(input_root=settings.input_root)
+        self.models = ModelCache(db, registry, settings, device)
+        self.summary = IngestSummary(notes=self.models.notes)
+        self.on_commit = on_commit  # (session, score rows) inside the batch's transaction
+
+    # -- sources ---------------------------------------------------------------------------
+
+    def ingest_files(self, specs: list[str]) -> IngestSummary:
+        """Read files to their end, resuming each at its committed position."""
+        started = time.perf_counter()
+        positions = store.load_positions(self.db)
+        for path in expand_paths(specs):
+            inode = path.stat().st_ino
+            saved = positions.get(str(path))
+            position = saved if saved and saved.inode == inode else Position(str(path), inode)
+            with path.open("rb") as handle:
+                while lines := read_lines(
+                    handle,
+                    position,
+                    self.limits.max_line_bytes,
+                    self.batch_size,
+                    complete_only=False,
+                ):
+                    self.process(lines, position)
+        self.summary.seconds += time.perf_counter() - started
+        return self.summary
+
+    def follow_files(
+        self, specs: list[str], stop: threading.Event, poll: float = 0.5, retry_after: float = 5.0
+    ) -> IngestSummary:
+        """Tail files until ``stop`` is set, across appends, rotation and truncation."""
+        started = time.perf_counter()
+        tailer = FileTailer(specs, store.load_positions(self.db), self.limits.max_line_bytes)
+        try:
+            while not stop.is_set():
+                tailer.rescan()
+                batches = tailer.read(self.batch_size)
+                for lines, position in batches:
+                    committed = copy.copy(position)
+                    committed.offset = lines[0].offset
+                    committed.line_number = lines[0].line_number - 1
+                    try:
+                        self.process(lines, position)
+                    except RobmonError as err:  # registry or database down: retry later
+                        log.error("ingest paused: %s (retrying in %.0f s)", err, retry_after)
+                        position.offset, position.line_number = (
+                            committed.offset,
+                            committed.line_number,
+                        )
+                        stop.wait(retry_after)
+                        break
+                if not batches:
+                    stop.wait(poll)
+        finally:
+            tailer.close()
+        self.summary.seconds += time.perf_counter() - started
+        return self.summary
+
+    def ingest_stream(self, stream: BinaryIO, origin: str = "stdin") -> IngestSummary:
+        """Read a non-seekable stream (standard input) to its end."""
+        started = time.perf_counter()
+        position = Position(origin)
+        while lines := read_lines(
+            stream, position, self.limits.max_line_bytes, self.batch_size, complete_only=False
+        ):
+            self.process(lines, position)
+        self.summary.seconds += time.perf_counter() - started
+        return self.summary
+
+    # -- one batch -------------------------------------------------------------------------
+
+    def process(
+        self, lines: list[RawLine], position: Position | None, keys: list[str] | None = None
+    ) -> None:
+        """Score ``lines`` and commit scores, dead letters and ``position`` together.
+
+        ``keys`` (one per line) identify lines across re-deliveries (stream entry ids); for
+        files they are ``path@inode:offset``.
+        """
+        if keys is None:
+            keys = [_line_key(line, position) for line in lines]
+        parsed, dead = self._parse(lines, keys)
+        parsed = self._drop_duplicates(parsed)
+        scores: list[dict[str, Any]] = []
+        groups: dict[Any, list[_Parsed]] = defaultdict(list)
+        for item in parsed:
+            try:
+                ref = self.models.resolve(item.record.model, item.record.version)
+            except BadRecord as err:
+                dead.append(_dead(item.line, item.key, str(err), item.record))
+                continue
+            groups[ref].append(item)
+        for ref, items in groups.items():
+            try:
+                model = self.models.get(ref)
+            except BadRecord as err:
+                dead.extend(_dead(i.line, i.key, str(err), i.record) for i in items)
+                continue
+            scores.extend(self._score(model, items, dead))
+        extra = (lambda session: self.on_commit(session, scores)) if self.on_commit else None
+        store.commit_batch(self.db, scores, dead, position, extra)
+        self.summary.records += len(lines)
+        self.summary.scored += len(scores)
+        self.summary.dead_letters += len(dead)
+        self.summary.flagged += sum(1 for row in scores if row["flagged"])
+
+    def _parse(
+        self, lines: list[RawLine], keys: list[str | None]
+    ) -> tuple[list[_Parsed], list[dict[str, Any]]]:
+        parsed, dead = [], []
+        for line, key in zip(lines, keys, strict=True):
+            try:
+                if line.size > self.limits.max_line_bytes:
+                    raise BadRecord(
+                        f"line of {line.size} bytes is over the limit of "
+                        f"{self.limits.max_line_bytes} bytes."
+                    )
+                parsed.append(_Parsed(line, parse_record(line.data, self.limits), key))
+            except BadRecord as err:
+                dead.append(_dead(line, key, str(err)))
+        return parsed, dead
+
+    def _drop_duplicates(self, parsed: list[_Parsed]) -> list[_Parsed]:
+        """A repeated (source, id) is scored once: within the batch and against the database."""
+        keyed = [(p.record.source, p.record.request_id) for p in parsed if p.record.request_id]
+        if not keyed:
+            return parsed
+        with self.db.session() as s:
+            seen = store.known_requests(s, keyed)
+        kept = []
+        for item in parsed:
+            pair = (item.record.source, item.record.request_id)
+            if item.record.request_id is not None:
+                if pair in seen:
+                    self.summary.duplicates += 1
+                    continue
+                seen.add(pair)
+            kept.append(item)
+        return kept
+
+    def _score(
+        self, model: ScoringModel, items: list[_Parsed], dead: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        fitting = []
+        for item in items:
+            try:
+                check_input_shape(model.classifier, tuple(item.record.image.shape), "the input")
+                fitting.append(item)
+            except ModelIncompatible as err:
+                dead.append(_dead(item.line, item.key, str(err), item.record))
+        if not fitting:
+            return []
+        x = torch.stack([i.record.image for i in fitting])
+        batch = score_inputs(model.probabilities, x, model.squeezers)
+        calibration = model.calibration
+        flags = calibration.thresholds.flags(batch) if calibration else {}
+        combined = (
+            calibration.thresholds.combined.score(batch)
+            if calibration and calibration.thresholds.combined
+            else None
+        )
+        columns = {
+            "predicted": batch.predicted.tolist(),
+            "confidence": batch.confidence.tolist(),
+            "margin": batch.margin.tolist(),
+            "entropy": batch.entropy.tolist(),
+            "max_divergence": batch.max_divergence.tolist(),
+            "combined_score": combined.tolist() if combined is not None else [None] * len(x),
+        }
+        divergences = {k: v.tolist() for k, v in batch.divergences.items()}
+        flag_lists = {k: v.tolist() for k, v in flags.items()}
+        now = utcnow()
+        rows = []
+        for j, item in enumerate(fitting):
+            low = flag_lists.get("low_confidence", [False] * len(x))[j]
+            squeeze = flag_lists.get("squeeze_suspicious", [False] * len(x))[j]
+            comb = flag_lists.get("combined_suspicious", [False] * len(x))[j]
+            record = item.record
+            row = {
+                "received_at": now,
+                "ts": record.ts,
+                "source": record.source,
+                "model_name": model.ref.name,
+                "model_version": model.ref.version,
+                "request_id": record.request_id,
+                **{name: values[j] for name, values in columns.items()},
+                "divergences": {name: values[j] for name, values in divergences.items()},
+                "low_confidence": low,
+                "squeeze_suspicious": squeeze,
+                "combined_suspicious": comb,
+                "flagged": squeeze or comb,
+                "calibration_id": calibration.id if calibration else None,
+                "input_sha256": record.sha256,
+                "origin": item.key,
+                "kept_path": None,
+            }
+            if row["flagged"] and self.keep_flagged is not None:
+                row["kept_path"] = str(_keep(self.keep_flagged, record))
+            rows.append(row)
+        return rows
+
+
+def _line_key(line: RawLine, position: Position | None) -> str | None:
+    if position is None or position.path == "stdin":
+        return None
+    return f"{position.path}@{position.inode}:{line.offset}"
+
+
+def _dead(
+    line: RawLine, key: str | None, reason: str, record: Record | None = None
+) -> dict[str, Any]:
+    return {
+        "received_at": utcnow(),
+        "origin": line.origin,
+        "line_number": line.line_number,
+        "byte_offset": line.offset,
+        "reason": reason,
+        "excerpt": line.excerpt,
+        "source": record.source if record else None,
+        "model_name": record.model if record else None,
+        "entry_key": key,
+    }
+
+
+def _keep(folder: Path, record: Record) -> Path:
+    """Save a flagged input as PNG for review (named by source and content hash)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{_UNSAFE.sub('_', record.source)[:60]}_{record.sha256[:16]}.png"
+    if not path.exists():
+        array = (record.image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+        Image.fromarray(array[..., 0] if array.shape[2] == 1 else array).save(path)
+    return path

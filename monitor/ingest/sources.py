@@ -1,0 +1,216 @@
+"""Where production lines come from: files (resumable at a byte offset), followed files
+(rotation and truncation), and standard input.
+
+A line is handed over with its origin, line number and byte range, so the pipeline can commit
+the position after it together with its score: that is what makes ingestion exactly once.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from monitor.errors import RobmonError
+
+EXCERPT_BYTES = 1024
+
+
+@dataclass
+class RawLine:
+    origin: str  # file path, or "stdin"
+    line_number: int  # 1-based
+    offset: int  # byte offset of the line's first byte
+    end: int  # byte offset just after the line (and its newline)
+    data: bytes  # the line without its newline (only its head when it is oversized)
+    size: int  # the line's true length in bytes
+
+    @property
+    def excerpt(self) -> str:
+        return self.data[:EXCERPT_BYTES].decode("utf-8", errors="replace")
+
+
+@dataclass
+class Position:
+    """How far one followed path has been read: committed with the scores before it."""
+
+    path: str
+    inode: int | None = None
+    offset: int = 0
+    line_number: int = 0
+
+
+def expand_paths(specs: list[str]) -> list[Path]:
+    """Files named directly, by glob, or as directories (every regular file in them)."""
+    found: list[Path] = []
+    for spec in specs:
+        matches = sorted(glob.glob(spec)) if glob.has_magic(spec) else [spec]
+        for match in matches:
+            path = Path(match)
+            if path.is_dir():
+                found.extend(sorted(p for p in path.iterdir() if p.is_file()))
+            elif path.is_file():
+                found.append(path)
+            elif not glob.has_magic(spec):
+                raise RobmonError(f"{spec} does not exist.")
+    seen: set[Path] = set()
+    return [p for p in (q.resolve() for q in found) if not (p in seen or seen.add(p))]
+
+
+def _next_line(handle: BinaryIO, max_line_bytes: int) -> tuple[bytes, int, bool] | None:
+    """(the line's head without its newline, bytes consumed, ended by a newline); None at EOF.
+
+    An oversized line is consumed up to its newline but only its first bytes are returned.
+    """
+    head = handle.readline(max_line_bytes + 1)
+    if not head:
+        return None
+    consumed, ended = len(head), head.endswith(b"\n")
+    while not ended and consumed > max_line_bytes:
+        chunk = handle.readline(1 << 20)
+        if not chunk:
+            break
+        consumed += len(chunk)
+        ended = chunk.endswith(b"\n")
+    return head.rstrip(b"\r\n"), consumed, ended
+
+
+def read_lines(
+    handle: BinaryIO,
+    position: Position,
+    max_line_bytes: int,
+    limit: int,
+    *,
+    complete_only: bool,
+) -> list[RawLine]:
+    """Up to ``limit`` non-blank lines from ``position``, which advances past them.
+
+    With ``complete_only`` a last line without its newline is left for later (a writer may still
+    be appending to it). ``handle`` is seekable when ``complete_only`` is set.
+    """
+    if complete_only or handle.seekable():
+        handle.seek(position.offset)
+    lines: list[RawLine] = []
+    while len(lines) < limit:
+        start = position.offset
+        found = _next_line(handle, max_line_bytes)
+        if found is None:
+            break
+        data, consumed, ended = found
+        if not ended and complete_only:
+            handle.seek(start)
+            break
+        position.offset += consumed
+        position.line_number += 1
+        if data.strip() or consumed > max_line_bytes:
+            size = consumed - (1 if ended else 0)
+            lines.append(
+                RawLine(position.path, position.line_number, start, position.offset, data, size)
+            )
+    return lines
+
+
+@dataclass
+class FollowedFile:
+    position: Position
+    handle: BinaryIO | None = None
+    draining: list[tuple[BinaryIO, Position]] = field(default_factory=list)
+
+
+class FileTailer:
+    """Follows paths (and globs/directories) across appends, rotation and truncation."""
+
+    def __init__(self, specs: list[str], positions: dict[str, Position], max_line_bytes: int):
+        self.specs = specs
+        self.positions = positions
+        self.max_line_bytes = max_line_bytes
+        self.files: dict[str, FollowedFile] = {}
+
+    def rescan(self) -> None:
+        """Pick up new files matching the specs; notice rotation and truncation."""
+        for path in expand_paths_quietly(self.specs):
+            key = str(path)
+            if key not in self.files:
+                self.files[key] = self._open(path)
+        for key, followed in self.files.items():
+            self._check_rotation(Path(key), followed)
+
+    def _open(self, path: Path) -> FollowedFile:
+        stat = path.stat()
+        saved = self.positions.get(str(path))
+        followed = FollowedFile(Position(str(path), stat.st_ino, 0, 0))
+        if saved is not None and saved.inode == stat.st_ino:
+            followed.position = saved
+        elif saved is not None and saved.inode is not None:
+            rotated = _find_inode(path.parent, saved.inode)
+            if rotated is not None:  # rotated while we were down: finish the old file first
+                followed.draining.append((rotated.open("rb"), saved))
+        if followed.position.offset > stat.st_size:  # truncated while we were down
+            followed.position.offset = followed.position.line_number = 0
+        followed.handle = path.open("rb")
+        return followed
+
+    def _check_rotation(self, path: Path, followed: FollowedFile) -> None:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return  # moved away; new lines will appear when the writer recreates it
+        if stat.st_ino != followed.position.inode:
+            if followed.handle is not None:
+                old = Position(
+                    str(path),
+                    followed.position.inode,
+                    followed.position.offset,
+                    followed.position.line_number,
+                )
+                followed.draining.append((followed.handle, old))
+            followed.position = Position(str(path), stat.st_ino, 0, 0)
+            followed.handle = path.open("rb")
+        elif stat.st_size < followed.position.offset:  # copytruncate
+            followed.position.offset = followed.position.line_number = 0
+
+    def read(self, limit: int) -> list[tuple[list[RawLine], Position]]:
+        """Batches of new complete lines, each with the position to commit after it."""
+        batches = []
+        for followed in self.files.values():
+            while followed.draining:  # a rotated file is finished before its successor
+                handle, position = followed.draining[0]
+                lines = read_lines(
+                    handle, position, self.max_line_bytes, limit, complete_only=False
+                )
+                if lines:
+                    batches.append((lines, position))
+                    break
+                handle.close()
+                followed.draining.pop(0)
+            if followed.draining or followed.handle is None:
+                continue
+            lines = read_lines(
+                followed.handle, followed.position, self.max_line_bytes, limit, complete_only=True
+            )
+            if lines:
+                batches.append((lines, followed.position))
+        return batches
+
+    def close(self) -> None:
+        for followed in self.files.values():
+            if followed.handle is not None:
+                followed.handle.close()
+            for handle, _ in followed.draining:
+                handle.close()
+
+
+def expand_paths_quietly(specs: list[str]) -> list[Path]:
+    try:
+        return expand_paths(specs)
+    except RobmonError:
+        return [p for s in specs for p in map(Path, glob.glob(s)) if p.is_file()]
+
+
+def _find_inode(directory: Path, inode: int) -> Path | None:
+    for entry in os.scandir(directory):
+        if entry.is_file() and entry.inode() == inode:
+            return Path(entry.path)
+    return None
