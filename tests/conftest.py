@@ -50,14 +50,22 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A ROBMON_HOME whose MLflow store holds the demo models (seeded once per test session)."""
+    """A ROBMON_HOME with the demo models in MLflow and their detector calibrations in the
+    database (seeded once per test session)."""
+    from monitor.calibrate import calibrate_model
     from monitor.config import load_settings
+    from monitor.db.session import open_database
     from monitor.demo import seed_demo_models
     from monitor.registry import Registry
 
     store = tmp_path_factory.mktemp("demo") / ".robmon"
     settings = load_settings({"ROBMON_HOME": str(store)})
-    seed_demo_models(Registry(settings))
+    registry = Registry(settings)
+    models = seed_demo_models(registry)
+    db = open_database(settings)
+    for model in models:  # the ingester finds every demo model calibrated
+        calibrate_model(db, registry, settings, model.ref)
+    db.dispose()
     return store
 
 
@@ -66,6 +74,7 @@ def demo_home(home: Path, demo_store: Path, monkeypatch: pytest.MonkeyPatch) -> 
     """A private copy of the demo store (registry writes stay in this test)."""
     home.mkdir(parents=True)
     shutil.copy(demo_store / "mlflow.db", home / "mlflow.db")
+    shutil.copy(demo_store / "robmon.db", home / "robmon.db")
     # Artifacts stay where the demo store keeps them (their URIs are absolute); new runs of this
     # test get their own experiments' folders under ``home``.
     return home

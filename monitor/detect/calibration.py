@@ -75,7 +75,7 @@ class Thresholds:
     def flags(self, batch: ScoreBatch) -> dict[str, torch.Tensor]:
         flags = {
             "low_confidence": batch.confidence < self.confidence,
-            "squeeze_suspicious": batch.max_divergence > self.squeeze,
+            "squeeze_suspicious": batch.max_over(self.squeezers) > self.squeeze,
         }
         if self.combined is not None:
             flags["combined_suspicious"] = self.combined.score(batch) > self.combined.threshold
@@ -292,12 +292,6 @@ def benign_flag_rates(t: Thresholds, split: _Split) -> dict[str, float]:
     return rates
 
 
-def _max_divergence(batch: ScoreBatch, names: Sequence[str]) -> torch.Tensor:
-    if not names:
-        return torch.zeros_like(batch.confidence)
-    return torch.stack([batch.divergences[n] for n in names]).amax(dim=0)
-
-
 def _choose_squeezers(
     probabilities: ProbabilityFn,
     x: torch.Tensor,
@@ -324,8 +318,7 @@ def _choose_squeezers(
         if not options:
             break
         scored = {
-            n: roc_auc(_max_divergence(neg, [*chosen, n]), _max_divergence(pos, [*chosen, n]))
-            for n in options
+            n: roc_auc(neg.max_over([*chosen, n]), pos.max_over([*chosen, n])) for n in options
         }
         name = max(scored, key=lambda n: -math.inf if math.isnan(scored[n]) else scored[n])
         if not scored[name] > best_auc + 0.005:
@@ -355,7 +348,7 @@ def _thresholds(split: _Split, chosen: tuple[str, ...], fpr: float) -> Threshold
         squeezers=chosen,
         fpr=fpr,
         confidence=-_worst_group_threshold(split, lambda b: -b.confidence, fpr),
-        squeeze=_worst_group_threshold(split, lambda b: _max_divergence(b, chosen), fpr)
+        squeeze=_worst_group_threshold(split, lambda b: b.max_over(chosen), fpr)
         if chosen
         else math.inf,
     )
@@ -394,7 +387,7 @@ def _detector_scores(detector: str, t: Thresholds, batch: ScoreBatch) -> tuple[t
     if detector == "confidence":
         return -batch.confidence, -t.confidence
     if detector == "squeezing":
-        return _max_divergence(batch, t.squeezers), t.squeeze
+        return batch.max_over(t.squeezers), t.squeeze
     if t.combined is None:
         raise ValueError("no combined detector was trained")
     return t.combined.score(batch), t.combined.threshold

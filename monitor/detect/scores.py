@@ -39,6 +39,12 @@ class ScoreBatch:
             return torch.zeros_like(self.confidence)
         return torch.stack(list(self.divergences.values())).amax(dim=0)
 
+    def max_over(self, names: Sequence[str]) -> torch.Tensor:
+        """The largest divergence over the named squeezers (0 when none are named)."""
+        if not names:
+            return torch.zeros_like(self.confidence)
+        return torch.stack([self.divergences[n] for n in names]).amax(dim=0)
+
     def feature(self, name: str) -> torch.Tensor:
         """A named feature: confidence, margin, entropy, max_divergence or div:SQUEEZER."""
         if name.startswith("div:"):

@@ -276,9 +276,9 @@ class Ingester:
 
 
 def _line_key(line: RawLine, position: Position | None) -> str | None:
-    if position is None or position.path == "stdin":
-        return None
-    return f"{position.path}@{position.inode}:{line.offset}"
+    """Files need no per-line key: their committed offset makes them exactly once (and a
+    truncated file reuses offsets). Stream entries pass their entry ids as keys instead."""
+    return None
 
 
 def _dead(

@@ -168,8 +168,12 @@ def _image_bytes(data: bytes, limits: Limits) -> np.ndarray:
                 array = np.asarray(img.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255
     except BadRecord:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-        raise BadRecord(f"cannot decode the image: {err}.") from None
+    except Image.DecompressionBombError:
+        raise BadRecord(
+            f"the image is over the limit of {limits.max_pixels} pixels (decompression bomb)."
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise BadRecord(f"cannot decode the image: {str(err).rstrip('.')}.") from None
     return array
 
 

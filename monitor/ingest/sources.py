@@ -112,15 +112,33 @@ def read_lines(
     return lines
 
 
+MARK_BYTES = 256
+
+
 @dataclass
 class FollowedFile:
+    """One followed path: its open handle, its position, and rotated files still to finish."""
+
     position: Position
     handle: BinaryIO | None = None
     draining: list[tuple[BinaryIO, Position]] = field(default_factory=list)
+    mark: bytes = b""  # the bytes just before the position: a rewritten file changes them
+
+    def bytes_before_position(self) -> bytes:
+        if self.handle is None or self.position.offset == 0:
+            return b""
+        start = max(0, self.position.offset - MARK_BYTES)
+        self.handle.seek(start)
+        return self.handle.read(self.position.offset - start)
 
 
 class FileTailer:
-    """Follows paths (and globs/directories) across appends, rotation and truncation."""
+    """Follows paths (and globs/directories) across appends, rotation and truncation.
+
+    Rotation (the path now names another inode): the old file is read to its end first, then
+    the new one from its start. Truncation (copytruncate): the file is shorter than the position,
+    or the bytes before the position changed (it was emptied and rewritten past it).
+    """
 
     def __init__(self, specs: list[str], positions: dict[str, Position], max_line_bytes: int):
         self.specs = specs
@@ -135,7 +153,7 @@ class FileTailer:
             if key not in self.files:
                 self.files[key] = self._open(path)
         for key, followed in self.files.items():
-            self._check_rotation(Path(key), followed)
+            self._check(Path(key), followed)
 
     def _open(self, path: Path) -> FollowedFile:
         stat = path.stat()
@@ -150,9 +168,10 @@ class FileTailer:
         if followed.position.offset > stat.st_size:  # truncated while we were down
             followed.position.offset = followed.position.line_number = 0
         followed.handle = path.open("rb")
+        followed.mark = followed.bytes_before_position()
         return followed
 
-    def _check_rotation(self, path: Path, followed: FollowedFile) -> None:
+    def _check(self, path: Path, followed: FollowedFile) -> None:
         try:
             stat = path.stat()
         except FileNotFoundError:
@@ -168,8 +187,12 @@ class FileTailer:
                 followed.draining.append((followed.handle, old))
             followed.position = Position(str(path), stat.st_ino, 0, 0)
             followed.handle = path.open("rb")
-        elif stat.st_size < followed.position.offset:  # copytruncate
+            followed.mark = b""
+            return
+        shorter = stat.st_size < followed.position.offset
+        if shorter or followed.bytes_before_position() != followed.mark:
             followed.position.offset = followed.position.line_number = 0
+            followed.mark = b""
 
     def read(self, limit: int) -> list[tuple[list[RawLine], Position]]:
         """Batches of new complete lines, each with the position to commit after it."""
@@ -192,6 +215,7 @@ class FileTailer:
             )
             if lines:
                 batches.append((lines, followed.position))
+                followed.mark = followed.bytes_before_position()
         return batches
 
     def close(self) -> None:
