@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
+from sqlalchemy.exc import IntegrityError
 
 from monitor.classifiers import check_input_shape
 from monitor.config import Settings
@@ -31,6 +32,7 @@ from monitor.ingest import store
 from monitor.ingest.models import ModelCache, ScoringModel
 from monitor.ingest.records import Limits, Record, parse_record
 from monitor.ingest.sources import FileTailer, Position, RawLine, expand_paths, read_lines
+from monitor.ingest.store import ScoreTable
 from monitor.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,7 @@ class Ingester:
         keep_flagged: Path | None = None,
         device: str = "cpu",
         limits: Limits | None = None,
-        on_commit: Callable[[Any, list[dict[str, Any]]], None] | None = None,
+        on_commit: Callable[[Any, list[dict[str, Any]], list[int]], None] | None = None,
     ) -> None:
         self.db = db
         self.batch_size = batch_size
@@ -76,7 +78,7 @@ class Ingester:
         self.limits = limits or Limits(input_root=settings.input_root)
         self.models = ModelCache(db, registry, settings, device)
         self.summary = IngestSummary(notes=self.models.notes)
-        self.on_commit = on_commit  # (session, score rows) inside the batch's transaction
+        self.on_commit = on_commit  # (session, score rows, ids) inside the batch's transaction
 
     # -- sources ---------------------------------------------------------------------------
 
@@ -146,17 +148,16 @@ class Ingester:
 
     def process(
         self, lines: list[RawLine], position: Position | None, keys: list[str] | None = None
-    ) -> None:
-        """Score ``lines`` and commit scores, dead letters and ``position`` together.
+    ) -> list[int]:
+        """Score ``lines``; commit scores, dead letters and ``position`` together.
 
-        ``keys`` (one per line) identify lines across re-deliveries (stream entry ids); for
-        files they are ``path@inode:offset``.
+        ``keys`` (one per line) identify lines across re-deliveries (stream entry ids) and are
+        stored as each score's origin. Returns the new scores' ids.
         """
         if keys is None:
-            keys = [_line_key(line, position) for line in lines]
+            keys = [None] * len(lines)
         parsed, dead = self._parse(lines, keys)
-        parsed = self._drop_duplicates(parsed)
-        scores: list[dict[str, Any]] = []
+        parsed = self._drop_repeats(parsed)
         groups: dict[Any, list[_Parsed]] = defaultdict(list)
         for item in parsed:
             try:
@@ -165,6 +166,7 @@ class Ingester:
                 dead.append(_dead(item.line, item.key, str(err), item.record))
                 continue
             groups[ref].append(item)
+        scores = ScoreTable()
         for ref, items in groups.items():
             try:
                 model = self.models.get(ref)
@@ -172,12 +174,31 @@ class Ingester:
                 dead.extend(_dead(i.line, i.key, str(err), i.record) for i in items)
                 continue
             scores.extend(self._score(model, items, dead))
-        extra = (lambda session: self.on_commit(session, scores)) if self.on_commit else None
-        store.commit_batch(self.db, scores, dead, position, extra)
+        try:
+            ids = self._commit(scores, dead, position)
+        except IntegrityError:  # some (source, id) pairs were stored before (or meanwhile)
+            scores = self._drop_stored(scores)
+            ids = self._commit(scores, dead, position)
         self.summary.records += len(lines)
         self.summary.scored += len(scores)
         self.summary.dead_letters += len(dead)
-        self.summary.flagged += sum(1 for row in scores if row["flagged"])
+        self.summary.flagged += sum(scores.columns.get("flagged", []))
+        return ids
+
+    def _commit(
+        self, scores: ScoreTable, dead: list[dict[str, Any]], position: Position | None
+    ) -> list[int]:
+        hook = self.on_commit
+        extra = (lambda session, ids: hook(session, scores, ids)) if hook else None
+        return store.commit_batch(self.db, scores, dead, position, extra)
+
+    def _drop_stored(self, scores: ScoreTable) -> ScoreTable:
+        pairs = list(zip(scores.column("source"), scores.column("request_id"), strict=True))
+        with self.db.session() as s:
+            stored = store.known_requests(s, [p for p in pairs if p[1] is not None])
+        kept = scores.select([i for i, pair in enumerate(pairs) if pair not in stored])
+        self.summary.duplicates += len(scores) - len(kept)
+        return kept
 
     def _parse(
         self, lines: list[RawLine], keys: list[str | None]
@@ -195,17 +216,14 @@ class Ingester:
                 dead.append(_dead(line, key, str(err)))
         return parsed, dead
 
-    def _drop_duplicates(self, parsed: list[_Parsed]) -> list[_Parsed]:
-        """A repeated (source, id) is scored once: within the batch and against the database."""
-        keyed = [(p.record.source, p.record.request_id) for p in parsed if p.record.request_id]
-        if not keyed:
-            return parsed
-        with self.db.session() as s:
-            seen = store.known_requests(s, keyed)
+    def _drop_repeats(self, parsed: list[_Parsed]) -> list[_Parsed]:
+        """A (source, id) repeated within the batch is scored once (the database's unique
+        constraint catches repeats of stored pairs at commit)."""
+        seen: set[tuple[str, str]] = set()
         kept = []
         for item in parsed:
-            pair = (item.record.source, item.record.request_id)
             if item.record.request_id is not None:
+                pair = (item.record.source, item.record.request_id)
                 if pair in seen:
                     self.summary.duplicates += 1
                     continue
@@ -215,7 +233,7 @@ class Ingester:
 
     def _score(
         self, model: ScoringModel, items: list[_Parsed], dead: list[dict[str, Any]]
-    ) -> list[dict[str, Any]]:
+    ) -> ScoreTable:
         fitting = []
         for item in items:
             try:
@@ -223,62 +241,56 @@ class Ingester:
                 fitting.append(item)
             except ModelIncompatible as err:
                 dead.append(_dead(item.line, item.key, str(err), item.record))
-        if not fitting:
-            return []
-        x = torch.stack([i.record.image for i in fitting])
-        batch = score_inputs(model.probabilities, x, model.squeezers)
-        calibration = model.calibration
-        flags = calibration.thresholds.flags(batch) if calibration else {}
-        combined = (
-            calibration.thresholds.combined.score(batch)
-            if calibration and calibration.thresholds.combined
-            else None
+        n = len(fitting)
+        if not n:
+            return ScoreTable()
+        batch = score_inputs(
+            model.probabilities, torch.stack([i.record.image for i in fitting]), model.squeezers
         )
-        columns = {
-            "predicted": batch.predicted.tolist(),
-            "confidence": batch.confidence.tolist(),
-            "margin": batch.margin.tolist(),
-            "entropy": batch.entropy.tolist(),
-            "max_divergence": batch.max_divergence.tolist(),
-            "combined_score": combined.tolist() if combined is not None else [None] * len(x),
-        }
-        divergences = {k: v.tolist() for k, v in batch.divergences.items()}
-        flag_lists = {k: v.tolist() for k, v in flags.items()}
-        now = utcnow()
-        rows = []
-        for j, item in enumerate(fitting):
-            low = flag_lists.get("low_confidence", [False] * len(x))[j]
-            squeeze = flag_lists.get("squeeze_suspicious", [False] * len(x))[j]
-            comb = flag_lists.get("combined_suspicious", [False] * len(x))[j]
-            record = item.record
-            row = {
-                "received_at": now,
-                "ts": record.ts,
-                "source": record.source,
-                "model_name": model.ref.name,
-                "model_version": model.ref.version,
-                "request_id": record.request_id,
-                **{name: values[j] for name, values in columns.items()},
-                "divergences": {name: values[j] for name, values in divergences.items()},
-                "low_confidence": low,
+        calibration = model.calibration
+        thresholds = calibration.thresholds if calibration else None
+        flags = {k: v.tolist() for k, v in thresholds.flags(batch).items()} if thresholds else {}
+        no = [False] * n
+        squeeze = flags.get("squeeze_suspicious", no)
+        combined = flags.get("combined_suspicious", no)
+        names = list(batch.divergences)
+        divergence_rows = zip(*(batch.divergences[k].tolist() for k in names), strict=True)
+        records = [i.record for i in fitting]
+        table = ScoreTable(
+            {
+                "received_at": [utcnow()] * n,
+                "ts": [r.ts for r in records],
+                "source": [r.source for r in records],
+                "model_name": [model.ref.name] * n,
+                "model_version": [model.ref.version] * n,
+                "request_id": [r.request_id for r in records],
+                "predicted": batch.predicted.tolist(),
+                "confidence": batch.confidence.tolist(),
+                "margin": batch.margin.tolist(),
+                "entropy": batch.entropy.tolist(),
+                "divergences": [
+                    dict(zip(names, values, strict=True)) for values in divergence_rows
+                ],
+                "max_divergence": batch.max_divergence.tolist(),
+                "combined_score": thresholds.combined.score(batch).tolist()
+                if thresholds and thresholds.combined
+                else [None] * n,
+                "low_confidence": flags.get("low_confidence", no),
                 "squeeze_suspicious": squeeze,
-                "combined_suspicious": comb,
-                "flagged": squeeze or comb,
-                "calibration_id": calibration.id if calibration else None,
-                "input_sha256": record.sha256,
-                "origin": item.key,
-                "kept_path": None,
+                "combined_suspicious": combined,
+                "flagged": [a or b for a, b in zip(squeeze, combined, strict=True)],
+                "calibration_id": [calibration.id if calibration else None] * n,
+                "input_sha256": [r.sha256 for r in records],
+                "origin": [i.key for i in fitting],
+                "kept_path": [None] * n,
             }
-            if row["flagged"] and self.keep_flagged is not None:
-                row["kept_path"] = str(_keep(self.keep_flagged, record))
-            rows.append(row)
-        return rows
-
-
-def _line_key(line: RawLine, position: Position | None) -> str | None:
-    """Files need no per-line key: their committed offset makes them exactly once (and a
-    truncated file reuses offsets). Stream entries pass their entry ids as keys instead."""
-    return None
+        )
+        if self.keep_flagged is not None:
+            table.columns["kept_path"] = [
+                str(_keep(self.keep_flagged, record)) if flagged else None
+                for record, flagged in zip(records, table.columns["flagged"], strict=True)
+            ]
+        return table
 
 
 def _dead(

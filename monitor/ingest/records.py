@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import torch
 
 from monitor.errors import BadRecord
@@ -55,9 +56,14 @@ def parse_record(line: bytes | str, limits: Limits) -> Record:
             f"line of {len(raw)} bytes is over the limit of {limits.max_line_bytes} bytes."
         )
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadRecord(f"not valid JSON: {err}.") from None
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        try:  # the standard library says where and why
+            json.loads(raw)
+            reason = "unparseable"
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            reason = str(err)
+        raise BadRecord(f"not valid JSON: {reason}.") from None
     if not isinstance(data, dict):
         raise BadRecord(f"a record is a JSON object, not {type(data).__name__}.")
     missing = [k for k in ("ts", "source", "model", "input") if data.get(k) in (None, "")]
@@ -204,9 +210,9 @@ def _to_chw(array: np.ndarray, limits: Limits) -> torch.Tensor:
         raise BadRecord("the input image is empty.")
     if array.shape[1] * array.shape[2] > limits.max_pixels:
         raise BadRecord(f"image of {array.shape[2]}×{array.shape[1]} pixels is over the limit.")
-    if not np.isfinite(array).all():
-        raise BadRecord("the input holds NaN or infinite values.")
     low, high = float(array.min()), float(array.max())
-    if low < 0.0 or high > 1.0:
+    if not (low >= 0.0 and high <= 1.0):  # also False for NaN
+        if not np.isfinite(array).all():
+            raise BadRecord("the input holds NaN or infinite values.")
         raise BadRecord(f"pixel values must lie in [0, 1], found [{low:.3g}, {high:.3g}].")
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))

@@ -7,12 +7,14 @@ after it repeats nothing (the position has moved).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, case, func, insert, or_, select, tuple_
+import orjson
+from sqlalchemy import and_, case, func, insert, or_, select, text, tuple_
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from monitor.db.models import DeadLetter, IngestOffset, InputScore
@@ -35,14 +37,25 @@ def dialect_insert(session: Session, table: Any) -> Any:
 
 
 def known_requests(session: Session, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
-    """Which (source, request id) pairs are already stored."""
+    """Which (source, request id) pairs are already stored (one indexed query per batch)."""
     keys = list(set(keys))
+    if not keys:
+        return set()
+    if session.bind.dialect.name == "postgresql":
+        rows = session.execute(
+            text(
+                "SELECT s.source, s.request_id FROM input_scores s "
+                "JOIN unnest(CAST(:sources AS text[]), CAST(:ids AS text[])) AS k(source, rid) "
+                "ON s.source = k.source AND s.request_id = k.rid"
+            ),
+            {"sources": [k[0] for k in keys], "ids": [k[1] for k in keys]},
+        )
+        return {(r.source, r.request_id) for r in rows}
     found: set[tuple[str, str]] = set()
     for i in range(0, len(keys), 500):
-        chunk = keys[i : i + 500]
         rows = session.execute(
             select(InputScore.source, InputScore.request_id).where(
-                tuple_(InputScore.source, InputScore.request_id).in_(chunk)
+                tuple_(InputScore.source, InputScore.request_id).in_(keys[i : i + 500])
             )
         )
         found.update((r.source, r.request_id) for r in rows)
@@ -61,20 +74,52 @@ def known_origins(session: Session, origins: Sequence[str]) -> set[str]:
     return found
 
 
+@dataclass
+class ScoreTable:
+    """Scores as columns (name -> one value per score): how the model produces them and how
+    PostgreSQL's unnest takes them."""
+
+    columns: dict[str, list[Any]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values()), []))
+
+    def column(self, name: str) -> list[Any]:
+        return self.columns.get(name, [])
+
+    def extend(self, other: ScoreTable) -> None:
+        if not self.columns:
+            self.columns = {k: list(v) for k, v in other.columns.items()}
+            return
+        for name, values in other.columns.items():
+            self.columns[name].extend(values)
+
+    def select(self, indices: list[int]) -> ScoreTable:
+        return ScoreTable({k: [v[i] for i in indices] for k, v in self.columns.items()})
+
+    def rows(self) -> list[dict[str, Any]]:
+        names = list(self.columns)
+        return [
+            dict(zip(names, values, strict=True))
+            for values in zip(*self.columns.values(), strict=True)
+        ]
+
+
 def commit_batch(
     db: Database,
-    scores: list[dict[str, Any]],
+    scores: ScoreTable,
     dead_letters: list[dict[str, Any]],
     position: Position | None,
-    extra: Any = None,
-) -> None:
+    extra: Callable[[Session, list[int]], None] | None = None,
+) -> list[int]:
     """Scores, dead letters and the read position after them, in one transaction.
 
-    ``extra(session, score_ids)`` runs inside the same transaction (rollups, fingerprints).
+    Returns the new scores' ids in order. ``extra(session, ids)`` runs inside the same
+    transaction (fingerprints, rollups). A (source, request id) or origin that is already
+    stored raises IntegrityError and nothing is committed.
     """
     with db.session() as s:
-        if scores:
-            s.execute(dialect_insert(s, InputScore.__table__), scores)
+        ids = insert_scores(s, scores)
         if dead_letters:
             s.execute(dialect_insert(s, DeadLetter.__table__), dead_letters)
         if position is not None and position.path != "stdin":
@@ -88,7 +133,93 @@ def commit_batch(
                 )
             )
         if extra is not None:
-            extra(s)
+            extra(s, ids)
+    return ids
+
+
+_SCORE_COLUMNS = [c.name for c in InputScore.__table__.columns if c.name != "id"]
+_JSON_COLUMNS = {"divergences"}
+_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy stores DateTime on SQLite
+
+
+def insert_scores(session: Session, scores: ScoreTable) -> list[int]:
+    """Insert scores in as few statements as the database allows; their ids in order."""
+    if not len(scores):
+        return []
+    missing = set(_SCORE_COLUMNS) - set(scores.columns)
+    if missing:
+        raise ValueError(f"score columns missing: {sorted(missing)}")
+    dialect = session.bind.dialect.name
+    if dialect == "postgresql":
+        return _insert_scores_postgresql(session, scores)
+    if dialect == "sqlite":
+        return _insert_scores_sqlite(session, scores)
+    result = session.execute(
+        insert(InputScore).returning(InputScore.id, sort_by_parameter_order=True), scores.rows()
+    )
+    return [r.id for r in result]
+
+
+def _sqlite_column(name: str, values: list[Any]) -> list[Any]:
+    if name in _JSON_COLUMNS:
+        return [None if v is None else orjson.dumps(v).decode() for v in values]
+    first = next((v for v in values if v is not None), None)
+    if isinstance(first, datetime):
+        return [None if v is None else v.astimezone(UTC).strftime(_SQLITE_TIME) for v in values]
+    if isinstance(first, bool):
+        return [None if v is None else int(v) for v in values]
+    return values
+
+
+def _insert_scores_sqlite(session: Session, scores: ScoreTable) -> list[int]:
+    columns = [_sqlite_column(c, scores.columns[c]) for c in _SCORE_COLUMNS]
+    rows = list(zip(*columns, strict=True))
+    connection = session.connection()
+    ids: list[int] = []
+    row_sql = "(" + ",".join("?" * len(_SCORE_COLUMNS)) + ")"
+    for i in range(0, len(rows), 500):  # within SQLite's limit on bound variables
+        chunk = rows[i : i + 500]
+        sql = (
+            f"INSERT INTO input_scores ({','.join(_SCORE_COLUMNS)}) VALUES "
+            + ",".join([row_sql] * len(chunk))
+            + " RETURNING id"
+        )
+        params = tuple(value for row in chunk for value in row)
+        # a multi-row INSERT assigns increasing rowids in VALUES order
+        ids.extend(sorted(r[0] for r in connection.exec_driver_sql(sql, params)))
+    return ids
+
+
+def _insert_scores_postgresql(session: Session, scores: ScoreTable) -> list[int]:
+    """Ids from the sequence, then COPY (a unique violation raises IntegrityError)."""
+    ids = list(
+        session.scalars(
+            text(
+                "SELECT nextval(pg_get_serial_sequence('input_scores', 'id')) "
+                "FROM generate_series(1, :n)"
+            ),
+            {"n": len(scores)},
+        )
+    )
+    columns = {"id": ids}
+    for name in _SCORE_COLUMNS:
+        values = scores.columns[name]
+        if name in _JSON_COLUMNS:
+            values = [None if v is None else orjson.dumps(v).decode() for v in values]
+        columns[name] = values
+    cursor = session.connection().connection.driver_connection.cursor()
+    statement = f"COPY input_scores ({', '.join(columns)}) FROM STDIN"
+    try:
+        with cursor.copy(statement) as copy:
+            for row in zip(*columns.values(), strict=True):
+                copy.write_row(row)
+    except Exception as err:  # psycopg's UniqueViolation -> SQLAlchemy's IntegrityError
+        import psycopg
+
+        if isinstance(err, psycopg.errors.UniqueViolation):
+            raise IntegrityError(statement, None, err) from err
+        raise
+    return ids
 
 
 def load_positions(db: Database) -> dict[str, Position]:
@@ -163,6 +294,4 @@ def source_stats(
 
 
 def _aware(value: datetime) -> datetime:
-    from datetime import UTC
-
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value

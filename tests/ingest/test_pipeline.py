@@ -155,3 +155,21 @@ def test_inputs_stats(demo_home, digits, robmon, tmp_path) -> None:
     assert [s["source"] for s in recent] == ["b"]
     table = robmon("inputs", "stats")
     assert "flagged rate" in table.stdout and table.code == 0
+
+
+def test_pipeline_on_postgresql(
+    demo_home, postgres_url, digits, monkeypatch, robmon, tmp_path
+) -> None:
+    """COPY path, duplicate ids across runs, dead letters and resume on PostgreSQL."""
+    monkeypatch.setenv("ROBMON_DB_URL", postgres_url)
+    assert robmon("db", "upgrade").code == 0
+    lines = [record(digits.x[i], source=f"p{i % 4}", rid=f"id{i}") for i in range(300)]
+    first = write_lines(tmp_path / "one.jsonl", [*lines[:200], "{oops"])
+    second = write_lines(tmp_path / "two.jsonl", lines[150:])  # 50 repeats, 100 new
+    a = robmon("ingest", str(first), "--json").json()
+    b = robmon("ingest", str(second), "--batch-size", "64", "--json").json()
+    assert (a["scored"], a["dead_letters"]) == (200, 1)
+    assert (b["scored"], b["duplicates"]) == (100, 50)
+    stats = robmon("inputs", "stats", "--json").json()
+    assert sum(s["count"] for s in stats) == 300
+    assert robmon("ingest", str(first), "--json").json()["records"] == 0

@@ -1,0 +1,169 @@
+"""Ingestion throughput end to end against the scoring floor.
+
+    OMP_NUM_THREADS=1 python benchmarks/ingest.py [--postgres URL] [--batch-size 256]
+
+End to end = reading JSON Lines, parsing and validating each record, scoring (confidence and
+the calibrated squeezers), and committing scores with the file position. The floor is the model
+work alone: (1 + number of squeezers) batched forward passes per batch, measured in this run on
+the same model, batch size and squeezers. Printed: records per second for both and their ratio,
+for the 8×8 demo CNN and a 28×28 CNN, on SQLite and (with --postgres or
+ROBMON_TEST_POSTGRES_URL) PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._timing import median_seconds, table
+from monitor import architectures
+from monitor.datasets import load_dataset
+from monitor.training import train_classifier
+
+
+def prepare_registry(home: Path):
+    from monitor.config import load_settings
+    from monitor.registry import DATASET_TAG, Registry
+
+    settings = load_settings({"ROBMON_HOME": str(home)})
+    registry = Registry(settings)
+    refs = {}
+    for name, dataset, epochs in (("digits-cnn", "digits", 10), ("cnn28", "digits28", 2)):
+        train = load_dataset(dataset, "train")
+        torch.manual_seed(0)
+        model = architectures.ARCHITECTURES[name]()
+        train_classifier(model, train.x, train.y, epochs=epochs, lr=2e-3)
+        refs[name] = registry.register_torch(
+            model, f"bench-{name}", train.x[:2], tags={DATASET_TAG: dataset}
+        )
+    return settings, registry, refs
+
+
+def write_log(path: Path, model: str, dataset: str, n: int) -> Path:
+    data = load_dataset(dataset)
+    with path.open("w") as handle:
+        for i in range(n):
+            image = data.x[i % len(data)][0].tolist()
+            handle.write(
+                json.dumps(
+                    {
+                        "id": f"{path.stem}-{i}",
+                        "ts": "2026-11-24T19:00:00Z",
+                        "source": f"10.0.{i % 50}.{i % 7}",
+                        "model": model,
+                        "input": {"array": image},
+                    }
+                )
+                + "\n"
+            )
+    return path
+
+
+def floor_records_per_second(ingester, ref, dataset: str, batch: int) -> tuple[float, int]:
+    """Records/s of the model work alone: one batched call on inputs plus squeezed inputs."""
+    model = ingester.models.get(ref)
+    x = load_dataset(dataset).x[:batch]
+    squeezed = torch.cat([x, *(s(x) for s in model.squeezers)])
+    seconds = median_seconds(lambda: model.probabilities(squeezed), torch.device("cpu"), 7)
+    return batch / seconds, len(model.squeezers)
+
+
+def run(db_url: str, label: str, home: Path, settings, registry, refs, n: dict, batch: int):
+    from dataclasses import replace
+
+    from monitor.calibrate import calibrate_model
+    from monitor.db.session import open_database
+    from monitor.ingest.pipeline import Ingester
+
+    settings = replace(settings, db_url=db_url, embedded_db=True)
+    db = open_database(settings)
+    rows = []
+    for name, dataset in (("digits-cnn", "digits"), ("cnn28", "digits28")):
+        ref = refs[name]
+        calibrate_model(db, registry, settings, ref)
+        ingester = Ingester(db, registry, settings, batch_size=batch)
+        warm = write_log(home / f"warm-{name}-{label}.jsonl", ref.name, dataset, batch)
+        ingester.ingest_files([str(warm)])  # model loaded, caches warm
+        log = write_log(home / f"{name}-{label}.jsonl", ref.name, dataset, n[name])
+        started = time.perf_counter()
+        summary = ingester.ingest_files([str(log)])
+        seconds = time.perf_counter() - started
+        if summary.scored - batch != n[name]:
+            raise RuntimeError(f"scored {summary.scored} of {n[name]}")
+        floor, squeezers = floor_records_per_second(ingester, ref, dataset, batch)
+        e2e = n[name] / seconds
+        rows.append(
+            (label, name, squeezers, f"{floor:,.0f}", f"{e2e:,.0f}", f"{100 * e2e / floor:.0f}%")
+        )
+    db.dispose()
+    return rows
+
+
+def postgres_database(server_url: str) -> tuple[str, callable]:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin = make_url(server_url).set(drivername="postgresql+psycopg")
+    name = f"robmon_bench_{uuid.uuid4().hex[:8]}"
+    engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    return admin.set(database=name).render_as_string(hide_password=False), drop
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--records", type=int, default=10240, help="for the 8×8 CNN")
+    parser.add_argument("--records28", type=int, default=4096, help="for the 28×28 CNN")
+    parser.add_argument("--postgres", default=os.environ.get("ROBMON_TEST_POSTGRES_URL"))
+    args = parser.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    n = {"digits-cnn": args.records, "cnn28": args.records28}
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / ".robmon"
+        settings, registry, refs = prepare_registry(home)
+        rows = run(
+            f"sqlite:///{home / 'bench.db'}",
+            "SQLite",
+            home,
+            settings,
+            registry,
+            refs,
+            n,
+            args.batch_size,
+        )
+        if args.postgres:
+            url, drop = postgres_database(args.postgres)
+            try:
+                rows += run(url, "PostgreSQL", home, settings, registry, refs, n, args.batch_size)
+            finally:
+                drop()
+        else:
+            print("(no --postgres URL: PostgreSQL skipped)")
+    print(f"\nbatch {args.batch_size}; floor = (1 + squeezers) batched forward passes")
+    print(
+        table(
+            rows,
+            ("database", "model", "squeezers", "floor rec/s", "end-to-end rec/s", "share of floor"),
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
