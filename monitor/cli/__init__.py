@@ -20,6 +20,7 @@ from monitor.cli import (  # noqa: F401  (each module registers its commands on 
     audits,
     models,
     monitoring,
+    operations,
 )
 from monitor.cli.base import app, state
 from monitor.errors import RobmonError
