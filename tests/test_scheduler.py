@@ -75,7 +75,7 @@ def test_once_audits_every_model_and_says_why_one_is_skipped(context, robmon) ->
     poll, ran = result["registry-poll"], result["audit-queue"]
     assert poll["status"] == ran["status"] == "ok"
     assert len(poll["enqueued"]) == 3
-    assert [line for line in poll["skipped"] if str(untagged) in line][0].endswith(
+    assert next(line for line in poll["skipped"] if str(untagged) in line).endswith(
         "(or [audit].dataset)"
     )
     assert all("succeeded" in line for line in ran["audits"])
