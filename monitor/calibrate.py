@@ -22,6 +22,7 @@ from monitor.datasets import load_dataset
 from monitor.db.models import DetectorCalibration
 from monitor.db.session import Database
 from monitor.detect.calibration import Calibration, Thresholds, calibrate_detector
+from monitor.detect.fingerprints import benign_min_shared
 from monitor.detect.squeezers import CANDIDATES
 from monitor.errors import ConfigError, DatasetError
 from monitor.progress import Reporter, silent
@@ -126,6 +127,7 @@ def calibrate_model(
         accuracy_margin=detect.accuracy_margin,
         max_squeezers=detect.max_squeezers,
     )
+    calibration.baseline["min_shared"] = benign_min_shared(data.x)
     report("calibrating detector", 1, 1)
     return _store(db, ref, dataset, calibration)
 

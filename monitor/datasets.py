@@ -49,11 +49,17 @@ class Dataset:
 
 
 def load_dataset(spec: str, split: str = "test") -> Dataset:
-    """Load a built-in dataset (``split`` test or train), a ``.npz`` file or an image folder."""
-    if split not in ("train", "test"):
-        raise DatasetError(f"split must be 'train' or 'test', not {split!r}.")
+    """Load a built-in dataset (``split`` test, train or all), a ``.npz`` file or an image
+    folder (files and folders have no splits)."""
+    if split not in ("train", "test", "all"):
+        raise DatasetError(f"split must be 'train', 'test' or 'all', not {split!r}.")
     if spec in BUILTIN:
-        x, y = _digits(split, size=28 if spec == "digits28" else 8)
+        size = 28 if spec == "digits28" else 8
+        if split == "all":
+            parts = [_digits(s, size) for s in ("test", "train")]
+            x, y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        else:
+            x, y = _digits(split, size)
         return Dataset(spec, x, y, tuple(str(i) for i in range(10)))
     path = Path(spec).expanduser()
     if not path.exists():

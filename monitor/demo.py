@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from monitor.training import accuracy, train_classifier
 
 if TYPE_CHECKING:
     from monitor.audit.store import AuditDetail
+    from monitor.config import Settings
     from monitor.db.session import Database
 
 log = logging.getLogger(__name__)
@@ -147,6 +149,51 @@ def audit_demo_models(
         request = AuditRequest(model.ref.uri, AuditConfig(dataset=DEMO_DATASET), trigger="demo")
         details.append(run_audit(db, registry, request, report).detail)
     return details
+
+
+@dataclass
+class DemoTraffic:
+    log: Path
+    attackers: dict[str, str]  # address -> attacker kind
+    benign: set[str]
+    ingest: Any
+    alerts: list[Any]
+    alerted: set[str]  # every address named by an alert
+
+
+def demo_traffic(
+    db: Database, registry: Registry, settings: Settings, report: Reporter = silent
+) -> DemoTraffic:
+    """Write a simulated production log (benign sources and attackers of every kind) once,
+    ingest it (resuming where an earlier run stopped), and evaluate the alert rules."""
+    from monitor.alerts.evaluate import Evaluator
+    from monitor.alerts.queries import get_alert, list_alerts
+    from monitor.alerts.settings import AlertSettings
+    from monitor.ingest.pipeline import Ingester
+    from monitor.simulate import simulate
+
+    log = settings.home / "demo" / "production.jsonl"
+    target = registry.load(registry.resolve("models:/digits-cnn@champion")).module
+    surrogate = registry.load(registry.resolve("models:/digits-cnn/2")).module
+    report("simulating production traffic", 0, 1)
+    traffic = simulate(load_dataset(DEMO_DATASET, "all"), target, surrogate)
+    report("simulating production traffic", 1, 1)
+    if not log.exists():
+        log.parent.mkdir(parents=True, exist_ok=True)
+        partial = log.with_suffix(".partial")
+        partial.write_text("".join(line + "\n" for line in traffic.lines()))
+        partial.rename(log)
+    summary = Ingester(db, registry, settings).ingest_files([str(log)])
+    Evaluator(db, AlertSettings.from_settings(settings), "demo").evaluate()
+    alerts = list_alerts(db, limit=200)
+    alerted = {
+        address
+        for a in alerts
+        for address in get_alert(db, a.id).evidence.get("sources") or [a.source]
+    }
+    return DemoTraffic(
+        log, traffic.attacker_addresses(), traffic.benign_addresses(), summary, alerts, alerted
+    )
 
 
 def _find_demo_version(registry: Registry, spec: DemoSpec) -> ModelVersionRef | None:

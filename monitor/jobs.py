@@ -39,6 +39,18 @@ class JobContext:
     watch: WatchSettings
     worker: str
     stop: threading.Event = field(default_factory=threading.Event)
+    _evaluator: Any = None
+
+    def evaluator(self) -> Any:
+        """The alert evaluator of this process (its fingerprint index persists between runs)."""
+        if self._evaluator is None:
+            from monitor.alerts.evaluate import Evaluator
+            from monitor.alerts.settings import AlertSettings
+
+            self._evaluator = Evaluator(
+                self.db, AlertSettings.from_settings(self.settings), self.worker
+            )
+        return self._evaluator
 
 
 _context: JobContext | None = None
@@ -88,7 +100,7 @@ def recorded(
         )
         s.execute(delete(JobRun).where(JobRun.id.in_(old.scalar_subquery())))
     detail["status"] = status
-    for key in ("enqueued", "audits"):
+    for key in ("enqueued", "audits", "opened", "escalated"):
         for line in detail.get(key, []):
             log.info("%s: %s", job, line)
     return detail
@@ -229,6 +241,29 @@ def run_audit_queue(context: JobContext, detail: dict[str, Any]) -> None:
     detail["audits"] = finished
 
 
+# -- alerts -----------------------------------------------------------------------------------
+
+
+def evaluate_alerts(context: JobContext, detail: dict[str, Any]) -> None:
+    """Run the alert rules over what was ingested since the last evaluation."""
+    result = context.evaluator().evaluate()
+    detail.update(
+        sources=result.sources,
+        fingerprints=result.fingerprints,
+        opened=result.opened,
+        escalated=result.escalated,
+        seconds=result.seconds,
+    )
+
+
+def deliver_notifications(context: JobContext, detail: dict[str, Any]) -> None:
+    """Send due webhook notifications from the outbox."""
+    from monitor.alerts.notify import deliver_due
+
+    result = deliver_due(context.db, context.evaluator().settings)
+    detail.update(delivered=result.delivered, failed=result.failed, given_up=result.given_up)
+
+
 # -- importable references for APScheduler ----------------------------------------------------
 
 
@@ -238,6 +273,53 @@ def registry_poll_job() -> dict[str, Any]:
 
 def nightly_sweep_job() -> dict[str, Any]:
     return recorded("nightly-sweep", nightly_sweep, current())
+
+
+def alert_evaluation_job() -> dict[str, Any]:
+    context = current()
+    if not _has_new_inputs(context.db):
+        return {"status": "idle"}
+    return recorded("alert-evaluation", evaluate_alerts, context)
+
+
+def notifications_job() -> dict[str, Any]:
+    context = current()
+    if not _has_due_notifications(context.db):
+        return {"status": "idle"}
+    return recorded("notifications", deliver_notifications, context)
+
+
+def _has_new_inputs(db: Database) -> bool:
+    from monitor.db.models import InputFingerprint, SourceActivity
+
+    with db.session() as s:
+        return (
+            s.scalar(select(SourceActivity.source).where(SourceActivity.dirty.is_(True)).limit(1))
+            is not None
+            or s.scalar(
+                select(InputFingerprint.score_id)
+                .where(InputFingerprint.matched.is_(False))
+                .limit(1)
+            )
+            is not None
+        )
+
+
+def _has_due_notifications(db: Database) -> bool:
+    from monitor.db.models import NotificationOutbox
+
+    with db.session() as s:
+        return (
+            s.scalar(
+                select(NotificationOutbox.id)
+                .where(
+                    NotificationOutbox.delivered_at.is_(None),
+                    NotificationOutbox.next_attempt_at <= utcnow(),
+                )
+                .limit(1)
+            )
+            is not None
+        )
 
 
 def audit_queue_job() -> dict[str, Any]:

@@ -33,7 +33,10 @@ JOB_DESCRIPTIONS = {
     "registry-poll": "audit new versions and moved aliases; retry failed audits",
     "nightly-sweep": "re-audit watched aliases and stale audits",
     "audit-queue": "run queued audits in this process",
+    "alert-evaluation": "run the alert rules over newly ingested inputs",
+    "notifications": "deliver webhook notifications from the outbox",
 }
+NOTIFY_INTERVAL = 10.0
 
 
 def worker_name(kind: str = "scheduler") -> str:
@@ -42,13 +45,16 @@ def worker_name(kind: str = "scheduler") -> str:
 
 
 def run_once(context: JobContext, sweep: bool = False) -> dict[str, Any]:
-    """One registry poll (and the sweep), then every queued audit; for cron-driven setups."""
+    """One registry poll (and the sweep), every queued audit, one alert evaluation and the due
+    notifications; for cron-driven setups."""
     queue.recover_stale(context.db, context.worker.split("#")[0] + "#")
     result = {"registry-poll": jobs.recorded("registry-poll", jobs.poll_registry, context)}
     if sweep:
         result["nightly-sweep"] = jobs.recorded("nightly-sweep", jobs.nightly_sweep, context)
     if context.watch.run_audits:
         result["audit-queue"] = jobs.recorded("audit-queue", jobs.run_audit_queue, context)
+    result["alert-evaluation"] = jobs.recorded("alert-evaluation", jobs.evaluate_alerts, context)
+    result["notifications"] = jobs.recorded("notifications", jobs.deliver_notifications, context)
     return result
 
 
@@ -91,6 +97,21 @@ def build_scheduler(context: JobContext, poll_interval: float | None = None) -> 
             id="audit-queue",
             replace_existing=True,
         )
+    evaluation = context.evaluator().settings.evaluation_interval
+    scheduler.add_job(
+        "monitor.jobs:alert_evaluation_job",
+        "interval",
+        seconds=evaluation,
+        id="alert-evaluation",
+        replace_existing=True,
+    )
+    scheduler.add_job(
+        "monitor.jobs:notifications_job",
+        "interval",
+        seconds=NOTIFY_INTERVAL,
+        id="notifications",
+        replace_existing=True,
+    )
     return scheduler
 
 

@@ -17,6 +17,7 @@ import typer
 
 from monitor.cli import (  # noqa: F401  (each module registers its commands on the app)
     admin,
+    alerts,
     audits,
     models,
     monitoring,

@@ -87,15 +87,17 @@ def demo(
     ),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """The main job on the embedded default: seed demo models and audit them (reusing what
-    exists)."""
-    from monitor.demo import audit_demo_models, seed_demo_models
+    """The main job on the embedded default: seed demo models, audit them, ingest a production
+    log with attackers and raise alerts (reusing whatever an earlier run did)."""
+    from monitor.demo import audit_demo_models, demo_traffic, seed_demo_models
 
-    registry = state.registry()
+    registry, settings = state.registry(), state.settings()
     db = state.database()  # the embedded database migrates itself on first use
     with progress_bars(not as_json) as report:
         seeded = seed_demo_models(registry, report)
         audits = audit_demo_models(db, registry, seeded, report)
+        traffic = demo_traffic(db, registry, settings, report)
+    alerted = traffic.alerted
     if as_json:
         emit_json(
             {
@@ -122,6 +124,25 @@ def demo(
                     }
                     for a in audits
                 ],
+                "production_log": str(traffic.log),
+                "ingest": {
+                    "records": traffic.ingest.records,
+                    "scored": traffic.ingest.scored,
+                    "dead_letters": traffic.ingest.dead_letters,
+                    "flagged": traffic.ingest.flagged,
+                },
+                "alerts": [
+                    {
+                        "id": a.id,
+                        "rule": a.rule,
+                        "source": a.source,
+                        "severity": a.severity,
+                        "summary": a.summary,
+                    }
+                    for a in traffic.alerts
+                ],
+                "attackers": traffic.attackers,
+                "benign_sources": sorted(traffic.benign),
             }
         )
     else:
@@ -153,6 +174,31 @@ def demo(
                 )
                 for a in audits
             ],
+        )
+        say(
+            f"production log {traffic.log}: {traffic.ingest.records} new records this run "
+            f"({len(traffic.benign)} benign sources, {len(traffic.attackers)} attacker "
+            "addresses)"
+        )
+        print_table(
+            "alerts",
+            ("id", "severity", "rule", "source", "attacker kind", "why"),
+            [
+                (
+                    a.id,
+                    a.severity,
+                    a.rule,
+                    a.source,
+                    traffic.attackers.get(a.source, "BENIGN?"),
+                    a.summary,
+                )
+                for a in traffic.alerts
+            ],
+        )
+        benign_alerted = sorted(alerted & traffic.benign)
+        say(
+            f"benign sources alerted: {len(benign_alerted)}"
+            + (f" ({', '.join(benign_alerted)})" if benign_alerted else "")
         )
     if serve:
         note("the dashboard is not part of this build yet; stopping here.")

@@ -11,6 +11,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
+from monitor.errors import DatabaseError
+
 
 def migrations_dir() -> Path:
     import migrations
@@ -38,10 +40,20 @@ class SchemaState:
 
 
 def schema_state(engine: Engine) -> SchemaState:
-    """The database's revision against the newest migration."""
-    head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+    """The database's revision against the newest migration (DatabaseError for a revision
+    that no migration here knows)."""
+    script = ScriptDirectory.from_config(alembic_config(engine))
+    head = script.get_current_head()
     with engine.connect() as connection:
         current = MigrationContext.configure(connection).get_current_revision()
+    if current is not None:
+        try:
+            script.get_revision(current)
+        except Exception as err:  # alembic's ResolutionError
+            raise DatabaseError(
+                f"the database is at schema revision {current}, which this robmon does not "
+                "know; was it migrated by a newer robmon?"
+            ) from err
     return SchemaState(current=current, head=head or "base")
 
 

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     Unicode,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -231,6 +232,7 @@ class InputScore(Base):
     low_confidence: Mapped[bool] = mapped_column(default=False)
     squeeze_suspicious: Mapped[bool] = mapped_column(default=False)
     combined_suspicious: Mapped[bool] = mapped_column(default=False)
+    strong_suspicious: Mapped[bool] = mapped_column(default=False, server_default=false())
     flagged: Mapped[bool] = mapped_column(default=False)
     calibration_id: Mapped[int | None] = mapped_column(
         ForeignKey("detector_calibrations.id", ondelete="SET NULL")
@@ -328,3 +330,172 @@ class RegistryWatch(Base):
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     version: Mapped[str] = mapped_column(String(64))
     seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# -- per-source activity, fingerprints and alerts ----------------------------------------------
+
+
+class SourceRollup(Base):
+    """Per source, model version and minute of record time: counts the ingester maintains.
+
+    Rate rules and the dashboard read these instead of scanning ``input_scores``.
+    """
+
+    __tablename__ = "source_rollups"
+
+    source: Mapped[str] = mapped_column(String(255), primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    bucket: Mapped[datetime] = mapped_column(primary_key=True)
+    n: Mapped[int] = mapped_column(Integer, default=0)
+    flagged: Mapped[int] = mapped_column(Integer, default=0)
+    low_confidence: Mapped[int] = mapped_column(Integer, default=0)
+    strong: Mapped[int] = mapped_column(Integer, default=0)
+    sum_confidence: Mapped[float] = mapped_column(Float, default=0.0)
+    max_divergence: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_source_rollups_bucket", "bucket"),)
+
+
+class SourceActivity(Base):
+    """Totals per source and model version; ``dirty`` marks sources with unevaluated inputs."""
+
+    __tablename__ = "source_activity"
+
+    source: Mapped[str] = mapped_column(String(255), primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    first_seen: Mapped[datetime]
+    last_seen: Mapped[datetime]
+    n: Mapped[int] = mapped_column(BigInteger, default=0)
+    flagged: Mapped[int] = mapped_column(BigInteger, default=0)
+    low_confidence: Mapped[int] = mapped_column(BigInteger, default=0)
+    strong: Mapped[int] = mapped_column(BigInteger, default=0)
+    sum_confidence: Mapped[float] = mapped_column(Float, default=0.0)
+    max_divergence: Mapped[float | None] = mapped_column(Float)
+    dirty: Mapped[bool] = mapped_column(default=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        Index("ix_source_activity_dirty", "dirty"),
+        Index("ix_source_activity_last_seen", "last_seen"),
+    )
+
+
+class InputFingerprint(Base):
+    """The fingerprint of one scored input (never the input); ``matched`` once the evaluator
+    has compared it with the earlier ones."""
+
+    __tablename__ = "input_fingerprints"
+
+    score_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("input_scores.id", ondelete="CASCADE"), primary_key=True
+    )
+    ts: Mapped[datetime]
+    source: Mapped[str] = mapped_column(String(255))
+    model_name: Mapped[str] = mapped_column(String(255))
+    model_version: Mapped[str] = mapped_column(String(64))
+    predicted: Mapped[int] = mapped_column(Integer)
+    input_sha256: Mapped[str] = mapped_column(String(64))
+    hashes: Mapped[bytes] = mapped_column(LargeBinary)
+    matched: Mapped[bool] = mapped_column(default=False)
+
+    __table_args__ = (
+        Index("ix_input_fingerprints_matched", "matched"),
+        Index("ix_input_fingerprints_model_ts", "model_name", "model_version", "ts"),
+    )
+
+
+class ProbeMatch(Base):
+    """A query that nearly repeats an earlier one (shared fingerprint hashes)."""
+
+    __tablename__ = "probe_matches"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    score_id: Mapped[int] = mapped_column(BigInteger)
+    matched_score_id: Mapped[int] = mapped_column(BigInteger)
+    ts: Mapped[datetime]
+    source: Mapped[str] = mapped_column(String(255))
+    matched_source: Mapped[str] = mapped_column(String(255))
+    model_name: Mapped[str] = mapped_column(String(255))
+    model_version: Mapped[str] = mapped_column(String(64))
+    shared: Mapped[int] = mapped_column(Integer)
+    flipped: Mapped[bool] = mapped_column(default=False)
+
+    __table_args__ = (
+        Index("ix_probe_matches_source_ts", "source", "ts"),
+        Index("ix_probe_matches_model_ts", "model_name", "model_version", "ts"),
+    )
+
+
+class Alert(Base):
+    """A per-source (or per-group) anomaly. One open alert per (rule, source, model):
+    ``open_key`` is unique while the alert is open or acknowledged."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rule: Mapped[str] = mapped_column(String(32))
+    source: Mapped[str] = mapped_column(String(255))
+    model_name: Mapped[str] = mapped_column(String(255))
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    summary: Mapped[str] = mapped_column(Text)
+    evidence: Mapped[dict[str, Any]]
+    window_start: Mapped[datetime]
+    window_end: Mapped[datetime]
+    first_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    closed_at: Mapped[datetime | None]
+    open_key: Mapped[str | None] = mapped_column(String(600), unique=True)
+
+    events: Mapped[list[AlertEvent]] = relationship(
+        back_populates="alert", cascade="all, delete-orphan", order_by="AlertEvent.id"
+    )
+
+    __table_args__ = (
+        Index("ix_alerts_status_severity", "status", "severity"),
+        Index("ix_alerts_source", "source"),
+        Index("ix_alerts_key_closed", "rule", "source", "model_name", "closed_at"),
+        Index("ix_alerts_last_seen", "last_seen"),
+    )
+
+
+class AlertEvent(Base):
+    """The audit trail of an alert: who did what, when, with which note."""
+
+    __tablename__ = "alert_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(32))
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str | None] = mapped_column(String(16))
+    note: Mapped[str | None] = mapped_column(Text)
+
+    alert: Mapped[Alert] = relationship(back_populates="events")
+
+    __table_args__ = (Index("ix_alert_events_alert_id", "alert_id"),)
+
+
+class NotificationOutbox(Base):
+    """A webhook notification written with the alert change; delivered with retries."""
+
+    __tablename__ = "notification_outbox"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    claimed_until: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_notification_outbox_due", "delivered_at", "next_attempt_at"),)

@@ -25,6 +25,7 @@ from monitor.detect.scores import BASE_FEATURES, ProbabilityFn, ScoreBatch, roc_
 from monitor.detect.squeezers import CANDIDATES, parse_squeezer
 
 DETECTORS = ("confidence", "squeezing", "combined")
+STRONG_QUANTILE = 0.999
 # (x, y, attack name) -> adversarial x, crafted by whoever can (white-box or a surrogate)
 Crafter = Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor]
 
@@ -51,6 +52,7 @@ class CombinedDetector:
     coef: list[float]
     intercept: float
     threshold: float
+    strong: float | None = None  # strong evidence: above 99.9% of benign calibration inputs
 
     def score(self, batch: ScoreBatch) -> torch.Tensor:
         """Probability-like score in (0, 1): higher means more likely adversarial."""
@@ -78,7 +80,10 @@ class Thresholds:
             "squeeze_suspicious": batch.max_over(self.squeezers) > self.squeeze,
         }
         if self.combined is not None:
-            flags["combined_suspicious"] = self.combined.score(batch) > self.combined.threshold
+            score = self.combined.score(batch)
+            flags["combined_suspicious"] = score > self.combined.threshold
+            if self.combined.strong is not None:
+                flags["strong_suspicious"] = score > self.combined.strong
         return flags
 
     def to_dict(self) -> dict[str, Any]:
@@ -279,16 +284,23 @@ def calibrate_detector(
 
 
 def benign_flag_rates(t: Thresholds, split: _Split) -> dict[str, float]:
-    """Per flag (and for ``flagged``: squeezing or combined), the highest rate at which it fires
-    on a held-out benign group: the honest baseline for per-source rate alerts."""
+    """Per flag (and ``flagged``: squeezing or combined), how often it fires on the held-out
+    benign inputs: pooled over clean and corrupted inputs, and (``NAME_worst``) in the benign
+    group where it fires most. Per-source rate alerts test against the pooled rate and require
+    more than the worst group's rate, so a blurrier camera is not an attack."""
+    fired: dict[str, list[torch.Tensor]] = {}
     rates: dict[str, float] = {}
     for group in split.groups():
         flags = t.flags(group)
         flags["flagged"] = flags["squeeze_suspicious"] | flags.get(
             "combined_suspicious", torch.zeros_like(flags["squeeze_suspicious"])
         )
-        for name, fired in flags.items():
-            rates[name] = max(rates.get(name, 0.0), float(fired.float().mean()))
+        for name, hits in flags.items():
+            fired.setdefault(name, []).append(hits)
+            worst = f"{name}_worst"
+            rates[worst] = max(rates.get(worst, 0.0), float(hits.float().mean()))
+    for name, hits in fired.items():
+        rates[name] = float(torch.cat(hits).float().mean())
     return rates
 
 
@@ -379,6 +391,7 @@ def _train_combined(split: _Split, chosen: tuple[str, ...], fpr: float) -> Combi
         0.5,
     )
     detector.threshold = _worst_group_threshold(split, detector.score, fpr)
+    detector.strong = max(detector.threshold, _quantile(detector.score(neg), STRONG_QUANTILE))
     return detector
 
 

@@ -26,9 +26,10 @@ from monitor.classifiers import check_input_shape
 from monitor.config import Settings
 from monitor.db.session import Database
 from monitor.db.types import utcnow
+from monitor.detect.fingerprints import fingerprints, to_bytes
 from monitor.detect.scores import score_inputs
 from monitor.errors import BadRecord, ModelIncompatible, RobmonError
-from monitor.ingest import store
+from monitor.ingest import rollups, store
 from monitor.ingest.models import ModelCache, ScoringModel
 from monitor.ingest.records import Limits, Record, parse_record
 from monitor.ingest.sources import FileTailer, Position, RawLine, expand_paths, read_lines
@@ -188,8 +189,11 @@ class Ingester:
     def _commit(
         self, scores: ScoreTable, dead: list[dict[str, Any]], position: Position | None
     ) -> list[int]:
-        hook = self.on_commit
-        extra = (lambda session, ids: hook(session, scores, ids)) if hook else None
+        def extra(session: Any, ids: list[int]) -> None:
+            rollups.record(session, scores, ids)
+            if self.on_commit is not None:
+                self.on_commit(session, scores, ids)
+
         return store.commit_batch(self.db, scores, dead, position, extra)
 
     def _drop_stored(self, scores: ScoreTable) -> ScoreTable:
@@ -244,9 +248,8 @@ class Ingester:
         n = len(fitting)
         if not n:
             return ScoreTable()
-        batch = score_inputs(
-            model.probabilities, torch.stack([i.record.image for i in fitting]), model.squeezers
-        )
+        x = torch.stack([i.record.image for i in fitting])
+        batch = score_inputs(model.probabilities, x, model.squeezers)
         calibration = model.calibration
         thresholds = calibration.thresholds if calibration else None
         flags = {k: v.tolist() for k, v in thresholds.flags(batch).items()} if thresholds else {}
@@ -278,11 +281,13 @@ class Ingester:
                 "low_confidence": flags.get("low_confidence", no),
                 "squeeze_suspicious": squeeze,
                 "combined_suspicious": combined,
+                "strong_suspicious": flags.get("strong_suspicious", no),
                 "flagged": [a or b for a, b in zip(squeeze, combined, strict=True)],
                 "calibration_id": [calibration.id if calibration else None] * n,
                 "input_sha256": [r.sha256 for r in records],
                 "origin": [i.key for i in fitting],
                 "kept_path": [None] * n,
+                "fingerprint": [to_bytes(f) for f in fingerprints(x)],
             }
         )
         if self.keep_flagged is not None:

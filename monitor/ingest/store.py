@@ -154,8 +154,9 @@ def insert_scores(session: Session, scores: ScoreTable) -> list[int]:
         return _insert_scores_postgresql(session, scores)
     if dialect == "sqlite":
         return _insert_scores_sqlite(session, scores)
+    rows = [{k: v for k, v in row.items() if k in _SCORE_COLUMNS} for row in scores.rows()]
     result = session.execute(
-        insert(InputScore).returning(InputScore.id, sort_by_parameter_order=True), scores.rows()
+        insert(InputScore).returning(InputScore.id, sort_by_parameter_order=True), rows
     )
     return [r.id for r in result]
 

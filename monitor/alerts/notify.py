@@ -1,0 +1,165 @@
+"""Webhook notifications through an outbox.
+
+A notification row is written in the same transaction as the alert change it announces, so a
+crash or a receiver that is down loses nothing. Delivery claims due rows, POSTs the JSON payload
+(signed with ``X-Robmon-Signature: sha256=HMAC(secret, body)`` when a secret is set; the row id
+is sent as ``X-Robmon-Delivery`` so a receiver can drop repeats), marks the row delivered on a
+2xx answer, and otherwise retries with exponential backoff up to ``max_attempts``. A delivered
+row is never sent again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from monitor.alerts.settings import AlertSettings
+from monitor.db.models import Alert, NotificationOutbox
+from monitor.db.session import Database
+from monitor.db.types import utcnow
+
+log = logging.getLogger(__name__)
+CLAIM_SECONDS = 60
+MAX_BACKOFF = timedelta(hours=1)
+
+
+def payload(alert: Alert, event: str) -> dict[str, Any]:
+    return {
+        "event": event,
+        "alert_id": alert.id,
+        "rule": alert.rule,
+        "source": alert.source,
+        "model": alert.model_name,
+        "version": alert.model_version,
+        "severity": alert.severity,
+        "status": alert.status,
+        "summary": alert.summary,
+        "first_seen": alert.first_seen.isoformat(),
+        "last_seen": alert.last_seen.isoformat(),
+        "evidence": alert.evidence,
+    }
+
+
+def enqueue(session: Session, alert: Alert, event: str, settings: AlertSettings) -> None:
+    """Queue a notification (only when a webhook is configured)."""
+    if settings.webhook.url:
+        session.add(
+            NotificationOutbox(
+                alert_id=alert.id,
+                event=event,
+                payload=payload(alert, event),
+                created_at=utcnow(),
+                next_attempt_at=utcnow(),
+            )
+        )
+
+
+def signature(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+@dataclass
+class Delivery:
+    delivered: int = 0
+    failed: int = 0
+    given_up: int = 0
+
+
+def deliver_due(db: Database, settings: AlertSettings) -> Delivery:
+    """Send every due notification once; failures are rescheduled with backoff."""
+    hook = settings.webhook
+    result = Delivery()
+    if not hook.url:
+        return result
+    while True:
+        row = _claim(db, hook.max_attempts)
+        if row is None:
+            return result
+        body = json.dumps(row["payload"], sort_keys=True, default=str).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "robmon",
+            "X-Robmon-Delivery": str(row["id"]),
+            "X-Robmon-Event": row["event"],
+        }
+        if hook.secret:
+            headers["X-Robmon-Signature"] = signature(hook.secret, body)
+        error = _post(hook.url, body, headers, hook.timeout)
+        now = utcnow()
+        with db.session() as s:
+            item = s.get_one(NotificationOutbox, row["id"])
+            item.claimed_until = None
+            if error is None:
+                item.delivered_at, item.last_error = now, None
+                result.delivered += 1
+                continue
+            item.attempts += 1
+            item.last_error = error
+            item.next_attempt_at = now + min(hook.backoff * 2 ** (item.attempts - 1), MAX_BACKOFF)
+            result.failed += 1
+            if item.attempts >= hook.max_attempts:
+                result.given_up += 1
+                log.error(
+                    "webhook: gave up on notification %s after %s attempts: %s",
+                    item.id,
+                    item.attempts,
+                    error,
+                )
+        if result.failed:
+            return result  # the receiver is failing: try the rest on the next run
+
+
+def _claim(db: Database, max_attempts: int) -> dict[str, Any] | None:
+    now = utcnow()
+    with db.session() as s:
+        candidates = s.scalars(
+            select(NotificationOutbox.id)
+            .where(
+                NotificationOutbox.delivered_at.is_(None),
+                NotificationOutbox.next_attempt_at <= now,
+                NotificationOutbox.attempts < max_attempts,
+                (NotificationOutbox.claimed_until.is_(None))
+                | (NotificationOutbox.claimed_until < now),
+            )
+            .order_by(NotificationOutbox.id)
+            .limit(5)
+        ).all()
+        for outbox_id in candidates:
+            claimed = s.execute(
+                update(NotificationOutbox)
+                .where(
+                    NotificationOutbox.id == outbox_id,
+                    NotificationOutbox.delivered_at.is_(None),
+                    (NotificationOutbox.claimed_until.is_(None))
+                    | (NotificationOutbox.claimed_until < now),
+                )
+                .values(claimed_until=now + timedelta(seconds=CLAIM_SECONDS))
+            ).rowcount
+            if claimed:
+                row = s.get_one(NotificationOutbox, outbox_id)
+                return {"id": row.id, "event": row.event, "payload": row.payload}
+    return None
+
+
+def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> str | None:
+    """None on a 2xx answer, else why not."""
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            if 200 <= response.status < 300:
+                return None
+            return f"HTTP {response.status}"
+    except urllib.error.HTTPError as err:
+        return f"HTTP {err.code}"
+    except (urllib.error.URLError, OSError) as err:
+        return f"{type(err).__name__}: {getattr(err, 'reason', err)}"

@@ -1,0 +1,190 @@
+"""Query-attack detection: match each new input's fingerprint against the recent ones.
+
+A query-based black-box attack (SimBA, Square, boundary attacks) sends many inputs that differ
+from each other by a few pixels; benign traffic almost never does (Chen, Carlini & Wagner 2019;
+Blacklight, Li et al. 2022). Each unmatched fingerprint is compared, in arrival order, with the
+fingerprints of the same model inside the probe window (from every source: one attacker spread
+over many addresses still repeats itself). A query that shares at least ``min_shared`` hashes
+with an earlier, different input is a near-duplicate: stored as a ``probe_matches`` row with the
+best earlier match from its own source and the best from any other source.
+
+The index lives in memory for the life of the evaluating process and is rebuilt from the
+database (the probe window's fingerprints) when it starts.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict, defaultdict, deque
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import numpy as np
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from monitor.db.models import InputFingerprint, ProbeMatch
+from monitor.detect.fingerprints import from_bytes
+
+CHUNK = 5000
+STOP_SHARE = 0.05  # a hash in over 5% of the window's inputs says nothing (blank borders ...)
+
+
+@dataclass
+class _Entry:
+    score_id: int
+    ts: datetime
+    source: str
+    predicted: int
+    sha: str
+
+
+@dataclass
+class FingerprintIndex:
+    """Postings (hash -> entries, oldest first) of one model version's fingerprints in the
+    window. Entries arrive in score-id order, so the oldest are evicted from the front."""
+
+    window: timedelta
+    entries: OrderedDict[int, _Entry] = field(default_factory=OrderedDict)
+    postings: dict[int, deque[int]] = field(default_factory=lambda: defaultdict(deque))
+    hashes: dict[int, list[int]] = field(default_factory=dict)
+    newest: datetime | None = None
+
+    def add(self, entry: _Entry, fingerprint: np.ndarray) -> None:
+        values = fingerprint.tolist()
+        self.entries[entry.score_id] = entry
+        self.hashes[entry.score_id] = values
+        for h in values:
+            self.postings[h].append(entry.score_id)
+        if self.newest is None or entry.ts > self.newest:
+            self.newest = entry.ts
+            self.evict(self.newest - self.window)
+
+    def evict(self, before: datetime) -> None:
+        while self.entries:
+            score_id, oldest = next(iter(self.entries.items()))
+            if oldest.ts >= before:
+                return
+            del self.entries[score_id]
+            for h in self.hashes.pop(score_id):
+                posting = self.postings[h]
+                while posting and posting[0] not in self.entries:
+                    posting.popleft()
+                if not posting:
+                    del self.postings[h]
+
+    def matches(
+        self, entry: _Entry, fingerprint: np.ndarray, min_shared: int
+    ) -> list[tuple[_Entry, int]]:
+        """Earlier entries in the window sharing at least ``min_shared`` hashes (not exact
+        copies), most similar first."""
+        cap = max(50, int(STOP_SHARE * len(self.entries)))
+        counts: Counter[int] = Counter()
+        for h in fingerprint.tolist():
+            posting = self.postings.get(h)
+            if posting and len(posting) <= cap:
+                counts.update(posting)
+        start = entry.ts - self.window
+        found = []
+        for sid, shared in counts.items():
+            if shared < min_shared:
+                continue
+            other = self.entries.get(sid)
+            if other is not None and other.sha != entry.sha and start <= other.ts <= entry.ts:
+                found.append((other, shared))
+        return sorted(found, key=lambda m: -m[1])
+
+
+@dataclass
+class ProbeMatcher:
+    """Matches new fingerprints and writes probe matches; keeps an index per model version."""
+
+    window: timedelta
+    indexes: dict[tuple[str, str], FingerprintIndex] = field(default_factory=dict)
+
+    def index(self, session: Session, model: tuple[str, str], since: datetime) -> FingerprintIndex:
+        if model not in self.indexes:
+            index = FingerprintIndex(self.window)
+            rows = session.execute(
+                select(InputFingerprint)
+                .where(
+                    InputFingerprint.model_name == model[0],
+                    InputFingerprint.model_version == model[1],
+                    InputFingerprint.matched.is_(True),
+                    InputFingerprint.ts >= since,
+                )
+                .order_by(InputFingerprint.score_id)
+            ).scalars()
+            for row in rows:
+                index.add(_entry(row), from_bytes(row.hashes))
+            self.indexes[model] = index
+        return self.indexes[model]
+
+    def process(
+        self, session: Session, min_shared: dict[tuple[str, str], int], default_min_shared: int
+    ) -> tuple[int, set[tuple[str, str, str]]]:
+        """Match every unmatched fingerprint; returns (how many, touched (source, model, ver))."""
+        processed, touched = 0, set()
+        while True:
+            rows = (
+                session.execute(
+                    select(InputFingerprint)
+                    .where(InputFingerprint.matched.is_(False))
+                    .order_by(InputFingerprint.score_id)
+                    .limit(CHUNK)
+                )
+                .scalars()
+                .all()
+            )
+            if not rows:
+                return processed, touched
+            earliest = min(r.ts for r in rows) - self.window
+            matches = []
+            for row in rows:
+                model = (row.model_name, row.model_version)
+                index = self.index(session, model, earliest)
+                entry, fingerprint = _entry(row), from_bytes(row.hashes)
+                threshold = min_shared.get(model, default_min_shared)
+                found = index.matches(entry, fingerprint, threshold)
+                own = next(((m, s) for m, s in found if m.source == entry.source), None)
+                other = next(((m, s) for m, s in found if m.source != entry.source), None)
+                for match in (own, other):
+                    if match is not None:
+                        matches.append(_match_row(row, entry, *match))
+                        touched.add((row.source, row.model_name, row.model_version))
+                index.add(entry, fingerprint)
+            if matches:
+                session.execute(ProbeMatch.__table__.insert(), matches)
+            session.execute(
+                update(InputFingerprint)
+                .where(InputFingerprint.score_id.in_([r.score_id for r in rows]))
+                .values(matched=True)
+            )
+            processed += len(rows)
+
+
+def _entry(row: InputFingerprint) -> _Entry:
+    return _Entry(row.score_id, row.ts, row.source, row.predicted, row.input_sha256)
+
+
+def _match_row(row: InputFingerprint, entry: _Entry, other: _Entry, shared: int) -> dict:
+    return {
+        "score_id": entry.score_id,
+        "matched_score_id": other.score_id,
+        "ts": entry.ts,
+        "source": entry.source,
+        "matched_source": other.source,
+        "model_name": row.model_name,
+        "model_version": row.model_version,
+        "shared": shared,
+        "flipped": entry.predicted != other.predicted,
+    }
+
+
+def prune(session: Session, before: datetime) -> None:
+    """Forget fingerprints and matches older than the retention period."""
+    session.execute(
+        delete(InputFingerprint).where(
+            InputFingerprint.ts < before, InputFingerprint.matched.is_(True)
+        )
+    )
+    session.execute(delete(ProbeMatch).where(ProbeMatch.ts < before))

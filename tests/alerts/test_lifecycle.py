@@ -1,0 +1,152 @@
+"""Triage with an audit trail, cool-down, webhook delivery through the outbox, and the CLI."""
+
+import hashlib
+import hmac
+import json
+import threading
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from monitor.attacks import fgsm
+from tests.ingest.lines import record, write_lines
+
+SECRET = "s3cret"
+
+
+def _attack_log(registry, digits, path: Path, offset: int = 0, ts_minute: int = 0) -> Path:
+    model = registry.load(registry.resolve("digits-cnn")).module
+    x, y = digits.x[offset : offset + 40], digits.y[offset : offset + 40]
+    adversarial = fgsm(model, x, y, 0.15)
+    ts = f"2026-11-24T19:{ts_minute:02d}:00Z"
+    lines = [record(a, source="10.6.6.6", rid=f"a{offset + i}", ts=ts)
+             for i, a in enumerate(adversarial)]
+    lines += [record(digits.x[200 + offset + i], source="10.0.0.7", rid=f"b{offset + i}",
+                     ts=ts) for i in range(40)]
+    return write_lines(path, lines)
+
+
+def test_ingest_evaluate_list_in_a_script_and_triage(demo_home, demo_registry, digits, robmon,
+                                                     tmp_path) -> None:
+    log = _attack_log(demo_registry, digits, tmp_path / "a.jsonl")
+    assert robmon("ingest", str(log)).code == 0
+    evaluated = robmon("alerts", "evaluate", "--json")
+    assert evaluated.code == 0 and evaluated.json()["opened"]
+    alerts = robmon("alerts", "list", "--json").json()
+    assert {a["source"] for a in alerts} == {"10.6.6.6"}
+    alert_id = next(a["id"] for a in alerts if a["rule"] == "flagged-rate")
+
+    assert robmon("alerts", "ack", str(alert_id), "--by", "ana", "--note", "looking").code == 0
+    refused = robmon("alerts", "ack", str(alert_id), "--by", "ana")
+    assert refused.code == 1 and "is acknowledged; it cannot be acknowledged" in refused.stderr
+    done = robmon("alerts", "resolve", str(alert_id), "--by", "bo", "--note", "blocked IP",
+                  "--json").json()
+    assert done["status"] == "resolved"
+    trail = [(e["actor"], e["action"], e["to_status"], e["note"]) for e in done["events"]]
+    assert trail == [("robmon", "opened", "open", done["events"][0]["note"]),
+                     ("ana", "acknowledge", "acknowledged", "looking"),
+                     ("bo", "resolve", "resolved", "blocked IP")]
+    shown = robmon("alerts", "show", str(alert_id))
+    assert "blocked IP" in shown.stdout and "10.6.6.6" in shown.stdout
+    assert robmon("alerts", "list", "--status", "active", "--json").json() != []
+    assert robmon("alerts", "resolve", "999", "--by", "x").stderr.startswith(
+        "error: there is no alert 999")
+
+
+def test_cool_down_then_reopen(demo_home, demo_registry, digits, tmp_path) -> None:
+    from monitor.alerts.evaluate import Evaluator
+    from monitor.alerts.lifecycle import transition
+    from monitor.alerts.queries import list_alerts
+    from monitor.alerts.settings import AlertSettings
+    from monitor.config import load_settings
+    from monitor.db.session import open_database
+    from monitor.db.types import utcnow
+    from monitor.ingest.pipeline import Ingester
+
+    settings = load_settings()
+    db = open_database(settings)
+    evaluator = Evaluator(db, AlertSettings.from_settings(settings), "test")
+    ingester = Ingester(db, demo_registry, settings)
+    ingester.ingest_files([str(_attack_log(demo_registry, digits, tmp_path / "1.jsonl"))])
+    evaluator.evaluate()
+    first = next(a for a in list_alerts(db) if a.rule == "flagged-rate")
+    transition(db, first.id, "resolve", "ana", "handled")
+    ingester.ingest_files([str(_attack_log(demo_registry, digits, tmp_path / "2.jsonl", 40, 1))])
+    soon = evaluator.evaluate()
+    assert any("cool-down" in s for s in soon.suppressed)
+    assert [a.id for a in list_alerts(db, rule="flagged-rate")] == [first.id]
+    ingester.ingest_files([str(_attack_log(demo_registry, digits, tmp_path / "3.jsonl", 80, 2))])
+    later = evaluator.evaluate(now=utcnow() + timedelta(minutes=31))
+    assert later.opened
+    assert len(list_alerts(db, rule="flagged-rate")) == 2
+
+
+class Receiver(BaseHTTPRequestHandler):
+    received: list = []
+    failures_left = 0
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if Receiver.failures_left > 0:
+            Receiver.failures_left -= 1
+            self.send_response(503)
+            self.end_headers()
+            return
+        Receiver.received.append((dict(self.headers), body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver():
+    Receiver.received, Receiver.failures_left = [], 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_webhook_delivers_exactly_once_also_when_down_at_first(demo_home, demo_registry, digits,
+                                                               receiver, tmp_path) -> None:
+    from monitor.alerts.evaluate import Evaluator
+    from monitor.alerts.notify import deliver_due
+    from monitor.alerts.settings import AlertSettings
+    from monitor.config import load_settings
+    from monitor.db.session import open_database
+    from monitor.ingest.pipeline import Ingester
+
+    port = receiver.server_address[1]
+    Path("robmon.toml").write_text(
+        f'[alerts.webhook]\nurl = "http://127.0.0.1:{port}/hook"\nsecret = "{SECRET}"\n'
+        'backoff = "0s"\n')
+    settings = load_settings()
+    db = open_database(settings)
+    alert_settings = AlertSettings.from_settings(settings)
+    Ingester(db, demo_registry, settings).ingest_files(
+        [str(_attack_log(demo_registry, digits, tmp_path / "a.jsonl"))])
+    opened = Evaluator(db, alert_settings, "test").evaluate().opened
+    assert opened
+
+    # the receiver is not listening yet: nothing is lost, the outbox keeps the notifications
+    down = AlertSettings.from_settings(settings)
+    object.__setattr__(down.webhook, "url", "http://127.0.0.1:9/hook")
+    assert deliver_due(db, down).delivered == 0
+    Receiver.failures_left = 2  # then it answers 503 twice
+    attempts = [deliver_due(db, alert_settings) for _ in range(6)]
+    assert sum(a.delivered for a in attempts) == len(opened)
+    assert deliver_due(db, alert_settings).delivered == 0  # nothing is sent again
+    assert len(Receiver.received) == len(opened)
+    ids = set()
+    for headers, body in Receiver.received:
+        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        assert headers["X-Robmon-Signature"] == expected
+        payload = json.loads(body)
+        assert payload["event"] == "new" and payload["source"] == "10.6.6.6"
+        ids.add(payload["alert_id"])
+    assert ids == set(opened)
