@@ -7,9 +7,19 @@ def test_demo_seeds_three_models_then_reuses_them(home, robmon) -> None:
     assert all(m["clean_accuracy"] > 0.9 for m in models.values())
     assert models[("digits-logreg", "1")]["kind"] == "blackbox"
 
+    data = first.json()
+    assert {a["status"] for a in data["audits"]} == {"succeeded"}
+    assert data["ingest"]["scored"] > 1500 and data["ingest"]["dead_letters"] == 0
+    alerted_kinds = {data["attackers"].get(a["source"]) for a in data["alerts"]}
+    assert alerted_kinds == set(data["attackers"].values())  # every attacker kind ...
+    assert not {a["source"] for a in data["alerts"]} & set(data["benign_sources"])  # no benign
+
     second = robmon("demo", "--no-serve", "--json")
     assert second.code == 0, second.stderr
-    assert not any(m["created"] for m in second.json()["models"])
+    again = second.json()
+    assert not any(m["created"] for m in again["models"])
+    assert again["ingest"]["records"] == 0  # the log was already ingested
+    assert [a["id"] for a in again["alerts"]] == [a["id"] for a in data["alerts"]]
 
     listing = {m["name"]: m for m in robmon("models", "list", "--json").json()}
     assert listing["digits-cnn"]["aliases"] == {"champion": "1"}

@@ -14,9 +14,10 @@ database (the probe window's fingerprints) when it starts.
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict, defaultdict, deque
+from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 from sqlalchemy import delete, select, update
@@ -26,6 +27,16 @@ from monitor.db.models import InputFingerprint, ProbeMatch
 from monitor.detect.fingerprints import from_bytes
 
 CHUNK = 5000
+FINGERPRINT_COLUMNS = (
+    InputFingerprint.score_id,
+    InputFingerprint.ts,
+    InputFingerprint.source,
+    InputFingerprint.model_name,
+    InputFingerprint.model_version,
+    InputFingerprint.predicted,
+    InputFingerprint.input_sha256,
+    InputFingerprint.hashes,
+)
 STOP_SHARE = 0.05  # a hash in over 5% of the window's inputs says nothing (blank borders ...)
 
 
@@ -45,7 +56,7 @@ class FingerprintIndex:
 
     window: timedelta
     entries: OrderedDict[int, _Entry] = field(default_factory=OrderedDict)
-    postings: dict[int, deque[int]] = field(default_factory=lambda: defaultdict(deque))
+    postings: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
     hashes: dict[int, list[int]] = field(default_factory=dict)
     newest: datetime | None = None
 
@@ -67,10 +78,13 @@ class FingerprintIndex:
             del self.entries[score_id]
             for h in self.hashes.pop(score_id):
                 posting = self.postings[h]
-                while posting and posting[0] not in self.entries:
-                    posting.popleft()
-                if not posting:
+                gone = 0
+                while gone < len(posting) and posting[gone] not in self.entries:
+                    gone += 1
+                if gone == len(posting):
                     del self.postings[h]
+                else:
+                    del posting[:gone]
 
     def matches(
         self, entry: _Entry, fingerprint: np.ndarray, min_shared: int
@@ -105,7 +119,7 @@ class ProbeMatcher:
         if model not in self.indexes:
             index = FingerprintIndex(self.window)
             rows = session.execute(
-                select(InputFingerprint)
+                select(*FINGERPRINT_COLUMNS)
                 .where(
                     InputFingerprint.model_name == model[0],
                     InputFingerprint.model_version == model[1],
@@ -113,7 +127,7 @@ class ProbeMatcher:
                     InputFingerprint.ts >= since,
                 )
                 .order_by(InputFingerprint.score_id)
-            ).scalars()
+            )
             for row in rows:
                 index.add(_entry(row), from_bytes(row.hashes))
             self.indexes[model] = index
@@ -125,16 +139,12 @@ class ProbeMatcher:
         """Match every unmatched fingerprint; returns (how many, touched (source, model, ver))."""
         processed, touched = 0, set()
         while True:
-            rows = (
-                session.execute(
-                    select(InputFingerprint)
-                    .where(InputFingerprint.matched.is_(False))
-                    .order_by(InputFingerprint.score_id)
-                    .limit(CHUNK)
-                )
-                .scalars()
-                .all()
-            )
+            rows = session.execute(
+                select(*FINGERPRINT_COLUMNS)
+                .where(InputFingerprint.matched.is_(False))
+                .order_by(InputFingerprint.score_id)
+                .limit(CHUNK)
+            ).all()
             if not rows:
                 return processed, touched
             earliest = min(r.ts for r in rows) - self.window
@@ -158,15 +168,16 @@ class ProbeMatcher:
                 update(InputFingerprint)
                 .where(InputFingerprint.score_id.in_([r.score_id for r in rows]))
                 .values(matched=True)
+                .execution_options(synchronize_session=False)
             )
             processed += len(rows)
 
 
-def _entry(row: InputFingerprint) -> _Entry:
+def _entry(row: Any) -> _Entry:
     return _Entry(row.score_id, row.ts, row.source, row.predicted, row.input_sha256)
 
 
-def _match_row(row: InputFingerprint, entry: _Entry, other: _Entry, shared: int) -> dict:
+def _match_row(row: Any, entry: _Entry, other: _Entry, shared: int) -> dict:
     return {
         "score_id": entry.score_id,
         "matched_score_id": other.score_id,

@@ -6,12 +6,18 @@ from collections.abc import Sequence
 
 
 def binomial_p_value(k: int, n: int, p: float) -> float:
-    """P(X >= k) for X ~ Binomial(n, p): how surprising k flagged of n is at rate p."""
-    from scipy.stats import binom
+    """P(X >= k) for X ~ Binomial(n, p): how surprising k flagged of n is at rate p.
+
+    Exactly the regularized incomplete beta I_p(k, n - k + 1) (scipy.special imports in a
+    fraction of scipy.stats' time).
+    """
+    from scipy.special import betainc
 
     if k <= 0:
         return 1.0
-    return float(binom.sf(k - 1, n, p))
+    if k > n:
+        return 0.0
+    return float(betainc(k, n - k + 1, p))
 
 
 def benjamini_hochberg(p_values: Sequence[float], q: float) -> list[bool]:
