@@ -106,12 +106,13 @@ def emit_json(value: Any) -> None:
 def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """A rich table on stdout; ``None`` renders as an empty cell."""
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title, title_justify="left", show_lines=False)
     for column in columns:
         table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
+    for row in rows:  # Text: a cell such as "[pgd linf 0.1]" is not rich markup
+        table.add_row(*(Text("" if v is None else str(v)) for v in row))
     _stdout_console().print(table)
 
 

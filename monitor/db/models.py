@@ -499,3 +499,32 @@ class NotificationOutbox(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_notification_outbox_due", "delivered_at", "next_attempt_at"),)
+
+
+# -- release gate --------------------------------------------------------------------------------
+
+
+class GateDecision(Base):
+    """A release-gate decision (or a rollback of a promotion), with its policy and criteria."""
+
+    __tablename__ = "gate_decisions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), default="decision")  # decision | rollback
+    model_name: Mapped[str] = mapped_column(String(255))
+    model_version: Mapped[str] = mapped_column(String(64))
+    verdict: Mapped[str] = mapped_column(String(16))  # passed | failed | undecided | rolled-back
+    reason: Mapped[str] = mapped_column(Text)
+    policy_hash: Mapped[str | None] = mapped_column(String(64))
+    policy_text: Mapped[str | None] = mapped_column(Text)
+    audit_id: Mapped[int | None] = mapped_column(Integer)
+    baseline: Mapped[str | None] = mapped_column(String(300))
+    baseline_audit_id: Mapped[int | None] = mapped_column(Integer)
+    criteria: Mapped[list[Any]] = mapped_column(JSON)
+    decided_at: Mapped[datetime] = mapped_column(default=utcnow)
+    decided_by: Mapped[str] = mapped_column(String(255))
+    promoted_alias: Mapped[str | None] = mapped_column(String(128))
+    previous_version: Mapped[str | None] = mapped_column(String(64))
+    rolled_back_at: Mapped[datetime | None]
+
+    __table_args__ = (Index("ix_gate_decisions_model", "model_name", "decided_at"),)
