@@ -152,3 +152,17 @@ def test_a_floor_the_audit_does_not_measure_is_a_policy_error(demo_home, robmon,
                   "value = 0.1}]\n")
     result = gate(robmon, "models:/digits-cnn/1", path)
     assert result.code == 2 and "which the policy's [audit] does not measure" in result.stderr
+
+
+def test_the_documented_examples_stay_valid() -> None:
+    import yaml
+
+    from monitor.gate.policy import load_policy
+
+    root = Path(__file__).resolve().parents[1]
+    policy_ = load_policy(root / "docs/examples/gate-policy.toml")
+    assert policy_.credibility == "must-pass" and len(policy_.min_robust_accuracy) == 2
+    workflow = yaml.safe_load((root / "docs/examples/ci-gate.yml").read_text())
+    steps = workflow["jobs"]["release"]["steps"]
+    gate_step = next(s for s in steps if "robmon gate" in s.get("run", ""))
+    assert "--promote champion" in gate_step["run"] and "--audit-if-missing" in gate_step["run"]
