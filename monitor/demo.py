@@ -196,6 +196,23 @@ def demo_traffic(
     )
 
 
+def demo_user(settings: Settings) -> tuple[str, str]:
+    """The demo's triager account (created once; its password is kept beside the demo log)."""
+    import secrets
+
+    from dashboards.auth import load_users, save_user
+
+    credentials = settings.home / "demo" / "credentials"
+    if credentials.exists() and "demo" in load_users(settings):
+        return "demo", credentials.read_text().strip()
+    password = secrets.token_urlsafe(9)
+    save_user(settings, "demo", password, "triager")
+    credentials.parent.mkdir(parents=True, exist_ok=True)
+    credentials.write_text(password + "\n")
+    credentials.chmod(0o600)
+    return "demo", password
+
+
 def _find_demo_version(registry: Registry, spec: DemoSpec) -> ModelVersionRef | None:
     versions = registry.search_versions(
         f"name = '{spec.name}' and tags.`{DEMO_TAG}` = '{spec.key}'"

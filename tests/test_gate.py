@@ -26,11 +26,16 @@ def gate(robmon, model: str, path: str, *extra: str):
     return robmon("gate", model, "--policy", path, "--audit-if-missing", "--json", *extra)
 
 
-def test_a_robust_enough_version_passes_and_is_recorded(demo_home, demo_registry, robmon,
-                                                        tmp_path) -> None:
-    path = policy(tmp_path, "min_clean_accuracy = 0.9\nmin_score = 20\ncredibility = "
-                  '"must-pass"\nmax_audit_age = "1d"\nmin_robust_accuracy = [{attack = "pgd", '
-                  'norm = "linf", eps = 0.1, value = 0.3}]\n', "max_relative_drop = 0.1\n")
+def test_a_robust_enough_version_passes_and_is_recorded(
+    demo_home, demo_registry, robmon, tmp_path
+) -> None:
+    path = policy(
+        tmp_path,
+        "min_clean_accuracy = 0.9\nmin_score = 20\ncredibility = "
+        '"must-pass"\nmax_audit_age = "1d"\nmin_robust_accuracy = [{attack = "pgd", '
+        'norm = "linf", eps = 0.1, value = 0.3}]\n',
+        "max_relative_drop = 0.1\n",
+    )
     result = gate(robmon, "models:/digits-cnn/1", path, "--summary", str(tmp_path / "s.md"))
     assert result.code == 0, result.stderr
     decision = result.json()
@@ -48,8 +53,10 @@ def test_a_robust_enough_version_passes_and_is_recorded(demo_home, demo_registry
 
 
 def test_under_a_robust_accuracy_floor_fails_naming_it(demo_home, robmon, tmp_path) -> None:
-    path = policy(tmp_path, 'min_robust_accuracy = [{attack = "pgd", norm = "linf", eps = 0.2, '
-                  "value = 0.5}]\n")
+    path = policy(
+        tmp_path,
+        'min_robust_accuracy = [{attack = "pgd", norm = "linf", eps = 0.2, value = 0.5}]\n',
+    )
     result = gate(robmon, "models:/digits-cnn/1", path)
     assert result.code == 1
     decision = result.json()
@@ -59,11 +66,13 @@ def test_under_a_robust_accuracy_floor_fails_naming_it(demo_home, robmon, tmp_pa
     assert failed["name"] == "min_robust_accuracy[pgd linf 0.2]" and failed["threshold"] == 0.5
 
 
-def test_a_regression_against_the_champion_fails(demo_home, demo_registry, robmon,
-                                                 tmp_path) -> None:
+def test_a_regression_against_the_champion_fails(
+    demo_home, demo_registry, robmon, tmp_path
+) -> None:
     torch.manual_seed(3)
-    weak = demo_registry.register_torch(digits_cnn(), "digits-cnn", torch.rand(2, 1, 8, 8),
-                                        tags={"robustness.dataset": "digits"})
+    weak = demo_registry.register_torch(
+        digits_cnn(), "digits-cnn", torch.rand(2, 1, 8, 8), tags={"robustness.dataset": "digits"}
+    )
     path = policy(tmp_path, baseline="max_relative_drop = 0.1\n")
     result = gate(robmon, weak.uri, path)
     assert result.code == 1, result.stderr
@@ -73,23 +82,32 @@ def test_a_regression_against_the_champion_fails(demo_home, demo_registry, robmo
     assert "max_relative_drop[robustness score]" in failed
 
 
-def test_gradient_masking_fails_a_must_pass_policy(demo_home, demo_registry, trained_cnn,
-                                                   robmon, tmp_path) -> None:
-    masked = demo_registry.register_torch(InputRounding(trained_cnn).eval(), "masked-cnn",
-                                          torch.rand(2, 1, 8, 8),
-                                          tags={"robustness.dataset": "digits"})
+def test_gradient_masking_fails_a_must_pass_policy(
+    demo_home, demo_registry, trained_cnn, robmon, tmp_path
+) -> None:
+    masked = demo_registry.register_torch(
+        InputRounding(trained_cnn).eval(),
+        "masked-cnn",
+        torch.rand(2, 1, 8, 8),
+        tags={"robustness.dataset": "digits"},
+    )
     path = policy(tmp_path, 'credibility = "must-pass"\n')
     decision = gate(robmon, masked.uri, path).json()
     assert decision["verdict"] == "failed"
     [credibility] = [c for c in decision["criteria"] if c["name"] == "credibility"]
     assert credibility["passed"] is False and "zero_gradients" in credibility["reason"]
-    lenient = policy(tmp_path, 'credibility = ["zero_gradients", "large_eps_accuracy", '
-                     '"fgsm_far_above_pgd", "pgd_weaker_than_fgsm"]\n', name="lenient.toml")
+    lenient = policy(
+        tmp_path,
+        'credibility = ["zero_gradients", "large_eps_accuracy", '
+        '"fgsm_far_above_pgd", "pgd_weaker_than_fgsm"]\n',
+        name="lenient.toml",
+    )
     assert gate(robmon, masked.uri, lenient).json()["verdict"] == "passed"
 
 
 def test_a_missing_audit_is_exit_2_without_and_a_decision_with_audit_if_missing(
-        demo_home, robmon, tmp_path) -> None:
+    demo_home, robmon, tmp_path
+) -> None:
     path = policy(tmp_path, "min_score = 10\n")
     missing = robmon("gate", "models:/digits-cnn/2", "--policy", path)
     assert missing.code == 2
@@ -100,8 +118,9 @@ def test_a_missing_audit_is_exit_2_without_and_a_decision_with_audit_if_missing(
     assert [a["trigger"] for a in robmon("audits", "list", "--json").json()] == ["gate"]
 
 
-def test_promotion_only_on_pass_and_rollback_restores(demo_home, demo_registry, robmon,
-                                                      tmp_path) -> None:
+def test_promotion_only_on_pass_and_rollback_restores(
+    demo_home, demo_registry, robmon, tmp_path
+) -> None:
     passing = policy(tmp_path, "min_score = 10\n", name="pass.toml")
     failing = policy(tmp_path, "min_score = 99\n", name="fail.toml")
     refused = gate(robmon, "models:/digits-cnn/2", failing, "--promote", "champion")
@@ -126,19 +145,26 @@ def test_promotion_only_on_pass_and_rollback_restores(demo_home, demo_registry, 
     [
         ("[audit\n", "is not valid TOML"),
         ("[criteria]\nmin_scor = 3\n", "unknown key criteria.min_scor"),
-        ("[criteria]\nmin_clean_accuracy = 1.5\n", "criteria.min_clean_accuracy must be a "
-         "number from 0 to 1"),
+        (
+            "[criteria]\nmin_clean_accuracy = 1.5\n",
+            "criteria.min_clean_accuracy must be a number from 0 to 1",
+        ),
         ("[criteria]\ncredibility = ['no_such_check']\n", "unknown check 'no_such_check'"),
-        ("[criteria]\nmin_robust_accuracy = [{attack = 'pgd', eps = 0.1, value = 0.5}]\n",
-         "needs exactly attack, norm, eps and value"),
-        ("[baseline]\nmax_absolute_drop = {scor = 1}\n", "unknown key "
-         "baseline.max_absolute_drop.scor"),
+        (
+            "[criteria]\nmin_robust_accuracy = [{attack = 'pgd', eps = 0.1, value = 0.5}]\n",
+            "needs exactly attack, norm, eps and value",
+        ),
+        (
+            "[baseline]\nmax_absolute_drop = {scor = 1}\n",
+            "unknown key baseline.max_absolute_drop.scor",
+        ),
         ("[audit]\nattack = ['pgd']\n", "unknown key audit.attack"),
         ("[gate]\n", "unknown key gate"),
     ],
 )
-def test_malformed_policies_are_one_sentence_and_exit_2(demo_home, robmon, tmp_path, text,
-                                                        message) -> None:
+def test_malformed_policies_are_one_sentence_and_exit_2(
+    demo_home, robmon, tmp_path, text, message
+) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(text)
     result = robmon("gate", "digits-cnn", "--policy", str(path))
@@ -148,8 +174,10 @@ def test_malformed_policies_are_one_sentence_and_exit_2(demo_home, robmon, tmp_p
 
 
 def test_a_floor_the_audit_does_not_measure_is_a_policy_error(demo_home, robmon, tmp_path):
-    path = policy(tmp_path, 'min_robust_accuracy = [{attack = "pgd", norm = "linf", eps = 0.3, '
-                  "value = 0.1}]\n")
+    path = policy(
+        tmp_path,
+        'min_robust_accuracy = [{attack = "pgd", norm = "linf", eps = 0.3, value = 0.1}]\n',
+    )
     result = gate(robmon, "models:/digits-cnn/1", path)
     assert result.code == 2 and "which the policy's [audit] does not measure" in result.stderr
 

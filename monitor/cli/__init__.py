@@ -19,6 +19,7 @@ from monitor.cli import (  # noqa: F401  (each module registers its commands on 
     admin,
     alerts,
     audits,
+    dashboard,
     gate,
     models,
     monitoring,

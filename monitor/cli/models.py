@@ -9,7 +9,6 @@ from monitor.cli.base import (
     app,
     emit_json,
     fmt,
-    note,
     print_table,
     progress_bars,
     say,
@@ -85,11 +84,13 @@ def demo(
     serve: bool = typer.Option(
         True, "--serve/--no-serve", help="Serve the dashboard at the end (--no-serve stops before)."
     ),
+    host: str = typer.Option("127.0.0.1", help="Dashboard address (127.0.0.1: this machine)."),
+    port: int = typer.Option(8050, help="Dashboard port."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """The main job on the embedded default: seed demo models, audit them, ingest a production
     log with attackers and raise alerts (reusing whatever an earlier run did)."""
-    from monitor.demo import audit_demo_models, demo_traffic, seed_demo_models
+    from monitor.demo import audit_demo_models, demo_traffic, demo_user, seed_demo_models
 
     registry, settings = state.registry(), state.settings()
     db = state.database()  # the embedded database migrates itself on first use
@@ -98,6 +99,7 @@ def demo(
         audits = audit_demo_models(db, registry, seeded, report)
         traffic = demo_traffic(db, registry, settings, report)
     alerted = traffic.alerted
+    user, password = demo_user(settings)
     if as_json:
         emit_json(
             {
@@ -143,6 +145,7 @@ def demo(
                 ],
                 "attackers": traffic.attackers,
                 "benign_sources": sorted(traffic.benign),
+            "dashboard_user": {"name": user, "password": password, "role": "triager"},
             }
         )
     else:
@@ -200,5 +203,12 @@ def demo(
             f"benign sources alerted: {len(benign_alerted)}"
             + (f" ({', '.join(benign_alerted)})" if benign_alerted else "")
         )
+    if not as_json:
+        say(
+            f"dashboard user: {user} / {password} (a triager; passwords are stored hashed in "
+            f"{settings.home / 'dashboard-users.toml'})"
+        )
     if serve:
-        note("the dashboard is not part of this build yet; stopping here.")
+        from monitor.cli.dashboard import serve_dashboard
+
+        serve_dashboard(host, port)

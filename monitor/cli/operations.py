@@ -170,8 +170,11 @@ def _outcome(status: str | None, detail: dict) -> str:
 def serve(
     poll_interval: float | None = typer.Option(None, help="Seconds between registry polls."),
     no_ingest: bool = typer.Option(False, "--no-ingest", help="Do not follow [ingest].paths."),
+    no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Do not serve the dashboard."),
+    host: str = typer.Option("127.0.0.1", help="Dashboard address (127.0.0.1: this machine)."),
+    port: int = typer.Option(8050, help="Dashboard port."),
 ) -> None:
-    """Scheduler and a following ingester ([ingest].paths) in one process, until stopped."""
+    """Scheduler, a following ingester ([ingest].paths) and the dashboard in one process."""
     from monitor.ingest.pipeline import Ingester
     from monitor.ingest.settings import IngestSettings
     from monitor.scheduler import run_scheduler
@@ -202,6 +205,13 @@ def serve(
         )
     else:
         note("no [ingest].paths configured: serving without an ingester")
+    web = None
+    if not no_dashboard:
+        from monitor.cli.dashboard import dashboard_server
+
+        web = dashboard_server(host, port)
+        threads.append(threading.Thread(target=web.serve_forever, name="dashboard"))
+        note(f"dashboard on http://{host}:{port}/")
     for thread in threads:
         thread.start()
     note(f"serving ({', '.join(t.name for t in threads)}); Ctrl-C or SIGTERM stops")
@@ -213,6 +223,8 @@ def serve(
                 stop.set()
     finally:
         stop.set()
+        if web is not None:
+            web.shutdown()
         for thread in threads:
             thread.join(timeout=120)
     note("stopped cleanly")

@@ -528,3 +528,21 @@ class GateDecision(Base):
     rolled_back_at: Mapped[datetime | None]
 
     __table_args__ = (Index("ix_gate_decisions_model", "model_name", "decided_at"),)
+
+
+class ModelRollup(Base):
+    """Per model version and hour of record time: inputs and flags (the dashboard's overview)."""
+
+    __tablename__ = "model_rollups"
+
+    model_name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    bucket: Mapped[datetime] = mapped_column(primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, default=0)
+    flagged: Mapped[int] = mapped_column(BigInteger, default=0)
+    low_confidence: Mapped[int] = mapped_column(BigInteger, default=0)
+    strong: Mapped[int] = mapped_column(BigInteger, default=0)
+    sum_confidence: Mapped[float] = mapped_column(Float, default=0.0)
+    max_divergence: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_model_rollups_bucket", "bucket"),)

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import case
 from sqlalchemy.orm import Session
 
-from monitor.db.models import InputFingerprint, SourceActivity, SourceRollup
+from monitor.db.models import InputFingerprint, ModelRollup, SourceActivity, SourceRollup
 from monitor.db.types import utcnow
 from monitor.ingest.store import ScoreTable, dialect_insert
 
@@ -57,11 +57,13 @@ def record(session: Session, scores: ScoreTable, ids: list[int]) -> None:
     columns = scores.columns
     rollups: dict[tuple, _Totals] = defaultdict(_Totals)
     activity: dict[tuple, _Totals] = defaultdict(_Totals)
+    hourly: dict[tuple, _Totals] = defaultdict(_Totals)
     for i in range(len(ids)):
         key = (columns["source"][i], columns["model_name"][i], columns["model_version"][i])
         ts: datetime = columns["ts"][i]
         rollups[(*key, ts.replace(second=0, microsecond=0))].add(columns, i, ts)
         activity[key].add(columns, i, ts)
+        hourly[(key[1], key[2], ts.replace(minute=0, second=0, microsecond=0))].add(columns, i, ts)
     _upsert(
         session,
         SourceRollup.__table__,
@@ -70,6 +72,16 @@ def record(session: Session, scores: ScoreTable, ids: list[int]) -> None:
             for (s, m, v, b), t in rollups.items()
         ],
         ["source", "model_name", "model_version", "bucket"],
+        {},
+    )
+    _upsert(
+        session,
+        ModelRollup.__table__,
+        [
+            {"model_name": m, "model_version": v, "bucket": b, **t.values()}
+            for (m, v, b), t in hourly.items()
+        ],
+        ["model_name", "model_version", "bucket"],
         {},
     )
     now = utcnow()

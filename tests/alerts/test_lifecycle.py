@@ -7,6 +7,7 @@ import threading
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -21,15 +22,19 @@ def _attack_log(registry, digits, path: Path, offset: int = 0, ts_minute: int = 
     x, y = digits.x[offset : offset + 40], digits.y[offset : offset + 40]
     adversarial = fgsm(model, x, y, 0.15)
     ts = f"2026-11-24T19:{ts_minute:02d}:00Z"
-    lines = [record(a, source="10.6.6.6", rid=f"a{offset + i}", ts=ts)
-             for i, a in enumerate(adversarial)]
-    lines += [record(digits.x[200 + offset + i], source="10.0.0.7", rid=f"b{offset + i}",
-                     ts=ts) for i in range(40)]
+    lines = [
+        record(a, source="10.6.6.6", rid=f"a{offset + i}", ts=ts) for i, a in enumerate(adversarial)
+    ]
+    lines += [
+        record(digits.x[200 + offset + i], source="10.0.0.7", rid=f"b{offset + i}", ts=ts)
+        for i in range(40)
+    ]
     return write_lines(path, lines)
 
 
-def test_ingest_evaluate_list_in_a_script_and_triage(demo_home, demo_registry, digits, robmon,
-                                                     tmp_path) -> None:
+def test_ingest_evaluate_list_in_a_script_and_triage(
+    demo_home, demo_registry, digits, robmon, tmp_path
+) -> None:
     log = _attack_log(demo_registry, digits, tmp_path / "a.jsonl")
     assert robmon("ingest", str(log)).code == 0
     evaluated = robmon("alerts", "evaluate", "--json")
@@ -41,18 +46,22 @@ def test_ingest_evaluate_list_in_a_script_and_triage(demo_home, demo_registry, d
     assert robmon("alerts", "ack", str(alert_id), "--by", "ana", "--note", "looking").code == 0
     refused = robmon("alerts", "ack", str(alert_id), "--by", "ana")
     assert refused.code == 1 and "is acknowledged; it cannot be acknowledged" in refused.stderr
-    done = robmon("alerts", "resolve", str(alert_id), "--by", "bo", "--note", "blocked IP",
-                  "--json").json()
+    done = robmon(
+        "alerts", "resolve", str(alert_id), "--by", "bo", "--note", "blocked IP", "--json"
+    ).json()
     assert done["status"] == "resolved"
     trail = [(e["actor"], e["action"], e["to_status"], e["note"]) for e in done["events"]]
-    assert trail == [("robmon", "opened", "open", done["events"][0]["note"]),
-                     ("ana", "acknowledge", "acknowledged", "looking"),
-                     ("bo", "resolve", "resolved", "blocked IP")]
+    assert trail == [
+        ("robmon", "opened", "open", done["events"][0]["note"]),
+        ("ana", "acknowledge", "acknowledged", "looking"),
+        ("bo", "resolve", "resolved", "blocked IP"),
+    ]
     shown = robmon("alerts", "show", str(alert_id))
     assert "blocked IP" in shown.stdout and "10.6.6.6" in shown.stdout
     assert robmon("alerts", "list", "--status", "active", "--json").json() != []
     assert robmon("alerts", "resolve", "999", "--by", "x").stderr.startswith(
-        "error: there is no alert 999")
+        "error: there is no alert 999"
+    )
 
 
 def test_cool_down_then_reopen(demo_home, demo_registry, digits, tmp_path) -> None:
@@ -84,10 +93,10 @@ def test_cool_down_then_reopen(demo_home, demo_registry, digits, tmp_path) -> No
 
 
 class Receiver(BaseHTTPRequestHandler):
-    received: list = []
+    received: ClassVar[list] = []
     failures_left = 0
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         if Receiver.failures_left > 0:
             Receiver.failures_left -= 1
@@ -112,8 +121,9 @@ def receiver():
     server.server_close()
 
 
-def test_webhook_delivers_exactly_once_also_when_down_at_first(demo_home, demo_registry, digits,
-                                                               receiver, tmp_path) -> None:
+def test_webhook_delivers_exactly_once_also_when_down_at_first(
+    demo_home, demo_registry, digits, receiver, tmp_path
+) -> None:
     from monitor.alerts.evaluate import Evaluator
     from monitor.alerts.notify import deliver_due
     from monitor.alerts.settings import AlertSettings
@@ -124,12 +134,14 @@ def test_webhook_delivers_exactly_once_also_when_down_at_first(demo_home, demo_r
     port = receiver.server_address[1]
     Path("robmon.toml").write_text(
         f'[alerts.webhook]\nurl = "http://127.0.0.1:{port}/hook"\nsecret = "{SECRET}"\n'
-        'backoff = "0s"\n')
+        'backoff = "0s"\n'
+    )
     settings = load_settings()
     db = open_database(settings)
     alert_settings = AlertSettings.from_settings(settings)
     Ingester(db, demo_registry, settings).ingest_files(
-        [str(_attack_log(demo_registry, digits, tmp_path / "a.jsonl"))])
+        [str(_attack_log(demo_registry, digits, tmp_path / "a.jsonl"))]
+    )
     opened = Evaluator(db, alert_settings, "test").evaluate().opened
     assert opened
 

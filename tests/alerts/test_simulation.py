@@ -3,7 +3,8 @@ noisy) and one attacker of every kind, ingested in chunks with an evaluation aft
 
 Stated detection budgets (records the attacker had sent when its alert opened):
 white-box FGSM, PGD <= 30; transfer <= 45; query attack <= 30; the query attack spread over ten
-addresses <= 30 in total (two links between addresses group them); one adversarial input in six hidden in clean traffic <= 60.
+addresses <= 30 in total (two links between addresses group them); one adversarial input in six
+hidden in clean traffic <= 60.
 """
 
 from dataclasses import dataclass
@@ -17,15 +18,18 @@ from monitor.datasets import load_dataset
 from monitor.ingest.pipeline import Ingester
 from monitor.ingest.sources import RawLine
 from monitor.simulate import Traffic, simulate
-from tests.alerts.conftest import context_for
+from tests.stores import context_for
 
 CHUNK = 50
-BUDGET = {"fgsm": 30, "pgd": 30, "transfer": 45, "query": 30, "query-distributed": 30,
-          "mixed": 60}
-RIGHT_RULES = {"fgsm": {"flagged-rate", "low-confidence"},
-               "pgd": {"flagged-rate", "low-confidence"},
-               "transfer": {"flagged-rate", "low-confidence"}, "query": {"probing"},
-               "query-distributed": {"probing-distributed"}, "mixed": {"flagged-rate"}}
+BUDGET = {"fgsm": 30, "pgd": 30, "transfer": 45, "query": 30, "query-distributed": 30, "mixed": 60}
+RIGHT_RULES = {
+    "fgsm": {"flagged-rate", "low-confidence"},
+    "pgd": {"flagged-rate", "low-confidence"},
+    "transfer": {"flagged-rate", "low-confidence"},
+    "query": {"probing"},
+    "query-distributed": {"probing-distributed"},
+    "mixed": {"flagged-rate"},
+}
 
 
 @dataclass
@@ -51,8 +55,13 @@ def run(module_home) -> Run:
     evaluations = 0
     for start in range(0, len(lines), CHUNK):
         chunk = lines[start : start + CHUNK]
-        ingester.process([RawLine("sim", start + i + 1, 0, 0, line.encode(), len(line))
-                          for i, line in enumerate(chunk)], None)
+        ingester.process(
+            [
+                RawLine("sim", start + i + 1, 0, 0, line.encode(), len(line))
+                for i, line in enumerate(chunk)
+            ],
+            None,
+        )
         for record in traffic.records[start : start + CHUNK]:
             kind = kinds.get(record["source"], "benign")
             sent[kind] = sent.get(kind, 0) + 1
@@ -85,8 +94,9 @@ def test_no_benign_source_is_alerted(run) -> None:
     assert len(benign) >= 30
     kinds = {s.kind for s in run.traffic.sources if not s.attacker}
     assert {"benign-blur", "benign-jpeg", "benign-noise", "benign-clean"} <= kinds
-    alerted = {a for alert in list_alerts(run.db, limit=1000)
-               for a in alert_addresses(alert, run.db)}
+    alerted = {
+        a for alert in list_alerts(run.db, limit=1000) for a in alert_addresses(alert, run.db)
+    }
     assert not alerted & benign
 
 
@@ -96,8 +106,9 @@ def test_the_distributed_attack_is_one_alert_naming_every_address(run) -> None:
     assert sorted(addresses) == sorted(f"10.77.0.{k}" for k in range(1, 11))
     assert "10 sources" in alert.summary and "near-duplicate queries" in alert.summary
     # its addresses are not alerted one by one as well
-    assert not [a for a in list_alerts(run.db, rule="probing", limit=100)
-                if a.source.startswith("10.77.")]
+    assert not [
+        a for a in list_alerts(run.db, rule="probing", limit=100) if a.source.startswith("10.77.")
+    ]
 
 
 def test_alerts_are_updated_not_duplicated(run) -> None:

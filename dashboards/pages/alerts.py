@@ -1,0 +1,376 @@
+"""Alerts: the triage queue (filters by status, severity, rule, model, source), an alert's
+evidence, its sources' timeline, kept flagged inputs, triage actions with a note (signed-in
+triagers only), and the audit trail."""
+
+from __future__ import annotations
+
+import dash
+import dash_bootstrap_components as dbc
+import plotly.graph_objects as go
+from dash import Input, Output, State, callback, dcc, html
+
+from dashboards import auth, queries
+from dashboards.components import (
+    badge,
+    empty_figure,
+    integer,
+    page_header,
+    server_table,
+    url,
+    when,
+)
+from dashboards.context import current
+from monitor.alerts.lifecycle import TRANSITIONS, transition
+from monitor.alerts.queries import get_alert
+from monitor.errors import NotFound, RobmonError
+
+dash.register_page(__name__, path="/alerts", name="Alerts", order=1)
+
+URL = "alerts-url"
+STATUS, SEVERITY, RULE, MODEL, SEARCH = (
+    "alerts-status",
+    "alerts-severity",
+    "alerts-rule",
+    "alerts-model",
+    "alerts-source",
+)
+TABLE, NOTE, MESSAGE = "alerts-table", "alerts-note", "alerts-message"
+ACTIONS = {
+    "alerts-ack": "acknowledge",
+    "alerts-resolve": "resolve",
+    "alerts-false-positive": "false-positive",
+}
+PAGE_SIZE = 20
+COLUMNS = [
+    ("id", "id"),
+    ("severity", "severity"),
+    ("status", "status"),
+    ("rule", "rule"),
+    ("source", "source"),
+    ("model", "model"),
+    ("last_seen", "last seen (UTC)"),
+    ("summary", "why"),
+]
+STATUSES = ["active", "open", "acknowledged", "resolved", "false_positive"]
+
+
+def layout(
+    status: str = "active",
+    severity: str | None = None,
+    rule: str | None = None,
+    model: str | None = None,
+    q: str | None = None,
+    page: str | None = None,
+    id: str | None = None,
+    done: str | None = None,
+    **_query: str,
+) -> html.Div:
+    db = current().db
+    page_number = integer(page)
+    rows, total = queries.alert_page(
+        db,
+        status=status or None,
+        severity=severity,
+        rule=rule,
+        model=model,
+        source=q,
+        page=page_number,
+        size=PAGE_SIZE,
+    )
+    for row in rows:
+        row["model"] = f"{row.pop('model_name')}/{row.pop('model_version')}"
+        row["last_seen"] = when(row["last_seen"])
+    values = queries.alert_filter_values(db)
+    return html.Div(
+        [
+            dcc.Location(id=URL, refresh="callback-nav"),
+            page_header("Alerts", f"{total} alert(s) match; most severe first."),
+            dbc.Row(
+                [
+                    _dropdown(STATUS, "status", STATUSES, status),
+                    _dropdown(SEVERITY, "severity", list(queries.SEVERITIES), severity),
+                    _dropdown(RULE, "rule", values["rule"], rule),
+                    _dropdown(MODEL, "model", values["model"], model),
+                    dbc.Col(
+                        [
+                            html.Label(
+                                "source contains", htmlFor=SEARCH, className="form-label small"
+                            ),
+                            dcc.Input(
+                                id=SEARCH, value=q or "", debounce=True, className="form-control"
+                            ),
+                        ],
+                        md=2,
+                    ),
+                ],
+                className="mb-2",
+            ),
+            server_table(TABLE, COLUMNS, rows, total, page_number, PAGE_SIZE),
+            html.Div(
+                _detail(integer(id), done) if id else None, id="alerts-detail", className="mt-4"
+            ),
+        ]
+    )
+
+
+def _dropdown(component_id: str, label: str, options: list[str], value: str | None) -> dbc.Col:
+    return dbc.Col(
+        [
+            html.Label(label, htmlFor=component_id, className="form-label small"),
+            dcc.Dropdown(id=component_id, options=options, value=value, placeholder=f"any {label}"),
+        ],
+        md=2,
+    )
+
+
+@callback(
+    Output(URL, "search", allow_duplicate=True),
+    Input(STATUS, "value"),
+    Input(SEVERITY, "value"),
+    Input(RULE, "value"),
+    Input(MODEL, "value"),
+    Input(SEARCH, "value"),
+    Input(TABLE, "page_current"),
+    Input(TABLE, "active_cell"),
+    State(TABLE, "data"),
+    prevent_initial_call=True,
+)
+def navigate(status, severity, rule, model, q, page, cell, data):
+    """Filters, page and the selected alert live in the URL (deep links)."""
+    restart = dash.ctx.triggered_id in (STATUS, SEVERITY, RULE, MODEL, SEARCH)
+    selected = data[cell["row"]]["id"] if cell and data and not restart else None
+    return url(
+        "",
+        status=status or "",
+        severity=severity,
+        rule=rule,
+        model=model,
+        q=q,
+        page=0 if restart else page,
+        id=selected,
+    )
+
+
+@callback(
+    Output(MESSAGE, "children"),
+    Output(URL, "search", allow_duplicate=True),
+    Input("alerts-ack", "n_clicks"),
+    Input("alerts-resolve", "n_clicks"),
+    Input("alerts-false-positive", "n_clicks"),
+    State(NOTE, "value"),
+    State("alerts-selected", "data"),
+    State(URL, "search"),
+    prevent_initial_call=True,
+)
+def triage(_ack, _resolve, _false_positive, note, alert_id, search):
+    """A write: only for a signed-in triager; recorded with who, when and the note."""
+    if not dash.ctx.triggered or not dash.ctx.triggered[0]["value"]:
+        raise dash.exceptions.PreventUpdate
+    allowed, why = auth.can_triage()
+    if not allowed:
+        return dbc.Alert(f"Refused: {why}.", color="danger", id="alerts-refused"), dash.no_update
+    action = ACTIONS[dash.ctx.triggered_id]
+    user = auth.current_user()
+    try:
+        transition(current().db, int(alert_id), action, user["name"], note or None)
+    except RobmonError as err:
+        return dbc.Alert(str(err), color="warning"), dash.no_update
+    kept = dict(p.split("=", 1) for p in (search or "").lstrip("?").split("&") if "=" in p)
+    kept.update(id=str(alert_id), done=TRANSITIONS[action][1])
+    return None, url("", **kept)
+
+
+def _detail(alert_id: int, done: str | None) -> html.Div:
+    try:
+        alert = get_alert(current().db, alert_id)
+    except NotFound:
+        return dbc.Alert(f"There is no alert {alert_id}.", color="warning")
+    user = auth.current_user()
+    evidence = {k: v for k, v in alert.evidence.items() if k != "suspicious_score_ids"}
+    return html.Div(
+        [
+            dcc.Store(id="alerts-selected", data=alert.id),
+            html.H3(
+                [
+                    f"Alert {alert.id} ",
+                    badge(alert.severity),
+                    badge(alert.status),
+                    html.Small(f" {alert.rule}", className="text-muted"),
+                ],
+                className="h5",
+            ),
+            dbc.Alert(f"Now {done.replace('_', ' ')}.", color="success", id="alerts-done")
+            if done
+            else None,
+            html.P(alert.summary, className="lead fs-6", id="alerts-summary"),
+            html.P(
+                f"window {when(alert.window_start)} to {when(alert.window_end)} UTC · first "
+                f"seen {when(alert.first_seen)} · last seen {when(alert.last_seen)}",
+                className="small text-muted",
+            ),
+            dbc.Row(
+                [
+                    dbc.Col(
+                        dbc.Table(
+                            [
+                                html.Tbody(
+                                    [
+                                        html.Tr([html.Th(k), html.Td(_value(v))])
+                                        for k, v in evidence.items()
+                                    ]
+                                )
+                            ],
+                            size="sm",
+                            id="alerts-evidence",
+                        ),
+                        md=5,
+                    ),
+                    dbc.Col(
+                        dcc.Graph(figure=_timeline(alert), config={"displayModeBar": False}), md=7
+                    ),
+                ]
+            ),
+            _thumbnails(alert.evidence.get("suspicious_score_ids", [])),
+            html.H4("Triage", className="h6 mt-3"),
+            html.P(
+                f"Signed in as {user['name']} ({user['role']})."
+                if user
+                else [
+                    "Viewing only: ",
+                    html.A("sign in", href=f"/login?next=/alerts?id={alert.id}"),
+                    " as a triager to change this alert.",
+                ],
+                className="small text-muted",
+            ),
+            dcc.Textarea(
+                id=NOTE,
+                placeholder="note for the audit trail",
+                className="form-control",
+                style={"height": "60px"},
+            ),
+            html.Div(
+                [
+                    dbc.Button(
+                        "Acknowledge",
+                        id="alerts-ack",
+                        color="warning",
+                        className="me-2",
+                        disabled=alert.status != "open",
+                    ),
+                    dbc.Button(
+                        "Resolve",
+                        id="alerts-resolve",
+                        color="success",
+                        className="me-2",
+                        disabled=alert.status not in ("open", "acknowledged"),
+                    ),
+                    dbc.Button(
+                        "False positive",
+                        id="alerts-false-positive",
+                        color="secondary",
+                        disabled=alert.status not in ("open", "acknowledged"),
+                    ),
+                ],
+                className="my-2",
+            ),
+            html.Div(id=MESSAGE),
+            html.H4("Audit trail", className="h6 mt-3"),
+            dbc.Table(
+                [
+                    html.Thead(
+                        html.Tr(
+                            [html.Th(h) for h in ("when (UTC)", "who", "action", "status", "note")]
+                        )
+                    ),
+                    html.Tbody(
+                        [
+                            html.Tr(
+                                [
+                                    html.Td(when(e.at)),
+                                    html.Td(e.actor),
+                                    html.Td(e.action),
+                                    html.Td(f"{e.from_status or ''} → {e.to_status or ''}"),
+                                    html.Td(e.note or "", className="small"),
+                                ]
+                            )
+                            for e in alert.events
+                        ]
+                    ),
+                ],
+                size="sm",
+                id="alerts-trail",
+            ),
+        ]
+    )
+
+
+def _value(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def _timeline(alert) -> go.Figure:
+    if not alert.timeline:
+        return empty_figure("no activity")
+    figure = go.Figure()
+    figure.add_bar(
+        x=[p["bucket"] for p in alert.timeline],
+        y=[p["inputs"] for p in alert.timeline],
+        name="inputs",
+        marker_color="#adb5bd",
+    )
+    figure.add_bar(
+        x=[p["bucket"] for p in alert.timeline],
+        y=[p["flagged"] for p in alert.timeline],
+        name="flagged",
+        marker_color="#dc3545",
+    )
+    figure.add_vrect(
+        x0=alert.window_start,
+        x1=alert.window_end,
+        fillcolor="#ffc107",
+        opacity=0.15,
+        line_width=0,
+        annotation_text="alert window",
+    )
+    figure.update_layout(
+        barmode="overlay",
+        height=250,
+        margin={"l": 40, "r": 10, "t": 30, "b": 30},
+        legend={"orientation": "h"},
+        title="inputs per minute",
+    )
+    return figure
+
+
+def _thumbnails(score_ids: list[int]) -> html.Div:
+    kept = queries.kept_inputs(current().db, score_ids)
+    if not kept:
+        return html.P(
+            "No flagged inputs kept for this alert (ingest with --keep-flagged).",
+            className="small text-muted",
+        )
+    return html.Div(
+        [
+            html.Figure(
+                [
+                    html.Img(
+                        src=f"/kept/{k['id']}.png",
+                        style={
+                            "width": "64px",
+                            "height": "64px",
+                            "imageRendering": "pixelated",
+                            "border": "1px solid #dee2e6",
+                        },
+                    ),
+                    html.Figcaption(f"→ {k['predicted']}", className="small text-center"),
+                ],
+                className="me-2 d-inline-block",
+            )
+            for k in kept
+        ],
+        id="alerts-thumbnails",
+    )

@@ -1,0 +1,75 @@
+"""`robmon dashboard` (the Dash app alone) and `robmon users add|list` (who may triage)."""
+
+from __future__ import annotations
+
+import getpass
+
+import typer
+
+from monitor.cli.base import JSON_OPTION, app, emit_json, note, print_table, say, state
+
+users_app = typer.Typer(help="Dashboard users (viewer or triager).", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+
+HOST = typer.Option("127.0.0.1", help="Address to bind (127.0.0.1: this machine only).")
+PORT = typer.Option(8050, help="Port to listen on.")
+
+
+def serve_dashboard(host: str, port: int) -> None:
+    """Run the dashboard until interrupted, with waitress (a production WSGI server)."""
+    from waitress import serve
+
+    from dashboards.app import create_app
+
+    dash_app = create_app(state.settings(), state.database())
+    note(f"dashboard on http://{host}:{port}/ (Ctrl-C stops it)")
+    serve(dash_app.server, host=host, port=port, threads=8, _quiet=True)
+
+
+def dashboard_server(host: str, port: int):
+    """A dashboard server to run in a thread and stop with ``shutdown()`` (robmon serve)."""
+    from werkzeug.serving import make_server
+
+    from dashboards.app import create_app
+
+    dash_app = create_app(state.settings(), state.database())
+    return make_server(host, port, dash_app.server, threaded=True)
+
+
+@app.command("dashboard")
+def dashboard(host: str = HOST, port: int = PORT) -> None:
+    """Serve the security team's dashboard (audits, sources, alert triage)."""
+    serve_dashboard(host, port)
+
+
+@users_app.command("add")
+def add_user(
+    name: str = typer.Argument(..., help="User name."),
+    role: str = typer.Option("triager", help="viewer or triager."),
+    password: str | None = typer.Option(
+        None, help="Password (prompted when omitted; use the prompt outside scripts)."
+    ),
+) -> None:
+    """Add or replace a dashboard user (stored hashed in $ROBMON_HOME/dashboard-users.toml)."""
+    from dashboards.auth import save_user
+
+    if password is None:
+        password = getpass.getpass(f"password for {name}: ")
+        if password != getpass.getpass("again: "):
+            raise typer.BadParameter("the passwords differ")
+    if len(password) < 8:
+        raise typer.BadParameter("use at least 8 characters", param_hint="--password")
+    path = save_user(state.settings(), name, password, role)
+    say(f"{name} ({role}) saved in {path}")
+
+
+@users_app.command("list")
+def list_users(as_json: bool = JSON_OPTION) -> None:
+    """Dashboard users and their roles (never their passwords)."""
+    from dashboards.auth import load_users
+
+    users = [{"name": u.name, "role": u.role} for u in load_users(state.settings()).values()]
+    if as_json:
+        emit_json(users)
+    else:
+        print_table("dashboard users", ("user", "role"), [(u["name"], u["role"]) for u in users])

@@ -1,0 +1,254 @@
+"""Every dashboard page in a real headless Chromium (Debian's, driven by Playwright): it renders
+without console errors or requests leaving the machine, its main interaction works, and a
+screenshot is saved in test-artifacts/ to look at."""
+
+import os
+import shutil
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from sqlalchemy import select
+
+from monitor.db.models import Alert, AlertEvent
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
+PASSWORD = "triager-secret"
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("ROBMON_REQUIRE_BROWSER"):
+        raise RuntimeError(f"{CHROMIUM} is missing (apt-get install chromium)")
+    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def site(module_home, tmp_path_factory):
+    """The demo store with audits (one failed), a simulated production log with attackers,
+    alerts, a triager and a viewer; the dashboard served on a free port."""
+    from werkzeug.serving import make_server
+
+    from dashboards.app import create_app
+    from dashboards.auth import save_user
+    from monitor.alerts.evaluate import Evaluator
+    from monitor.alerts.settings import AlertSettings
+    from monitor.audit.config import AuditConfig
+    from monitor.audit.runner import AuditRequest, run_audit
+    from monitor.datasets import load_dataset
+    from monitor.errors import AuditError
+    from monitor.ingest.pipeline import Ingester
+    from monitor.simulate import simulate
+    from tests.stores import context_for
+
+    settings, db, registry = context_for(module_home)
+    for version in ("1", "2"):
+        config = AuditConfig("digits", eps=(0.1, 0.2), limit=100)
+        run_audit(db, registry, AuditRequest(f"models:/digits-cnn/{version}", config))
+    with pytest.raises(AuditError):  # a failed audit, for the status filter
+        run_audit(db, registry, AuditRequest("digits-cnn", AuditConfig("digits28", limit=10)))
+    target = registry.load(registry.resolve("models:/digits-cnn/1")).module
+    surrogate = registry.load(registry.resolve("models:/digits-cnn/2")).module
+    log = tmp_path_factory.mktemp("log") / "production.jsonl"
+    traffic = simulate(load_dataset("digits", "all"), target, surrogate)
+    log.write_text("".join(line + "\n" for line in traffic.lines()))
+    Ingester(db, registry, settings, keep_flagged=module_home / "kept").ingest_files([str(log)])
+    Evaluator(db, AlertSettings.from_settings(settings), "test").evaluate()
+    save_user(settings, "ana", PASSWORD, "triager")
+    save_user(settings, "vic", PASSWORD, "viewer")
+    server = make_server("127.0.0.1", 0, create_app(settings, db).server, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}", db
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    ARTIFACTS.mkdir(parents=True)
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        yield chromium
+        chromium.close()
+
+
+class Page:
+    """A browser tab that records console errors and blocks (and records) off-machine
+    requests."""
+
+    def __init__(self, browser, base: str) -> None:
+        self.base, self.errors, self.external = base, [], []
+        self.tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+        self.tab.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.tab.route("**/*", self._route)
+
+    def _route(self, route) -> None:
+        if urlparse(route.request.url).hostname not in ("127.0.0.1", "localhost"):
+            self.external.append(route.request.url)
+            route.abort()
+        else:
+            route.continue_()
+
+    def open(self, path: str, ready: str) -> None:
+        self.tab.goto(self.base + path)
+        self.tab.wait_for_selector(ready)
+        self.tab.wait_for_load_state("networkidle")
+
+    def rows(self, table: str) -> list[str]:
+        return self.tab.locator(f"#{table} tbody tr:has(td)").all_inner_texts()
+
+    def shot(self, name: str) -> None:
+        self.tab.wait_for_timeout(300)
+        self.tab.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+    def clean(self) -> None:
+        assert self.errors == [], self.errors
+        assert self.external == [], self.external
+        self.tab.close()
+
+
+def sign_in(page: Page, user: str, then: str) -> None:
+    page.tab.goto(f"{page.base}/login?next={then}")
+    page.tab.fill("#user", user)
+    page.tab.fill("#password", PASSWORD)
+    page.tab.click("#sign-in")
+
+
+def test_overview(site, browser) -> None:
+    page = Page(browser, site[0])
+    page.open("/", "#overview-table")
+    rows = page.rows("overview-table")
+    assert any(r.startswith("digits-cnn") and "critical" in r for r in rows), rows
+    page.shot("overview")
+    page.clean()
+
+
+def test_model_page_version_switch_keeps_the_url(site, browser) -> None:
+    page = Page(browser, site[0])
+    page.open("/models/digits-cnn", "#model-curves .main-svg")
+    assert page.tab.locator("#model-gallery").count() == 1
+    assert "zero_gradients" in page.tab.inner_text("#model-checks")
+    page.tab.click("#model-version")
+    page.tab.get_by_role("option", name="v2").click()
+    page.tab.wait_for_url("**/models/digits-cnn?version=2")
+    page.tab.wait_for_selector("#model-checks")
+    page.shot("model")
+    page.clean()
+
+
+def test_audits_filter_narrows_the_table(site, browser) -> None:
+    page = Page(browser, site[0])
+    page.open("/audits", "#audits-table")
+    assert len(page.rows("audits-table")) == 3
+    page.tab.click("#audits-status")
+    page.tab.get_by_role("option", name="failed").click()
+    page.tab.wait_for_url("**status=failed**")
+    page.tab.wait_for_function(
+        "document.querySelectorAll('#audits-table tbody tr:has(td)').length == 1")
+    page.tab.locator("#audits-table tbody tr:has(td) td").first.click()
+    page.tab.wait_for_selector("#audits-detail-body")
+    assert "takes inputs shaped 1×8×8" in page.tab.inner_text("#audits-detail-body")
+    page.open("/audits?model=digits-cnn&status=succeeded&id=2", "#audits-detail-body")
+    assert len(page.rows("audits-table")) == 2
+    assert "digits-cnn v2" in page.tab.inner_text("#audits-detail-body")
+    page.shot("audits")
+    page.clean()
+
+
+def test_sources_search_and_a_sources_activity(site, browser) -> None:
+    page = Page(browser, site[0])
+    page.open("/sources", "#sources-table")
+    assert len(page.rows("sources-table")) == 25  # the first page of many
+    page.tab.fill("#sources-search", "10.66.")
+    page.tab.press("#sources-search", "Enter")
+    page.tab.wait_for_url("**q=10.66.**")
+    page.tab.wait_for_function(
+        "document.querySelectorAll('#sources-table tbody tr:has(td)').length == 5")
+    assert all(r.startswith("10.66.") for r in page.rows("sources-table"))
+    page.tab.locator("#sources-table tbody tr:has(td)").first.locator("td").first.click()
+    page.tab.wait_for_selector("#sources-histograms .main-svg")
+    assert "source=10.66." in page.tab.url
+    page.shot("sources")
+    page.clean()
+
+
+def test_alert_triage_needs_a_triager_and_lands_in_the_trail(site, browser) -> None:
+    base, db = site
+    with db.session() as s:
+        alert_id = s.scalar(
+            select(Alert.id).where(Alert.rule == "flagged-rate", Alert.source == "10.66.0.2")
+        )
+    page = Page(browser, base)
+    page.open(f"/alerts?id={alert_id}", "#alerts-ack")
+    assert "10.66.0.2" in page.tab.inner_text("#alerts-summary")
+    assert page.tab.locator("#alerts-thumbnails img").count() > 0  # kept flagged inputs
+    page.tab.click("#alerts-ack")
+    page.tab.wait_for_selector("#alerts-refused")  # no sign-in: refused
+    with db.session() as s:
+        assert s.get(Alert, alert_id).status == "open"
+
+    sign_in(page, "vic", f"/alerts?id={alert_id}")  # a viewer is refused too
+    page.tab.wait_for_selector("#alerts-ack")
+    page.tab.click("#alerts-ack")
+    assert "only triagers" in page.tab.inner_text("#alerts-refused")
+
+    sign_in(page, "ana", f"/alerts?id={alert_id}")
+    page.tab.wait_for_selector("#alerts-ack")
+    page.tab.fill("#alerts-note", "blocked at the gateway")
+    page.tab.click("#alerts-ack")
+    page.tab.wait_for_selector("#alerts-done")
+    trail = page.tab.inner_text("#alerts-trail")
+    assert "ana" in trail and "acknowledge" in trail and "blocked at the gateway" in trail
+    with db.session() as s:
+        assert s.get(Alert, alert_id).status == "acknowledged"
+        [event] = s.scalars(
+            select(AlertEvent).where(AlertEvent.alert_id == alert_id, AlertEvent.actor == "ana")
+        ).all()
+        assert event.note == "blocked at the gateway"
+    page.shot("alert-triaged")
+    page.open("/alerts?rule=probing-distributed", "#alerts-table")
+    assert len(page.rows("alerts-table")) == 1
+    page.shot("alerts")
+    page.clean()
+
+
+def test_a_signed_in_callback_without_the_csrf_header_is_refused(site) -> None:
+    import requests
+
+    base, _ = site
+    session = requests.Session()
+    form = session.get(f"{base}/login")
+    token = session.cookies.get("_csrf_token")
+    assert form.status_code == 200 and token
+    signed = session.post(
+        f"{base}/login", data={"user": "ana", "password": PASSWORD, "csrf": token, "next": "/"}
+    )
+    assert signed.status_code == 200
+    payload = {
+        "output": "alerts-message.children",
+        "outputs": {"id": "alerts-message", "property": "children"},
+        "inputs": [],
+        "changedPropIds": [],
+        "state": [],
+    }
+    forged = session.post(f"{base}/_dash-update-component", json=payload)
+    assert forged.status_code == 403
+    bad_login = requests.post(f"{base}/login", data={"user": "ana", "password": PASSWORD})
+    assert bad_login.status_code == 403  # the sign-in form needs its token too
