@@ -27,93 +27,51 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._fill import fill, store, synthetic_scores
 from benchmarks._timing import table
-
-MODEL, VERSION = "bench-cnn", "1"
-
-
-def synthetic_scores(rng, n: int, sources: int, start: datetime, span: timedelta,
-                     fingerprints: bool, offset: int):
-    from monitor.detect.fingerprints import to_bytes
-    from monitor.ingest.store import ScoreTable
-
-    seconds = np.sort(rng.uniform(0, span.total_seconds(), n))
-    ts = [start + timedelta(seconds=float(s)) for s in seconds]
-    confidence = rng.beta(20, 1, n)
-    flagged = rng.random(n) < 0.03
-    columns = {
-        "received_at": [datetime.now(UTC)] * n, "ts": ts,
-        "source": [f"10.{(k // 65536) % 256}.{(k // 256) % 256}.{k % 256}"
-                   for k in rng.integers(0, sources, n)],
-        "model_name": [MODEL] * n, "model_version": [VERSION] * n,
-        "request_id": [f"r{offset + i}" for i in range(n)],
-        "predicted": rng.integers(0, 10, n).tolist(), "confidence": confidence.tolist(),
-        "margin": (confidence * 0.9).tolist(), "entropy": (1 - confidence).tolist(),
-        "divergences": [{"bits:2": float(d)} for d in rng.exponential(0.1, n)],
-        "max_divergence": rng.exponential(0.1, n).tolist(),
-        "combined_score": rng.random(n).tolist(),
-        "low_confidence": (confidence < 0.8).tolist(), "squeeze_suspicious": flagged.tolist(),
-        "combined_suspicious": [False] * n, "strong_suspicious": [False] * n,
-        "flagged": flagged.tolist(), "calibration_id": [None] * n,
-        "input_sha256": [f"{offset + i:064x}" for i in range(n)], "origin": [None] * n,
-        "kept_path": [None] * n,
-    }
-    if fingerprints:
-        columns["fingerprint"] = [to_bytes(np.sort(rng.integers(0, 2**63, 45).astype(np.uint64)))
-                                  for _ in range(n)]
-    return ScoreTable(columns)
-
-
-def store(db, scores) -> None:
-    from monitor.ingest import rollups
-    from monitor.ingest.store import commit_batch
-
-    commit_batch(db, scores, [], None, lambda s, ids: rollups.record(s, scores, ids))
 
 
 def volume(db_url: str, label: str, stored: int, sources: int) -> list[tuple]:
-    from sqlalchemy import update
 
     from monitor.alerts.evaluate import Evaluator
     from monitor.alerts.settings import AlertSettings
     from monitor.config import load_settings
-    from monitor.db.models import DetectorCalibration, InputFingerprint, SourceActivity
     from monitor.db.session import open_database
 
-    settings = replace(load_settings({"ROBMON_HOME": tempfile.mkdtemp()}), db_url=db_url,
-                       embedded_db=True)
+    settings = replace(
+        load_settings({"ROBMON_HOME": tempfile.mkdtemp()}), db_url=db_url, embedded_db=True
+    )
     db = open_database(settings)
-    with db.session() as s:
-        s.add(DetectorCalibration(
-            model_name=MODEL, model_version=VERSION, dataset="synthetic", fpr=0.05, eps=0.1,
-            thresholds={}, report={},
-            baseline={"flagged": 0.03, "flagged_worst": 0.05, "low_confidence": 0.05,
-                      "low_confidence_worst": 0.08, "strong_suspicious": 0.001,
-                      "strong_suspicious_worst": 0.003, "min_shared": 11}))
-    rng = np.random.default_rng(0)
     now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
-    week_start = now - timedelta(days=7)
     started = time.perf_counter()
-    chunk = 50_000
-    for offset in range(0, stored, chunk):
-        n = min(chunk, stored - offset)
-        span_start = week_start + timedelta(days=7) * offset / stored
-        span = timedelta(days=7) * n / stored
-        recent = span_start >= now - timedelta(days=1)
-        store(db, synthetic_scores(rng, n, sources, span_start, span, recent, offset))
-    with db.session() as s:  # everything stored so far was evaluated already
-        s.execute(update(InputFingerprint).values(matched=True))
-        s.execute(update(SourceActivity).values(dirty=False))
+    fill(db, stored, sources, now)
     load_seconds = time.perf_counter() - started
+    rng = np.random.default_rng(1)
     evaluator = Evaluator(db, AlertSettings.from_settings(settings), "bench")
     rows = []
     for round_ in ("cold", "warm"):
-        fresh = synthetic_scores(rng, 10_000, sources, now, timedelta(minutes=5), True,
-                                 stored + (0 if round_ == "cold" else 10_000))
+        fresh = synthetic_scores(
+            rng,
+            10_000,
+            sources,
+            now,
+            timedelta(minutes=5),
+            True,
+            stored + (0 if round_ == "cold" else 10_000),
+        )
         store(db, fresh)
         result = evaluator.evaluate()
-        rows.append((label, f"{stored:,}", f"{sources:,}", round_, result.sources,
-                     f"{result.seconds:.2f} s", f"{load_seconds:.0f} s"))
+        rows.append(
+            (
+                label,
+                f"{stored:,}",
+                f"{sources:,}",
+                round_,
+                result.sources,
+                f"{result.seconds:.2f} s",
+                f"{load_seconds:.0f} s",
+            )
+        )
         now += timedelta(minutes=5)
     db.dispose()
     return rows
@@ -151,8 +109,13 @@ def detection() -> list[tuple]:
     lines = traffic.lines()
     for start in range(0, len(lines), 50):
         chunk = lines[start : start + 50]
-        ingester.process([RawLine("sim", start + i + 1, 0, 0, line.encode(), len(line))
-                          for i, line in enumerate(chunk)], None)
+        ingester.process(
+            [
+                RawLine("sim", start + i + 1, 0, 0, line.encode(), len(line))
+                for i, line in enumerate(chunk)
+            ],
+            None,
+        )
         for record in traffic.records[start : start + 50]:
             kind = kinds.get(record["source"], "benign")
             sent[kind] = sent.get(kind, 0) + 1
@@ -164,12 +127,19 @@ def detection() -> list[tuple]:
                     first.setdefault(f"benign {address}", (alert.rule, sent["benign"]))
                 elif kind not in first:
                     first[kind] = (alert.rule, sent[kind])
-    rows = [(kind, first.get(kind, ("never", "-"))[0], first.get(kind, ("", "-"))[1],
-             sum(1 for s in traffic.sources if s.kind == kind for _ in s.images))
-            for kind in ("fgsm", "pgd", "transfer", "query", "query-distributed", "mixed")]
+    rows = [
+        (
+            kind,
+            first.get(kind, ("never", "-"))[0],
+            first.get(kind, ("", "-"))[1],
+            sum(1 for s in traffic.sources if s.kind == kind for _ in s.images),
+        )
+        for kind in ("fgsm", "pgd", "transfer", "query", "query-distributed", "mixed")
+    ]
     benign = [k for k in first if k.startswith("benign")]
-    rows.append(("benign sources alerted", f"{len(benign)} of {len(traffic.benign_addresses())}",
-                 "", ""))
+    rows.append(
+        ("benign sources alerted", f"{len(benign)} of {len(traffic.benign_addresses())}", "", "")
+    )
     torch.set_num_threads(torch.get_num_threads())
     return rows
 
@@ -201,12 +171,28 @@ def main() -> None:
             finally:
                 drop()
         print("\nevaluation per 10,000 new scores")
-        print(table(rows, ("database", "stored scores", "sources", "index", "sources tested",
-                           "evaluation", "loading the store")))
+        print(
+            table(
+                rows,
+                (
+                    "database",
+                    "stored scores",
+                    "sources",
+                    "index",
+                    "sources tested",
+                    "evaluation",
+                    "loading the store",
+                ),
+            )
+        )
     if not args.skip_detection:
         print("\ndetection on the simulated stream (chunks of 50 records, evaluation after each)")
-        print(table(detection(), ("attacker", "first alert", "its records until alert",
-                                  "its records in all")))
+        print(
+            table(
+                detection(),
+                ("attacker", "first alert", "its records until alert", "its records in all"),
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -21,6 +21,13 @@ def test_demo_seeds_three_models_then_reuses_them(home, robmon) -> None:
     assert again["ingest"]["records"] == 0  # the log was already ingested
     assert [a["id"] for a in again["alerts"]] == [a["id"] for a in data["alerts"]]
 
+    user = data["dashboard_user"]  # printed once, kept across runs, stored only hashed
+    assert user["name"] == "demo" and user["role"] == "triager" and len(user["password"]) >= 8
+    assert again["dashboard_user"] == user
+    assert {"name": "demo", "role": "triager"} in robmon("users", "list", "--json").json()
+    stored = (home / "dashboard-users.toml").read_text()
+    assert user["password"] not in stored and "scrypt:" in stored
+
     listing = {m["name"]: m for m in robmon("models", "list", "--json").json()}
     assert listing["digits-cnn"]["aliases"] == {"champion": "1"}
     assert [v["version"] for v in listing["digits-cnn"]["versions"]] == ["1", "2"]

@@ -145,7 +145,7 @@ def demo(
                 ],
                 "attackers": traffic.attackers,
                 "benign_sources": sorted(traffic.benign),
-            "dashboard_user": {"name": user, "password": password, "role": "triager"},
+                "dashboard_user": {"name": user, "password": password, "role": "triager"},
             }
         )
     else:

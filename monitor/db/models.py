@@ -376,10 +376,8 @@ class SourceActivity(Base):
     dirty: Mapped[bool] = mapped_column(default=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    __table_args__ = (
-        Index("ix_source_activity_dirty", "dirty"),
-        Index("ix_source_activity_last_seen", "last_seen"),
-    )
+    # No secondary indexes: every batch updates these rows, and unindexed columns let
+    # PostgreSQL update them in place (HOT); the few-thousand-row scans for dirty rows are cheap.
 
 
 class InputFingerprint(Base):

@@ -30,18 +30,32 @@ def _splitmix64(values: np.ndarray) -> np.ndarray:
 
 def fingerprints(x: torch.Tensor, top: int = TOP) -> list[np.ndarray]:
     """One fingerprint (sorted distinct uint64 hashes, at most ``top``) per image of N×C×H×W."""
+    values, counts = _kept_hashes(x, top)
+    return np.split(values, np.cumsum(counts)[:-1])
+
+
+def fingerprint_bytes(x: torch.Tensor, top: int = TOP) -> list[bytes]:
+    """``fingerprints(x)`` as ``to_bytes`` stores each, without a per-image array."""
+    values, counts = _kept_hashes(x, top)
+    data = values.astype(">u8").tobytes()
+    ends = np.cumsum(counts) * 8
+    return [data[end - 8 * n : end] for end, n in zip(ends.tolist(), counts.tolist(), strict=True)]
+
+
+def _kept_hashes(x: torch.Tensor, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every image's ``top`` largest distinct hashes, ascending, concatenated; and their counts."""
     flat = np.floor(x.reshape(len(x), -1).cpu().numpy() / STEP + 1e-6).clip(0, _LEVELS - 1)
     flat = flat.astype(np.int64)
     if flat.shape[1] < WINDOW:
         flat = np.pad(flat, ((0, 0), (0, WINDOW - flat.shape[1])))
     windows = np.lib.stride_tricks.sliding_window_view(flat, WINDOW, axis=1)
     with np.errstate(over="ignore"):
-        hashes = _splitmix64(windows @ _POWERS)
-    out = []
-    for row in np.sort(hashes, axis=1)[:, ::-1]:
-        distinct = row[np.concatenate(([True], row[1:] != row[:-1]))]
-        out.append(np.sort(distinct[:top]))
-    return out
+        hashes = np.sort(_splitmix64(windows @ _POWERS), axis=1)
+    last = np.ones(hashes.shape, dtype=bool)  # the last of each run of equal hashes
+    last[:, :-1] = hashes[:, :-1] != hashes[:, 1:]
+    rank = np.cumsum(last[:, ::-1], axis=1)[:, ::-1]  # 1 = largest distinct hash
+    keep = last & (rank <= top)
+    return hashes[keep], keep.sum(axis=1)
 
 
 def to_bytes(fingerprint: np.ndarray) -> bytes:

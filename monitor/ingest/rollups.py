@@ -1,153 +1,135 @@
 """What the ingester keeps beside each batch's scores, in the same transaction: per-minute
 rollups and per-source totals (read by the alert rules and the dashboard instead of scanning
-``input_scores``), and the inputs' fingerprints (read by the probing rule)."""
+``input_scores``), and the inputs' fingerprints (read by the probing rule).
+
+The rollups are computed by the database from the rows just inserted (one ``INSERT ... SELECT
+... GROUP BY ... ON CONFLICT DO UPDATE`` per table), so no per-row work is done in Python and
+nothing but the new ids crosses the wire a second time.
+"""
 
 from __future__ import annotations
 
-from collections import defaultdict
-from datetime import datetime
-from typing import Any
+from functools import cache
 
-from sqlalchemy import case
+import orjson
 from sqlalchemy.orm import Session
 
-from monitor.db.models import InputFingerprint, ModelRollup, SourceActivity, SourceRollup
 from monitor.db.types import utcnow
-from monitor.ingest.store import ScoreTable, dialect_insert
+from monitor.ingest.store import ScoreTable, driver_insert, driver_value
 
-COUNTED = {"flagged": "flagged", "low_confidence": "low_confidence", "strong": "strong_suspicious"}
-
-
-class _Totals:
-    __slots__ = ("counts", "first", "last", "max_divergence", "n", "sum_confidence")
-
-    def __init__(self) -> None:
-        self.n, self.sum_confidence = 0, 0.0
-        self.max_divergence: float | None = None
-        self.first: datetime | None = None
-        self.last: datetime | None = None
-        self.counts = dict.fromkeys(COUNTED, 0)
-
-    def add(self, columns: dict[str, list[Any]], i: int, ts: datetime) -> None:
-        self.n += 1
-        self.sum_confidence += columns["confidence"][i] or 0.0
-        for name, column in COUNTED.items():
-            self.counts[name] += bool(columns[column][i])
-        divergence = columns["max_divergence"][i]
-        if divergence is not None and (
-            self.max_divergence is None or divergence > self.max_divergence
-        ):
-            self.max_divergence = divergence
-        self.first = ts if self.first is None or ts < self.first else self.first
-        self.last = ts if self.last is None or ts > self.last else self.last
-
-    def values(self) -> dict[str, Any]:
-        return {
-            "n": self.n,
-            "sum_confidence": self.sum_confidence,
-            "max_divergence": self.max_divergence,
-            **self.counts,
-        }
+FINGERPRINT_COLUMNS = (
+    "score_id",
+    "ts",
+    "source",
+    "model_name",
+    "model_version",
+    "predicted",
+    "input_sha256",
+    "hashes",
+    "matched",
+)
+_TOTALS = ("n", "sum_confidence", "flagged", "low_confidence", "strong", "max_divergence")
+_AGGREGATES = (
+    "count(*)",
+    "sum(coalesce(confidence, 0.0))",
+    "sum(CASE WHEN flagged THEN 1 ELSE 0 END)",
+    "sum(CASE WHEN low_confidence THEN 1 ELSE 0 END)",
+    "sum(CASE WHEN strong_suspicious THEN 1 ELSE 0 END)",
+    "max(max_divergence)",
+)
+_MERGE = {
+    "add": "{t}.{c} + excluded.{c}",
+    "greatest": "CASE WHEN {t}.{c} IS NULL OR excluded.{c} > {t}.{c} THEN excluded.{c} "
+    "ELSE {t}.{c} END",
+    "least": "CASE WHEN {t}.{c} IS NULL OR excluded.{c} < {t}.{c} THEN excluded.{c} "
+    "ELSE {t}.{c} END",
+    "new": "excluded.{c}",
+}
+# time buckets of ``ts``, as each database stores them (SQLite: SQLAlchemy's text format)
+_BUCKETS = {
+    "postgresql": {
+        "minute": "date_trunc('minute', ts, 'UTC')",
+        "hour": "date_trunc('hour', ts, 'UTC')",
+    },
+    "sqlite": {
+        "minute": "substr(ts, 1, 16) || ':00.000000'",
+        "hour": "substr(ts, 1, 13) || ':00:00.000000'",
+    },
+}
 
 
 def record(session: Session, scores: ScoreTable, ids: list[int]) -> None:
-    """Upsert rollups and activity for these scores and store their fingerprints."""
+    """Upsert rollups and activity for the scores just inserted as ``ids``; store their
+    fingerprints."""
     if not ids:
         return
-    columns = scores.columns
-    rollups: dict[tuple, _Totals] = defaultdict(_Totals)
-    activity: dict[tuple, _Totals] = defaultdict(_Totals)
-    hourly: dict[tuple, _Totals] = defaultdict(_Totals)
-    for i in range(len(ids)):
-        key = (columns["source"][i], columns["model_name"][i], columns["model_version"][i])
-        ts: datetime = columns["ts"][i]
-        rollups[(*key, ts.replace(second=0, microsecond=0))].add(columns, i, ts)
-        activity[key].add(columns, i, ts)
-        hourly[(key[1], key[2], ts.replace(minute=0, second=0, microsecond=0))].add(columns, i, ts)
-    _upsert(
-        session,
-        SourceRollup.__table__,
-        [
-            {"source": s, "model_name": m, "model_version": v, "bucket": b, **t.values()}
-            for (s, m, v, b), t in rollups.items()
-        ],
-        ["source", "model_name", "model_version", "bucket"],
-        {},
-    )
-    _upsert(
-        session,
-        ModelRollup.__table__,
-        [
-            {"model_name": m, "model_version": v, "bucket": b, **t.values()}
-            for (m, v, b), t in hourly.items()
-        ],
-        ["model_name", "model_version", "bucket"],
-        {},
-    )
-    now = utcnow()
-    _upsert(
-        session,
-        SourceActivity.__table__,
-        [
-            {
-                "source": s,
-                "model_name": m,
-                "model_version": v,
-                **t.values(),
-                "first_seen": t.first,
-                "last_seen": t.last,
-                "dirty": True,
-                "updated_at": now,
-            }
-            for (s, m, v), t in activity.items()
-        ],
-        ["source", "model_name", "model_version"],
-        {"first_seen": "least", "last_seen": "greatest", "dirty": "new", "updated_at": "new"},
-    )
-    fingerprints = columns.get("fingerprint")
+    dialect = session.bind.dialect.name
+    connection = session.connection()
+    chosen = (ids,) if dialect == "postgresql" else (orjson.dumps(ids).decode(),)
+    source_rollups, model_rollups, activity = _statements(dialect)
+    connection.exec_driver_sql(source_rollups, chosen)
+    connection.exec_driver_sql(model_rollups, chosen)
+    connection.exec_driver_sql(activity, (driver_value(dialect, utcnow()), *chosen))
+    fingerprints = scores.columns.get("fingerprint")
     if fingerprints:
-        session.execute(
-            dialect_insert(session, InputFingerprint.__table__),
-            [
-                {
-                    "score_id": ids[i],
-                    "ts": columns["ts"][i],
-                    "source": columns["source"][i],
-                    "model_name": columns["model_name"][i],
-                    "model_version": columns["model_version"][i],
-                    "predicted": columns["predicted"][i],
-                    "input_sha256": columns["input_sha256"][i],
-                    "hashes": fingerprints[i],
-                    "matched": False,
-                }
-                for i in range(len(ids))
-            ],
+        columns = scores.columns
+        driver_insert(
+            session,
+            "input_fingerprints",
+            FINGERPRINT_COLUMNS,
+            list(
+                zip(
+                    ids,
+                    columns["ts"],
+                    columns["source"],
+                    columns["model_name"],
+                    columns["model_version"],
+                    columns["predicted"],
+                    columns["input_sha256"],
+                    fingerprints,
+                    [False] * len(ids),
+                    strict=True,
+                )
+            ),
         )
 
 
-def _upsert(
-    session: Session, table: Any, rows: list[dict[str, Any]], keys: list[str], extra: dict[str, Any]
-) -> None:
-    """INSERT ... ON CONFLICT DO UPDATE adding the counts (SQLite and PostgreSQL alike)."""
-    if session.bind.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    statement = insert(table)
-    new = statement.excluded
-    updates: dict[str, Any] = {
-        name: table.c[name] + new[name] for name in ("n", "sum_confidence", *COUNTED)
-    }
-    updates["max_divergence"] = _greatest(table.c.max_divergence, new.max_divergence)
-    for name, how in extra.items():
-        if how == "greatest":
-            updates[name] = _greatest(table.c[name], new[name])
-        elif how == "new":
-            updates[name] = new[name]
-        elif how == "least":
-            updates[name] = case((new[name] < table.c[name], new[name]), else_=table.c[name])
-    session.execute(statement.on_conflict_do_update(index_elements=keys, set_=updates), rows)
+@cache
+def _statements(dialect: str) -> tuple[str, str, str]:
+    """The three upserts' SQL for ``dialect`` (constant text, so statements are prepared once)."""
+    mark = "%s" if dialect == "postgresql" else "?"
+    where = "id = ANY(%b)" if dialect == "postgresql" else "id IN (SELECT value FROM json_each(?))"
+    buckets = _BUCKETS.get(dialect)
+    if buckets is None:
+        raise ValueError(f"rollups are written for PostgreSQL and SQLite, not {dialect}.")
+    totals = {c: "add" for c in _TOTALS} | {"max_divergence": "greatest"}
 
+    def upsert(table: str, keys: list[str], extra: dict[str, tuple[str, str]]) -> str:
+        """``keys``: (name, expression) pairs; ``extra``: column -> (expression, merge)."""
+        names = [k for k, _ in keys]
+        columns = [*names, *_TOTALS, *extra]
+        selected = [e for _, e in keys] + list(_AGGREGATES) + [e for e, _ in extra.values()]
+        merge = totals | {c: how for c, (_, how) in extra.items()}
+        updates = ", ".join(f"{c} = " + _MERGE[merge[c]].format(t=table, c=c) for c in merge)
+        groups = ", ".join(str(i + 1) for i in range(len(keys)))
+        return (
+            f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(selected)} "
+            f"FROM input_scores WHERE {where} GROUP BY {groups} "
+            f"ON CONFLICT ({', '.join(names)}) DO UPDATE SET {updates}"
+        )
 
-def _greatest(column: Any, new: Any) -> Any:
-    return case((column.is_(None), new), (new > column, new), else_=column)
+    series = [(c, c) for c in ("source", "model_name", "model_version")]
+    return (
+        upsert("source_rollups", [*series, ("bucket", buckets["minute"])], {}),
+        upsert("model_rollups", [*series[1:], ("bucket", buckets["hour"])], {}),
+        upsert(
+            "source_activity",
+            series,
+            {
+                "first_seen": ("min(ts)", "least"),
+                "last_seen": ("max(ts)", "greatest"),
+                "dirty": ("true" if dialect == "postgresql" else "1", "new"),
+                "updated_at": (mark, "new"),
+            },
+        ),
+    )

@@ -123,15 +123,7 @@ def commit_batch(
         if dead_letters:
             s.execute(dialect_insert(s, DeadLetter.__table__), dead_letters)
         if position is not None and position.path != "stdin":
-            s.merge(
-                IngestOffset(
-                    path=position.path,
-                    inode=position.inode,
-                    offset=position.offset,
-                    line_number=position.line_number,
-                    updated_at=utcnow(),
-                )
-            )
+            save_position(s, position)
         if extra is not None:
             extra(s, ids)
     return ids
@@ -208,19 +200,30 @@ def _insert_scores_postgresql(session: Session, scores: ScoreTable) -> list[int]
         if name in _JSON_COLUMNS:
             values = [None if v is None else orjson.dumps(v).decode() for v in values]
         columns[name] = values
-    cursor = session.connection().connection.driver_connection.cursor()
-    statement = f"COPY input_scores ({', '.join(columns)}) FROM STDIN"
-    try:
-        with cursor.copy(statement) as copy:
-            for row in zip(*columns.values(), strict=True):
-                copy.write_row(row)
-    except Exception as err:  # psycopg's UniqueViolation -> SQLAlchemy's IntegrityError
-        import psycopg
-
-        if isinstance(err, psycopg.errors.UniqueViolation):
-            raise IntegrityError(statement, None, err) from err
-        raise
+    copy_rows(session, "input_scores", list(columns), zip(*columns.values(), strict=True))
     return ids
+
+
+def save_position(session: Session, position: Position) -> None:
+    """Upsert the read position of one file (one statement, no read first)."""
+    values = {
+        "path": position.path,
+        "inode": position.inode,
+        "offset": position.offset,
+        "line_number": position.line_number,
+        "updated_at": utcnow(),
+    }
+    if session.bind.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as upsert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as upsert
+    statement = upsert(IngestOffset).values(values)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[IngestOffset.path],
+            set_={k: statement.excluded[k] for k in values if k != "path"},
+        )
+    )
 
 
 def load_positions(db: Database) -> dict[str, Position]:
@@ -296,3 +299,75 @@ def source_stats(
 
 def _aware(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def driver_value(dialect: str, value: Any) -> Any:
+    """A value as the database driver takes it, stored as SQLAlchemy would store it."""
+    if dialect == "sqlite":
+        if isinstance(value, datetime):
+            return value.astimezone(UTC).strftime(_SQLITE_TIME)
+        if isinstance(value, bool):
+            return int(value)
+    return value
+
+
+def driver_rows(session: Session, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    dialect = session.bind.dialect.name
+    return [tuple(driver_value(dialect, v) for v in row) for row in rows]
+
+
+def _placeholders(session: Session, count: int) -> str:
+    mark = "?" if session.bind.dialect.name == "sqlite" else "%s"
+    return "(" + ", ".join([mark] * count) + ")"
+
+
+def driver_insert(
+    session: Session, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]
+) -> None:
+    """Rows straight to the driver: binary COPY on PostgreSQL, one executemany on SQLite."""
+    if not rows:
+        return
+    if session.bind.dialect.name == "postgresql":
+        copy_rows(session, table, columns, rows)
+        return
+    sql = (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES {_placeholders(session, len(columns))}"
+    )
+    session.connection().exec_driver_sql(sql, driver_rows(session, rows))
+
+
+def copy_rows(
+    session: Session, table: str, columns: Sequence[str], rows: Iterable[tuple[Any, ...]]
+) -> None:
+    """PostgreSQL: ``rows`` by binary COPY (no text formatting or parsing on either side).
+
+    JSON values come already serialized (as str). A unique violation raises SQLAlchemy's
+    IntegrityError, as an INSERT would.
+    """
+    import psycopg
+
+    connection = session.connection()
+    types = _column_types(connection, table)
+    cursor = connection.connection.driver_connection.cursor()
+    statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT BINARY)"
+    try:
+        with cursor.copy(statement) as copy:
+            copy.set_types([types[c] for c in columns])
+            for row in rows:
+                copy.write_row(row)
+    except psycopg.errors.UniqueViolation as err:
+        raise IntegrityError(statement, None, err) from err
+
+
+def _column_types(connection: Any, table: str) -> dict[str, str]:
+    """A table's column types as binary COPY must name them, read once per connection (a
+    ``json`` column takes its text as is)."""
+    cached = connection.info.setdefault("copy_types", {})
+    if table not in cached:
+        rows = connection.exec_driver_sql(
+            "SELECT column_name, udt_name FROM information_schema.columns "
+            "WHERE table_name = %s AND table_schema = current_schema()",
+            (table,),
+        )
+        cached[table] = {name: "text" if kind == "json" else kind for name, kind in rows}
+    return cached[table]

@@ -161,7 +161,8 @@ def test_audits_filter_narrows_the_table(site, browser) -> None:
     page.tab.get_by_role("option", name="failed").click()
     page.tab.wait_for_url("**status=failed**")
     page.tab.wait_for_function(
-        "document.querySelectorAll('#audits-table tbody tr:has(td)').length == 1")
+        "document.querySelectorAll('#audits-table tbody tr:has(td)').length == 1"
+    )
     page.tab.locator("#audits-table tbody tr:has(td) td").first.click()
     page.tab.wait_for_selector("#audits-detail-body")
     assert "takes inputs shaped 1×8×8" in page.tab.inner_text("#audits-detail-body")
@@ -180,7 +181,8 @@ def test_sources_search_and_a_sources_activity(site, browser) -> None:
     page.tab.press("#sources-search", "Enter")
     page.tab.wait_for_url("**q=10.66.**")
     page.tab.wait_for_function(
-        "document.querySelectorAll('#sources-table tbody tr:has(td)').length == 5")
+        "document.querySelectorAll('#sources-table tbody tr:has(td)').length == 5"
+    )
     assert all(r.startswith("10.66.") for r in page.rows("sources-table"))
     page.tab.locator("#sources-table tbody tr:has(td)").first.locator("td").first.click()
     page.tab.wait_for_selector("#sources-histograms .main-svg")

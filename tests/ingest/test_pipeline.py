@@ -173,3 +173,42 @@ def test_pipeline_on_postgresql(
     stats = robmon("inputs", "stats", "--json").json()
     assert sum(s["count"] for s in stats) == 300
     assert robmon("ingest", str(first), "--json").json()["records"] == 0
+
+
+def test_a_failed_commit_stops_the_run_and_nothing_after_it_lands(
+    demo_home, digits, robmon, tmp_path: Path
+) -> None:
+    """Batches are committed on a writer thread while the next is scored: when a commit fails,
+    the batches before it stay committed with their position, none after it is stored, and the
+    next run picks up exactly there."""
+    from sqlalchemy import text
+
+    from monitor.db.models import IngestOffset
+
+    lines = [record(digits.x[i], source=f"s{i}", rid=f"r{i}") for i in range(50)]
+    lines[25] = record(digits.x[25], source="boom", rid="r25")  # in the third batch of 10
+    log = write_lines(tmp_path / "prod.jsonl", lines)
+    assert robmon("db", "upgrade").code == 0
+    db = _db()
+    with db.session() as s:
+        s.execute(
+            text(
+                "CREATE TRIGGER refuse BEFORE INSERT ON input_scores WHEN NEW.source = 'boom' "
+                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+        )
+    failed = robmon("ingest", str(log), "--batch-size", "10")
+    assert failed.code != 0 and "refused by the test" in failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1
+    with db.session() as s:
+        stored = s.scalars(select(InputScore.request_id)).all()
+        offset = s.get(IngestOffset, str(log.resolve()))
+        assert sorted(stored, key=lambda r: int(r[1:])) == [f"r{i}" for i in range(20)]
+        assert offset.line_number == 20
+        s.execute(text("DROP TRIGGER refuse"))
+    again = robmon("ingest", str(log), "--batch-size", "10", "--json")
+    assert again.code == 0 and again.json()["scored"] == 30
+    with db.session() as s:
+        assert sorted(s.scalars(select(InputScore.request_id)).all()) == sorted(
+            f"r{i}" for i in range(50)
+        )
