@@ -31,16 +31,20 @@ class DashboardContext:
             if cached and time.monotonic() - cached[0] < ALIAS_TTL_SECONDS:
                 return cached[1]
         try:
-            if self._registry is None:
-                from monitor.registry import Registry
-
-                self._registry = Registry(self.settings)
-            aliases = self._registry.aliases(model)
+            aliases = self.registry().aliases(model)
         except RobmonError:
             aliases = {}
         with self._lock:
             self._aliases[model] = (time.monotonic(), aliases)
         return aliases
+
+    def registry(self) -> Any:
+        """The MLflow registry client, made on first use."""
+        if self._registry is None:
+            from monitor.registry import Registry
+
+            self._registry = Registry(self.settings)
+        return self._registry
 
     def mlflow_run_url(self, run_id: str | None) -> str | None:
         uri = self.settings.mlflow_tracking_uri

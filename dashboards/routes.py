@@ -1,8 +1,10 @@
 """Files the app serves itself (nothing is fetched from a CDN): Bootstrap 5's stylesheet from
-the installed Bootstrap-Flask package, audit plots from the database, kept flagged inputs."""
+the installed Bootstrap-Flask package, audit plots from the database, kept flagged inputs; and
+``/healthz`` and ``/metrics`` like every robmon service."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from flask import Flask, Response, abort, send_file
@@ -31,6 +33,27 @@ def install(server: Flask) -> None:
         except NotFound:
             abort(404)
         return Response(data, mimetype=content_type, headers={"Cache-Control": "max-age=3600"})
+
+    @server.route("/healthz")
+    def healthz() -> Response:
+        from monitor.service import health
+
+        context = current()
+        ok, parts = health(context.db, context.registry())
+        return Response(
+            json.dumps({"status": "ok" if ok else "failing", **parts}),
+            status=200 if ok else 503,
+            mimetype="application/json",
+        )
+
+    @server.route("/metrics")
+    def metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        from monitor.metrics import REGISTRY, watch_open_alerts
+
+        watch_open_alerts(current().db)
+        return Response(generate_latest(REGISTRY), mimetype=CONTENT_TYPE_LATEST)
 
     @server.route("/kept/<int:score_id>.png")
     def kept(score_id: int) -> Response:

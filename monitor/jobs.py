@@ -215,30 +215,9 @@ def nightly_sweep(context: JobContext, detail: dict[str, Any]) -> None:
 
 def run_audit_queue(context: JobContext, detail: dict[str, Any]) -> None:
     """Run queued audits one after another until the queue is empty or the process stops."""
-    finished = []
-    while not context.stop.is_set():
-        claimed = queue.claim_next(context.db, context.worker)
-        if claimed is None:
-            break
-        try:
-            audit = queue.run_claimed(
-                context.db,
-                context.registry,
-                claimed,
-                context.worker,
-                stop=context.stop,
-                device=context.watch.device,
-                batch_size=context.watch.batch_size,
-            )
-            finished.append(
-                f"audit {audit.id} of {claimed.plan.ref}: succeeded, score {audit.score:.1f}"
-            )
-        except KeyboardInterrupt:
-            finished.append(f"audit {claimed.id} of {claimed.plan.ref}: interrupted")
-            break
-        except RobmonError as err:  # recorded on the audit; the next one still runs
-            finished.append(f"audit {claimed.id} of {claimed.plan.ref}: failed: {err}")
-    detail["audits"] = finished
+    from monitor.worker import run_worker
+
+    detail["audits"] = run_worker(context, once=True)
 
 
 # -- alerts -----------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from monitor import metrics
 from monitor.alerts.settings import AlertSettings
 from monitor.db.models import Alert, NotificationOutbox
 from monitor.db.session import Database
@@ -105,6 +106,7 @@ def deliver_due(db: Database, settings: AlertSettings) -> Delivery:
                 continue
             item.attempts += 1
             item.last_error = error
+            metrics.WEBHOOK_FAILURES.inc()
             item.next_attempt_at = now + min(hook.backoff * 2 ** (item.attempts - 1), MAX_BACKOFF)
             result.failed += 1
             if item.attempts >= hook.max_attempts:

@@ -164,6 +164,30 @@ def due_for_retry(
     return due, waiting
 
 
+def requeue_interrupted(db: Database) -> list[int]:
+    """Queue again every audit whose latest run was interrupted (a stopped worker's), after
+    marking interrupted those whose lease expired. Returns the new queued audits' ids."""
+    recover_stale(db)
+    latest = (
+        select(func.max(Audit.id))
+        .group_by(Audit.model_name, Audit.model_version, Audit.config_hash)
+        .scalar_subquery()
+    )
+    with db.session() as s:
+        rows = s.execute(
+            select(Audit.id, Audit.model_name, Audit.model_version, Audit.config).where(
+                Audit.id.in_(latest), Audit.status == "interrupted"
+            )
+        ).all()
+    queued = []
+    for row in rows:
+        new_id = enqueue(db, plan_from_row(row.model_name, row.model_version, row.config), "retry")
+        if new_id is not None:
+            log.info("audit %s was interrupted: queued again as audit %s", row.id, new_id)
+            queued.append(new_id)
+    return queued
+
+
 def _consecutive_failures(session, audit: Audit) -> int:
     last_success = (
         session.scalar(

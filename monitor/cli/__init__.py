@@ -14,6 +14,7 @@ import traceback
 import warnings
 
 import typer
+from sqlalchemy.exc import SQLAlchemyError
 
 from monitor.cli import (  # noqa: F401  (each module registers its commands on the app)
     admin,
@@ -33,15 +34,30 @@ from monitor.errors import RobmonError
 def _global_options(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress to stderr."),
+    log_format: str = typer.Option(
+        "text",
+        "--log-format",
+        envvar="ROBMON_LOG_FORMAT",
+        help="text, or json (one object per line, for log collectors).",
+    ),
 ) -> None:
+    if log_format not in ("text", "json"):
+        raise typer.BadParameter("must be text or json", param_hint="--log-format")
     state.debug = debug or os.environ.get("ROBMON_DEBUG", "") not in ("", "0")
     state.verbose = verbose
-    _configure_logging(state.debug, verbose)
+    _configure_logging(state.debug, verbose, log_format)
 
 
-def _configure_logging(debug: bool, verbose: bool) -> None:
+def _configure_logging(debug: bool, verbose: bool, log_format: str = "text") -> None:
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        from monitor.service import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "PIL", "apscheduler"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
     if not debug:
@@ -65,14 +81,29 @@ def main() -> None:
     except KeyboardInterrupt:
         print("error: interrupted.", file=sys.stderr)
         code = 130
+    except SQLAlchemyError as err:  # the database refused: its own words, in one line
+        if state.debug:
+            traceback.print_exc()
+        detail = _first_line(getattr(err, "orig", None) or err).rstrip(".")
+        print(
+            f"error: the database failed: {detail} (run with --debug for the traceback).",
+            file=sys.stderr,
+        )
+        code = 1
     except Exception as err:  # a bug: say so in one line, traceback on request
         if state.debug:
             traceback.print_exc()
         print(
-            f"error: unexpected {type(err).__name__}: {err} (run with --debug for the traceback).",
+            f"error: unexpected {type(err).__name__}: {_first_line(err)} "
+            "(run with --debug for the traceback).",
             file=sys.stderr,
         )
         code = 1
     finally:
         state.close()
     sys.exit(code)
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else "(no message)"

@@ -50,6 +50,9 @@ def audit(
     ),
     device: str | None = typer.Option(None, help="cpu or cuda (default: CUDA when available)."),
     force: bool = typer.Option(False, help="Run again even if this audit exists."),
+    queue: bool = typer.Option(
+        False, "--queue", help="Queue it for `robmon worker` processes instead of running it here."
+    ),
     fast: bool = typer.Option(
         False, help="CUDA only: craft attacks with torch.compile, bf16 and channels_last."
     ),
@@ -92,6 +95,9 @@ def audit(
         batch_size=batch_size or defaults.get("batch_size", 256),
         fast=fast,
     )
+    if queue:
+        _queue_audit(request, as_json)
+        return
     signal.signal(signal.SIGTERM, _interrupt)
     with progress_bars(not as_json) as report:
         outcome = run_audit(db, registry, request, report)
@@ -104,6 +110,21 @@ def audit(
             "--force runs it again)"
         )
     render_audit(outcome.detail)
+
+
+def _queue_audit(request, as_json: bool) -> None:
+    from monitor.audit import queue
+    from monitor.audit.runner import make_plan
+
+    plan = make_plan(state.registry(), request.reference, request.config)
+    audit_id = queue.enqueue(state.database(), plan, "cli")
+    if as_json:
+        emit_json({"queued": audit_id is not None, "audit_id": audit_id, "model": str(plan.ref)})
+        return
+    if audit_id is None:
+        note(f"an audit of {plan.ref} with this configuration is already queued or running")
+        return
+    say(f"queued audit {audit_id} of {plan.ref}; a `robmon worker` will run it")
 
 
 @audits_app.command("list")

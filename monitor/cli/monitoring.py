@@ -144,21 +144,45 @@ def _stopper() -> threading.Event:
 @app.command("ingest")
 def ingest(
     paths: list[str] = typer.Argument(
-        ..., help="JSON Lines files, globs or directories; - for standard input."
+        None, help="JSON Lines files, globs or directories; - for standard input."
     ),
     follow: bool = typer.Option(False, help="Keep reading as files grow, rotate or truncate."),
+    redis_stream: str | None = typer.Option(
+        None,
+        envvar="ROBMON_REDIS_STREAM",
+        help="Read a Redis Stream with a consumer group instead: redis://HOST:PORT[/DB]/STREAM.",
+    ),
+    group: str = typer.Option("robmon-ingest", help="Consumer group (with --redis-stream)."),
+    consumer: str | None = typer.Option(
+        None, help="This consumer's name in the group (default HOST-PID)."
+    ),
+    claim_after: float = typer.Option(
+        60.0, help="Take over entries another consumer left unacknowledged this many seconds."
+    ),
+    drain: bool = typer.Option(
+        False, help="With --redis-stream: stop when nothing is left to read (default: run on)."
+    ),
     batch_size: int = typer.Option(256, help="Records scored per batch (and per commit)."),
     keep_flagged: Path | None = typer.Option(
         None, help="Keep flagged inputs as PNG files in this folder for review."
     ),
     device: str = typer.Option("cpu", help="cpu or cuda."),
+    metrics_port: int | None = typer.Option(
+        None,
+        envvar="ROBMON_METRICS_PORT",
+        help="Serve /healthz and /metrics on this port while following or consuming.",
+    ),
+    metrics_host: str = typer.Option("127.0.0.1", envvar="ROBMON_METRICS_HOST"),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Score production records: confidence and feature-squeezing flags, exactly once."""
+    from monitor.cli.operations import start_health
     from monitor.ingest.pipeline import Ingester
 
     if batch_size < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--batch-size")
+    if bool(paths) == bool(redis_stream):
+        raise typer.BadParameter("give files (or -) or --redis-stream, one of the two")
     ingester = Ingester(
         state.database(),
         state.registry(),
@@ -167,12 +191,24 @@ def ingest(
         keep_flagged=keep_flagged,
         device=device,
     )
-    if paths == ["-"]:
+    if redis_stream:
+        from monitor.ingest.broker import StreamConsumer
+        from monitor.ingest.redis_stream import StreamAddress
+
+        stream_consumer = StreamConsumer(
+            ingester, StreamAddress.parse(redis_stream), group, consumer, claim_after=claim_after
+        )
+        stop = _stopper()
+        start_health(metrics_host, metrics_port)
+        summary = stream_consumer.run(stop, drain=drain)
+    elif paths == ["-"]:
         summary = ingester.ingest_stream(sys.stdin.buffer)
     elif "-" in paths:
         raise typer.BadParameter("- (standard input) cannot be mixed with files")
     elif follow:
-        summary = ingester.follow_files(paths, _stopper())
+        stop = _stopper()
+        start_health(metrics_host, metrics_port)
+        summary = ingester.follow_files(paths, stop)
     else:
         summary = ingester.ingest_files(paths)
     data = {

@@ -33,6 +33,26 @@ def _service_logging() -> None:
         logging.getLogger("monitor").setLevel(logging.INFO)
 
 
+METRICS_PORT = typer.Option(
+    None,
+    envvar="ROBMON_METRICS_PORT",
+    help="Serve /healthz and /metrics (Prometheus) on this port (0: any free port).",
+)
+METRICS_HOST = typer.Option(
+    "127.0.0.1", envvar="ROBMON_METRICS_HOST", help="Address for /healthz and /metrics."
+)
+
+
+def start_health(host: str, port: int | None, alive=lambda: True) -> None:
+    """Serve /healthz and /metrics for this service when a port is given."""
+    if port is None:
+        return
+    from monitor.service import start_health_server
+
+    server = start_health_server(host, port, state.database(), state.registry(), alive)
+    note(f"health on http://{host}:{server.server_port}/healthz, metrics on /metrics")
+
+
 def job_context(name: str | None, kind: str = "scheduler"):
     from monitor.jobs import JobContext
     from monitor.scheduler import worker_name
@@ -59,6 +79,8 @@ def scheduler(
     ),
     sweep: bool = typer.Option(False, help="With --once: also run the nightly sweep."),
     name: str | None = typer.Option(None, help="Worker name (default scheduler@HOST)."),
+    metrics_port: int | None = METRICS_PORT,
+    metrics_host: str = METRICS_HOST,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Audit new model versions and moved aliases; re-audit watched aliases nightly."""
@@ -84,8 +106,47 @@ def scheduler(
         raise typer.BadParameter("--sweep goes with --once (the daemon sweeps on its schedule)")
     _service_logging()
     context.stop = _stop_on_signals()
+    start_health(metrics_host, metrics_port)
     note(f"scheduler {context.worker} running; Ctrl-C or SIGTERM stops it")
     run_scheduler(context, poll_interval)
+
+
+@app.command("worker")
+def worker(
+    device: str | None = typer.Option(
+        None, help="cpu or cuda (default [watch].device, else CUDA when available)."
+    ),
+    poll: float = typer.Option(5.0, help="Seconds between looks at an empty queue."),
+    once: bool = typer.Option(False, help="Run the queued audits, then exit."),
+    name: str | None = typer.Option(None, help="Worker name (default worker@HOST)."),
+    lease: float = typer.Option(
+        120.0,
+        help="Seconds a claim lives without a heartbeat (a dead worker's audit is "
+        "queued again after this).",
+    ),
+    metrics_port: int | None = METRICS_PORT,
+    metrics_host: str = METRICS_HOST,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Claim queued audits from the database and run them (scale-out, GPU machines)."""
+    from monitor.worker import run_worker
+
+    if poll <= 0 or lease <= 0:
+        raise typer.BadParameter("--poll and --lease must be positive")
+    context = job_context(name, kind="worker")
+    _service_logging()
+    context.stop = _stop_on_signals()
+    start_health(metrics_host, metrics_port)
+    if not once:
+        note(f"worker {context.worker} waiting for audits; Ctrl-C or SIGTERM stops it")
+    finished = run_worker(context, device=device, poll=poll, once=once, lease_seconds=lease)
+    if as_json:
+        emit_json({"worker": context.worker, "audits": finished})
+        return
+    for line in finished:
+        say(line)
+    if once and not finished:
+        say("the audit queue is empty")
 
 
 @jobs_app.command("list")
@@ -173,6 +234,8 @@ def serve(
     no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Do not serve the dashboard."),
     host: str = typer.Option("127.0.0.1", help="Dashboard address (127.0.0.1: this machine)."),
     port: int = typer.Option(8050, help="Dashboard port."),
+    metrics_port: int | None = METRICS_PORT,
+    metrics_host: str = METRICS_HOST,
 ) -> None:
     """Scheduler, a following ingester ([ingest].paths) and the dashboard in one process."""
     from monitor.ingest.pipeline import Ingester
@@ -214,6 +277,7 @@ def serve(
         note(f"dashboard on http://{host}:{port}/")
     for thread in threads:
         thread.start()
+    start_health(metrics_host, metrics_port, lambda: all(t.is_alive() for t in threads))
     note(f"serving ({', '.join(t.name for t in threads)}); Ctrl-C or SIGTERM stops")
     try:
         while not stop.wait(0.5):

@@ -13,8 +13,9 @@ import logging
 import re
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -22,11 +23,12 @@ from typing import Any, BinaryIO
 import torch
 from sqlalchemy.exc import IntegrityError
 
+from monitor import metrics
 from monitor.classifiers import check_input_shape
 from monitor.config import Settings
 from monitor.db.session import Database
 from monitor.db.types import utcnow
-from monitor.detect.fingerprints import fingerprints, to_bytes
+from monitor.detect.fingerprints import fingerprint_bytes
 from monitor.detect.scores import score_inputs
 from monitor.errors import BadRecord, ModelIncompatible, RobmonError
 from monitor.ingest import rollups, store
@@ -49,6 +51,14 @@ class IngestSummary:
     duplicates: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Prepared:
+    lines: int
+    scores: ScoreTable
+    dead: list[dict[str, Any]]
+    repeats: int
 
 
 @dataclass
@@ -92,16 +102,18 @@ class Ingester:
             saved = positions.get(str(path))
             position = saved if saved and saved.inode == inode else Position(str(path), inode)
             with path.open("rb") as handle:
-                while lines := read_lines(
-                    handle,
-                    position,
-                    self.limits.max_line_bytes,
-                    self.batch_size,
-                    complete_only=False,
-                ):
-                    self.process(lines, position)
+                self._pipelined(self._batches(handle, position))
         self.summary.seconds += time.perf_counter() - started
         return self.summary
+
+    def _batches(
+        self, handle: BinaryIO, position: Position
+    ) -> Iterator[tuple[list[RawLine], Position]]:
+        """Batches of lines, each with the position after it (a copy: reading goes on)."""
+        while lines := read_lines(
+            handle, position, self.limits.max_line_bytes, self.batch_size, complete_only=False
+        ):
+            yield lines, copy.copy(position)
 
     def follow_files(
         self, specs: list[str], stop: threading.Event, poll: float = 0.5, retry_after: float = 5.0
@@ -137,11 +149,7 @@ class Ingester:
     def ingest_stream(self, stream: BinaryIO, origin: str = "stdin") -> IngestSummary:
         """Read a non-seekable stream (standard input) to its end."""
         started = time.perf_counter()
-        position = Position(origin)
-        while lines := read_lines(
-            stream, position, self.limits.max_line_bytes, self.batch_size, complete_only=False
-        ):
-            self.process(lines, position)
+        self._pipelined(self._batches(stream, Position(origin)))
         self.summary.seconds += time.perf_counter() - started
         return self.summary
 
@@ -155,10 +163,28 @@ class Ingester:
         ``keys`` (one per line) identify lines across re-deliveries (stream entry ids) and are
         stored as each score's origin. Returns the new scores' ids.
         """
-        if keys is None:
-            keys = [None] * len(lines)
-        parsed, dead = self._parse(lines, keys)
-        parsed = self._drop_repeats(parsed)
+        return self._store(self._prepare(lines, keys), position)
+
+    def _pipelined(self, batches: Iterator[tuple[list[RawLine], Position]]) -> None:
+        """Process batches in order, committing each on a writer thread while this thread
+        parses and scores the next (the database's waits overlap the model's work). Commits
+        stay in order, and a failed commit stops the run before any later batch is committed."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-commit") as writer:
+            pending: Future | None = None
+            try:
+                for lines, position in batches:
+                    prepared = self._prepare(lines, None)
+                    if pending is not None:
+                        pending.result()
+                    pending = writer.submit(self._store, prepared, position)
+            finally:
+                if pending is not None:
+                    pending.result()
+
+    def _prepare(self, lines: list[RawLine], keys: list[str] | None) -> _Prepared:
+        """Parse, drop repeats, score per model version (no database writes)."""
+        parsed, dead = self._parse(lines, keys or [None] * len(lines))
+        parsed, repeats = _drop_repeats(parsed)
         groups: dict[Any, list[_Parsed]] = defaultdict(list)
         for item in parsed:
             try:
@@ -175,15 +201,23 @@ class Ingester:
                 dead.extend(_dead(i.line, i.key, str(err), i.record) for i in items)
                 continue
             scores.extend(self._score(model, items, dead))
+        return _Prepared(len(lines), scores, dead, repeats)
+
+    def _store(self, prepared: _Prepared, position: Position | None) -> list[int]:
+        """Commit one prepared batch and count it (the totals change only here)."""
+        scores, dead = prepared.scores, prepared.dead
         try:
             ids = self._commit(scores, dead, position)
-        except IntegrityError:  # some (source, id) pairs were stored before (or meanwhile)
-            scores = self._drop_stored(scores)
+        except IntegrityError:  # some requests or stream entries were stored before (or meanwhile)
+            scores, dead = self._drop_stored(scores, dead)
             ids = self._commit(scores, dead, position)
-        self.summary.records += len(lines)
+        self.summary.records += prepared.lines
         self.summary.scored += len(scores)
         self.summary.dead_letters += len(dead)
-        self.summary.flagged += sum(scores.columns.get("flagged", []))
+        self.summary.duplicates += prepared.repeats
+        flagged = scores.columns.get("flagged", [])
+        self.summary.flagged += sum(flagged)
+        _count(scores, dead)
         return ids
 
     def _commit(
@@ -196,13 +230,26 @@ class Ingester:
 
         return store.commit_batch(self.db, scores, dead, position, extra)
 
-    def _drop_stored(self, scores: ScoreTable) -> ScoreTable:
+    def _drop_stored(
+        self, scores: ScoreTable, dead: list[dict[str, Any]]
+    ) -> tuple[ScoreTable, list[dict[str, Any]]]:
+        """Leave out what is already stored: (source, id) pairs, and stream entries that another
+        consumer committed meanwhile (scored or dead-lettered)."""
         pairs = list(zip(scores.column("source"), scores.column("request_id"), strict=True))
+        origins = [o for o in scores.column("origin") if o is not None]
+        keys = [d["entry_key"] for d in dead if d["entry_key"] is not None]
         with self.db.session() as s:
             stored = store.known_requests(s, [p for p in pairs if p[1] is not None])
-        kept = scores.select([i for i, pair in enumerate(pairs) if pair not in stored])
+            done = store.known_origins(s, origins + keys)
+        kept = scores.select(
+            [
+                i
+                for i, (pair, origin) in enumerate(zip(pairs, scores.column("origin"), strict=True))
+                if pair not in stored and origin not in done
+            ]
+        )
         self.summary.duplicates += len(scores) - len(kept)
-        return kept
+        return kept, [d for d in dead if d["entry_key"] not in done or d["entry_key"] is None]
 
     def _parse(
         self, lines: list[RawLine], keys: list[str | None]
@@ -219,21 +266,6 @@ class Ingester:
             except BadRecord as err:
                 dead.append(_dead(line, key, str(err)))
         return parsed, dead
-
-    def _drop_repeats(self, parsed: list[_Parsed]) -> list[_Parsed]:
-        """A (source, id) repeated within the batch is scored once (the database's unique
-        constraint catches repeats of stored pairs at commit)."""
-        seen: set[tuple[str, str]] = set()
-        kept = []
-        for item in parsed:
-            if item.record.request_id is not None:
-                pair = (item.record.source, item.record.request_id)
-                if pair in seen:
-                    self.summary.duplicates += 1
-                    continue
-                seen.add(pair)
-            kept.append(item)
-        return kept
 
     def _score(
         self, model: ScoringModel, items: list[_Parsed], dead: list[dict[str, Any]]
@@ -287,7 +319,7 @@ class Ingester:
                 "input_sha256": [r.sha256 for r in records],
                 "origin": [i.key for i in fitting],
                 "kept_path": [None] * n,
-                "fingerprint": [to_bytes(f) for f in fingerprints(x)],
+                "fingerprint": fingerprint_bytes(x),
             }
         )
         if self.keep_flagged is not None:
@@ -296,6 +328,32 @@ class Ingester:
                 for record, flagged in zip(records, table.columns["flagged"], strict=True)
             ]
         return table
+
+
+def _count(scores: ScoreTable, dead: list[dict[str, Any]]) -> None:
+    """Prometheus counters of committed work."""
+    for (model, flagged), n in Counter(
+        zip(scores.column("model_name"), scores.column("flagged"), strict=True)
+    ).items():
+        metrics.RECORDS_SCORED.labels(model).inc(n)
+        if flagged:
+            metrics.RECORDS_FLAGGED.labels(model).inc(n)
+    metrics.RECORDS_DEAD.inc(len(dead))
+
+
+def _drop_repeats(parsed: list[_Parsed]) -> tuple[list[_Parsed], int]:
+    """A (source, id) repeated within the batch is scored once (the database's unique
+    constraint catches repeats of stored pairs at commit). Returns the rest and the count."""
+    seen: set[tuple[str, str]] = set()
+    kept = []
+    for item in parsed:
+        if item.record.request_id is not None:
+            pair = (item.record.source, item.record.request_id)
+            if pair in seen:
+                continue
+            seen.add(pair)
+        kept.append(item)
+    return kept, len(parsed) - len(kept)
 
 
 def _dead(

@@ -1,0 +1,98 @@
+"""Prometheus metrics of the long-running services (one registry per process).
+
+Counters and histograms are updated where the work happens (ingester, audit worker, webhook
+delivery); open alerts are read from the database at scrape time, so every process reports
+the same truth. Names follow Prometheus conventions (``_total``, ``_seconds``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+RECORDS_SCORED = Counter(
+    "robmon_records_scored_total",
+    "Production records scored and committed.",
+    ["model"],
+    registry=REGISTRY,
+)
+RECORDS_DEAD = Counter(
+    "robmon_records_dead_lettered_total",
+    "Production records stored as dead letters (bad input).",
+    registry=REGISTRY,
+)
+RECORDS_FLAGGED = Counter(
+    "robmon_records_flagged_total",
+    "Scored records flagged as suspicious.",
+    ["model"],
+    registry=REGISTRY,
+)
+INGEST_LAG = Gauge(
+    "robmon_ingest_lag_seconds",
+    "Age of the oldest record in the last committed batch when it was committed "
+    "(stream entry time for Redis Streams, record time otherwise).",
+    registry=REGISTRY,
+)
+STREAM_BACKLOG = Gauge(
+    "robmon_stream_backlog_entries",
+    "Entries of the stream not yet delivered to the consumer group plus those pending "
+    "acknowledgement.",
+    ["stream", "group"],
+    registry=REGISTRY,
+)
+AUDIT_SECONDS = Histogram(
+    "robmon_audit_duration_seconds",
+    "Wall time of audits run by this process, by outcome.",
+    ["outcome"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200),
+    registry=REGISTRY,
+)
+WEBHOOK_FAILURES = Counter(
+    "robmon_webhook_failures_total",
+    "Webhook deliveries that failed (they are retried with backoff).",
+    registry=REGISTRY,
+)
+
+
+class OpenAlerts(Collector):
+    """``robmon_open_alerts{severity}`` counted in the database when Prometheus scrapes."""
+
+    def __init__(self, db) -> None:
+        self.db = db
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from sqlalchemy import func, select
+
+        from monitor.db.models import Alert
+
+        family = GaugeMetricFamily(
+            "robmon_open_alerts", "Alerts not yet resolved, by severity.", labels=["severity"]
+        )
+        try:
+            with self.db.session() as s:
+                rows = s.execute(
+                    select(Alert.severity, func.count())
+                    .where(Alert.closed_at.is_(None))
+                    .group_by(Alert.severity)
+                ).all()
+        except Exception as err:  # a scrape must not fail because the database is down
+            log.warning("open alerts not counted: %s", err)
+            return
+        for severity, count in rows:
+            family.add_metric([severity], count)
+        yield family
+
+
+def watch_open_alerts(db) -> None:
+    """Report open alerts from ``db`` (once per process)."""
+    if not getattr(watch_open_alerts, "installed", False):
+        REGISTRY.register(OpenAlerts(db))
+        watch_open_alerts.installed = True
