@@ -14,9 +14,12 @@ new entries.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from monitor import metrics
@@ -33,6 +36,12 @@ from monitor.ingest.redis_stream import (
 from monitor.ingest.sources import RawLine
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Batch:
+    ids: list[str]  # every entry of the batch (all acknowledged after the commit)
+    prepared: Any  # the Ingester's scored batch, None when every entry was committed before
 
 
 class StreamConsumer:
@@ -62,8 +71,13 @@ class StreamConsumer:
         self._next_backlog = 0.0
 
     def run(self, stop: threading.Event, drain: bool = False) -> IngestSummary:
-        """Consume until ``stop`` is set (or, with ``drain``, until nothing is left to read)."""
+        """Consume until ``stop`` is set (or, with ``drain``, until nothing is left to read).
+
+        Batch n is committed and acknowledged on a writer thread while batch n+1 is parsed and
+        scored here. A failure (database, registry or Redis away) leaves the entries pending:
+        after a pause they are read again from this consumer's pending list."""
         import redis
+        from sqlalchemy.exc import SQLAlchemyError
 
         started = time.perf_counter()
         log.info(
@@ -73,17 +87,38 @@ class StreamConsumer:
             self.consumer,
             self.claim_after,
         )
-        while not stop.is_set():
-            try:
-                entries = self._next_entries(block=not drain)
-                if entries:
-                    self.handle(entries)
-                elif drain and self._drained():
-                    break
-                self._report_backlog()
-            except (RobmonError, redis.RedisError) as err:  # not acknowledged: retried later
-                log.error("stream ingest paused: %s (retrying in %.0f s)", err, self.retry_after)
-                stop.wait(self.retry_after)
+        own_pending = True  # at start: entries delivered to this name before a restart
+        pending: Future | None = None
+
+        def settle() -> None:  # wait for the batch being committed; raise its error
+            nonlocal pending
+            if pending is not None:
+                committing, pending = pending, None
+                committing.result()
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-commit") as writer:
+            while not stop.is_set():
+                try:
+                    if own_pending:
+                        settle()
+                    entries, redelivered = self._next_entries(own_pending, block=not drain)
+                    own_pending = False
+                    if entries:
+                        prepared = self._prepare(entries, redelivered)
+                        settle()
+                        pending = writer.submit(self._store, prepared)
+                    else:
+                        settle()
+                        if drain and self._drained():
+                            break
+                    self._report_backlog()
+                except (RobmonError, SQLAlchemyError, redis.RedisError) as err:
+                    with contextlib.suppress(Exception):
+                        settle()
+                    own_pending = True  # not acknowledged: read again after the pause
+                    log.error("stream ingest paused: %s (retry in %.0f s)", err, self.retry_after)
+                    stop.wait(self.retry_after)
+            settle()
         self.ingester.summary.seconds += time.perf_counter() - started
         return self.ingester.summary
 
@@ -98,17 +133,20 @@ class StreamConsumer:
             if "BUSYGROUP" not in str(err):
                 raise RobmonError(f"cannot create consumer group {self.group}: {err}.") from None
 
-    def _next_entries(self, block: bool) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    def _next_entries(self, own_pending: bool, block: bool) -> tuple[list[Any], bool]:
+        """(entries, whether they may have been committed before): this consumer's pending
+        entries when asked, else entries idle too long at other consumers, else new ones."""
         count = self.ingester.batch_size
-        own = self._read("0", count, None)  # delivered to us before, not yet acknowledged
-        if own:
-            return own
+        if own_pending:
+            own = self._read("0", count, None)
+            if own:
+                return own, True
         if time.monotonic() >= self._next_claim:
             self._next_claim = time.monotonic() + max(self.claim_after / 4, 0.5)
             claimed = self._claim(count)
             if claimed:
-                return claimed
-        return self._read(">", count, int(self.block * 1000) if block else None)
+                return claimed, True
+        return self._read(">", count, int(self.block * 1000) if block else None), False
 
     def _read(self, start: str, count: int, block_ms: int | None) -> list[Any]:
         answer = self.redis.xreadgroup(
@@ -148,23 +186,37 @@ class StreamConsumer:
 
     # -- one batch ---------------------------------------------------------------------------
 
-    def handle(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
-        """Score the entries not yet committed, then acknowledge them all."""
+    def handle(self, entries: list[tuple[bytes, dict[bytes, bytes]]], redelivered: bool) -> None:
+        """Score the entries not yet committed, commit, then acknowledge them all."""
+        self._store(self._prepare(entries, redelivered))
+
+    def _prepare(self, entries: list[Any], redelivered: bool) -> _Batch:
+        """Parse and score (no writes). Entries delivered before may have been committed by a
+        consumer that died before acknowledging them: those are only acknowledged."""
         ids = [_text(entry_id) for entry_id, _ in entries]
         keys = [f"{self.address.stream}:{entry_id}" for entry_id in ids]
-        with self.ingester.db.session() as s:
-            done = store.known_origins(s, keys)
+        done: set[str] = set()
+        if redelivered:
+            with self.ingester.db.session() as s:
+                done = store.known_origins(s, keys)
+            if done:
+                log.info("acknowledging %d entries committed before a consumer stopped", len(done))
         fresh = [
             (key, _line(self.address.stream, entry_id, fields))
             for key, entry_id, (_, fields) in zip(keys, ids, entries, strict=True)
             if key not in done
         ]
+        prepared = None
         if fresh:
-            self.ingester.process([line for _, line in fresh], None, [key for key, _ in fresh])
-        if done:
-            log.info("acknowledged %d entries committed before their consumer stopped", len(done))
-        self.redis.xack(self.address.stream, self.group, *ids)
-        oldest_ms = min(int(entry_id.split("-")[0]) for entry_id in ids)
+            prepared = self.ingester._prepare([line for _, line in fresh], [k for k, _ in fresh])
+        return _Batch(ids, prepared)
+
+    def _store(self, batch: _Batch) -> None:
+        """Commit the batch's scores and dead letters, then acknowledge its entries."""
+        if batch.prepared is not None:
+            self.ingester._store(batch.prepared, None)
+        self.redis.xack(self.address.stream, self.group, *batch.ids)
+        oldest_ms = min(int(entry_id.split("-")[0]) for entry_id in batch.ids)
         metrics.INGEST_LAG.set(max(0.0, time.time() - oldest_ms / 1000))
 
     def _report_backlog(self) -> None:

@@ -127,9 +127,10 @@ def test_an_entry_committed_but_not_acknowledged_is_acknowledged_not_scored_twic
 
 def _step(consumer, client) -> bool:
     """One round of reading; True once nothing is pending."""
-    entries = consumer._next_entries(block=False)
+    entries, redelivered = consumer._next_entries(False, block=False)
     if entries:
-        consumer.handle(entries)
+        assert redelivered  # claimed from the dead consumer
+        consumer.handle(entries, redelivered)
     return client.xpending(consumer.address.stream, consumer.group)["pending"] == 0
 
 
