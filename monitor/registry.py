@@ -30,6 +30,7 @@ T = TypeVar("T")
 DEFAULT_ALIAS = "champion"
 MODELS_EXPERIMENT = "robmon-models"
 DATASET_TAG = "robustness.dataset"
+PARENT_TAG = "robustness.parent"  # NAME/VERSION a hardened or defended version derives from
 _REF = re.compile(r"^(?:models:/)?(?P<name>[^/@]+?)(?:/(?P<version>\d+)|@(?P<alias>[\w.-]+))?$")
 _UNREACHABLE = ("Max retries exceeded", "Connection refused", "Failed to establish", "timed out")
 
@@ -332,7 +333,9 @@ class Registry:
         """
         import mlflow.pytorch
 
-        module = module.cpu().eval()
+        module = module.cpu()
+        with contextlib.suppress(NotImplementedError):  # a pt2 module is in eval mode already
+            module.eval()
         requirements = [f"torch=={torch.__version__.split('+')[0]}"]
         return self._log_and_register(
             name,

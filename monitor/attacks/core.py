@@ -76,13 +76,25 @@ def input_gradient(
     targeted: bool,
     stats: AttackStats | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradient of the summed attacker loss with respect to x, and the logits at x."""
+    """Gradient of the summed attacker loss with respect to x, and the logits at x.
+
+    A randomised model that declares ``eot_samples = k`` (a defended model's attack view) gets
+    EOT (Athalye et al. 2018): the loss gradient averaged over k draws, in one batched pass;
+    the logits returned are the mean over the draws.
+    """
+    k = int(getattr(model, "eot_samples", 1) or 1)
     x = x.detach().requires_grad_(True)
-    logits = model(x)
-    (grad,) = torch.autograd.grad(attacker_loss(logits, y, targeted).sum(), x)
+    logits = model(x.repeat(k, *([1] * (x.ndim - 1))) if k > 1 else x)
+    loss = attacker_loss(logits, y.repeat(k) if k > 1 else y, targeted).sum() / k
+    if loss.requires_grad:
+        (grad,) = torch.autograd.grad(loss, x)
+    else:  # the model cut the graph (a non-differentiable defence attacked naively)
+        grad = torch.zeros_like(x)
+    if k > 1:
+        logits = logits.view(k, len(x), -1).mean(dim=0)
     if stats is not None:
-        stats.forward += len(x)
-        stats.backward += len(x)
+        stats.forward += k * len(x)
+        stats.backward += k * len(x)
     return grad, logits.detach()
 
 

@@ -18,6 +18,7 @@ PASSED, WARNING, SKIPPED = "passed", "warning", "skipped"
 FGSM_PGD_GAP = 0.30  # FGSM-only adversarial training: 0.87 under FGSM, 0.00 under PGD (eps 0.2)
 LARGE_EPS_MAX_ACCURACY = 0.05
 ZERO_GRADIENT_MAX_SHARE = 0.10
+DEFENCE_MAX_GAIN = 0.10  # robust accuracy an input transformation may add over its parent
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,12 @@ def randomized_model(m: Measurements) -> Check:
     name, p = "randomized_model", m.probes
     if p.randomized is None:
         return Check(name, SKIPPED, "needs a white-box model.")
+    if p.randomized and p.eot_samples > 1:
+        return Check(
+            name,
+            PASSED,
+            f"the model is randomised; gradients were averaged over {p.eot_samples} draws (EOT).",
+        )
     if p.randomized:
         return Check(
             name,
@@ -190,6 +197,52 @@ def randomized_model(m: Measurements) -> Check:
             "randomised model needs expectation over transformation (EOT) attacks.",
         )
     return Check(name, PASSED, "the model is deterministic.")
+
+
+def defence_attacked_adaptively(m: Measurements) -> Check:
+    name, p = "defence_attacked_adaptively", m.probes
+    if p.defence is None:
+        return Check(name, SKIPPED, "the model applies no input transformation.")
+    how = "; ".join(p.defence)
+    if p.adaptive:
+        return Check(name, PASSED, f"attacked through the defence: {how}.")
+    return Check(
+        name,
+        WARNING,
+        f"the defence ({how.replace(' (identity gradient)', '')}) was attacked without BPDA/EOT: "
+        "obfuscated gradients make such numbers overstate robustness (Athalye et al. 2018).",
+    )
+
+
+def defence_gain_plausible(m: Measurements) -> Check:
+    """An input transformation rarely adds more than a few points of robust accuracy under an
+    adaptive attack; much more means the attack did not get through."""
+    name, b = "defence_gain_plausible", m.baseline
+    if m.probes.defence is None or b is None:
+        return Check(name, SKIPPED, "needs a defended version and its parent's matching audit.")
+    allowed = max(DEFENCE_MAX_GAIN, 2 * tolerance(m.n))
+    gains = [
+        (c.robust_accuracy - b.robust[key], c)
+        for c in m.cells
+        if (key := (c.threat, c.attack, c.norm, c.eps)) in b.robust and c.threat == "white-box"
+    ]
+    if not gains:
+        return Check(name, SKIPPED, f"the audit of {b.label} has no matching white-box cells.")
+    gain, cell = max(gains, key=lambda g: g[0])
+    where = f"{cell.attack.upper()} {cell.norm} eps {cell.eps:g}"
+    if gain > allowed:
+        return Check(
+            name,
+            WARNING,
+            f"robust accuracy {cell.robust_accuracy:.3f} under {where} is {gain:+.3f} above "
+            f"{b.label}'s: more than an input transformation plausibly gives (at most "
+            f"{allowed:.2f}); suspect gradient masking and attack it with more BPDA/EOT steps.",
+        )
+    return Check(
+        name,
+        PASSED,
+        f"largest gain over {b.label}: {gain:+.3f} under {where} (at most {allowed:.2f}).",
+    )
 
 
 CHECKS: tuple[Callable[[Measurements], Check], ...] = (
@@ -201,6 +254,8 @@ CHECKS: tuple[Callable[[Measurements], Check], ...] = (
     zero_gradients,
     outputs_are_probabilities,
     randomized_model,
+    defence_attacked_adaptively,
+    defence_gain_plausible,
 )
 
 

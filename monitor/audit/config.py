@@ -13,7 +13,7 @@ from typing import Any
 
 from monitor.errors import AuditError
 
-ATTACK_NAMES = ("fgsm", "pgd")
+ATTACK_NAMES = ("fgsm", "pgd", "apgd")
 DEFAULT_EPS = {"linf": (0.05, 0.1, 0.2), "l2": (0.5, 1.0, 2.0)}
 # Credibility probe: a radius at which every honest attack should leave (almost) nothing.
 LARGE_EPS = {"linf": 1.0, "l2": 100.0}
@@ -32,6 +32,10 @@ class AuditConfig:
     limit: int | None = None
     seed: int = 0
     surrogate: str | None = None
+    # defended models: attack through non-differentiable transforms with BPDA and through
+    # randomised ones with EOT (False only to show the false robustness of a naive attack)
+    adaptive: bool = True
+    eot_samples: int = 10
 
     def __post_init__(self) -> None:
         for attack in self.attacks:
@@ -50,6 +54,8 @@ class AuditConfig:
             raise AuditError("--steps and --restarts must be at least 1.")
         if self.limit is not None and self.limit < 1:
             raise AuditError("--limit must be at least 1.")
+        if self.eot_samples < 1:
+            raise AuditError("eot_samples must be at least 1.")
 
     def eps_for(self, norm: str) -> tuple[float, ...]:
         """The eps grid for one norm, ascending."""
@@ -64,6 +70,9 @@ class AuditConfig:
         data["eps"] = {n: list(self.eps_for(n)) for n in self.norms}
         data["attacks"] = sorted(self.attacks)
         data["norms"] = sorted(self.norms)
+        for key, default in _HASH_DEFAULTS.items():  # added later: old audits keep their hash
+            if data[key] == default:
+                del data[key]
         return data
 
     def hash(self) -> str:
@@ -73,6 +82,9 @@ class AuditConfig:
 
     def with_surrogate(self, surrogate: str | None) -> AuditConfig:
         return replace(self, surrogate=surrogate)
+
+
+_HASH_DEFAULTS = {"adaptive": True, "eot_samples": 10}
 
 
 def parse_eps(text: str) -> tuple[float, ...]:
@@ -108,6 +120,8 @@ _DEFAULT_KEYS = {
     "seed",
     "batch_size",
     "device",
+    "adaptive",
+    "eot_samples",
 }
 
 

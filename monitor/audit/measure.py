@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from monitor.attacks import AttackStats, fgsm, perturbation_size, pgd
+from monitor.attacks import AttackStats, apgd, fgsm, perturbation_size, pgd
 from monitor.attacks.core import attack_mode, input_gradient
 from monitor.audit.config import LARGE_EPS, AuditConfig
 from monitor.classifiers import Classifier, TorchClassifier, check_input_shape
@@ -43,8 +43,11 @@ CRAFT: dict[str, Craft] = {
         seed=seed,
         stats=st,
     ),
+    "apgd": lambda m, x, y, eps, norm, cfg, es, seed, st: apgd(
+        m, x, y, eps, norm=norm, steps=cfg.steps, restarts=cfg.restarts, seed=seed, stats=st
+    ),
 }
-STEPS = {"fgsm": lambda cfg: 1, "pgd": lambda cfg: cfg.steps}
+STEPS = {"fgsm": lambda cfg: 1, "pgd": lambda cfg: cfg.steps, "apgd": lambda cfg: cfg.steps}
 
 
 @dataclass
@@ -85,6 +88,18 @@ class Probes:
     outputs_look_like_probabilities: bool | None = None
     randomized: bool | None = None
     large_eps: CellResult | None = None
+    defence: list[str] | None = None  # a defended model: how the attack went through each part
+    adaptive: bool | None = None  # BPDA/EOT used against the defence
+    eot_samples: int = 1
+
+
+@dataclass
+class Baseline:
+    """The parent version's audit with the same configuration (defended versions only)."""
+
+    label: str
+    clean_accuracy: float
+    robust: dict[tuple[str, str, str, float], float]  # (threat, attack, norm, eps) -> accuracy
 
 
 @dataclass
@@ -95,6 +110,7 @@ class Measurements:
     per_class_clean: dict[int, tuple[int, float]]
     cells: list[CellResult]
     probes: Probes
+    baseline: Baseline | None = None
 
 
 @dataclass
@@ -244,7 +260,7 @@ def measure_cell(
         eps=eps,
         threat=threat,
         steps=STEPS[attack](config),
-        restarts=config.restarts if attack == "pgd" else 1,
+        restarts=config.restarts if attack in ("pgd", "apgd") else 1,
         robust_accuracy=int(robust.sum()) / len(y),
         attack_success_rate=1.0 - int(robust.sum()) / n_correct if n_correct else None,
         n=len(y),
@@ -282,9 +298,9 @@ def probe(
     if idx.numel() == 0:
         return Probes()
     xs, ys = x[idx].to(target.device), y[idx].to(target.device)
-    with attack_mode(target.module):
-        grad, logits = input_gradient(target.module, xs, ys, targeted=False)
-        again = target.module(xs).detach()
+    with attack_mode(target.module):  # gradients as the attacks see them (BPDA/EOT included)
+        grad, logits = input_gradient(target.crafting_module, xs, ys, targeted=False)
+        first, again = target.module(xs).detach(), target.module(xs).detach()
     flat = grad.flatten(1)
     finite = torch.isfinite(flat).all(dim=1)
     zero = finite & (flat.abs().amax(dim=1) == 0)
@@ -312,6 +328,20 @@ def probe(
         zero_gradient_share=float(zero.float().mean()),
         nonfinite_gradient_share=float((~finite).float().mean()),
         outputs_look_like_probabilities=looks_like_probs,
-        randomized=bool((again - logits).abs().max() > 1e-4),
+        randomized=bool((again - first).abs().max() > 1e-4),
         large_eps=large,
+        **defence_record(target, config),
     )
+
+
+def defence_record(target: TorchClassifier, config: AuditConfig) -> dict:
+    """How the audit attacked a defended model (input transformations before a classifier)."""
+    from monitor.harden.transforms import DefendedModel
+
+    if not isinstance(target.module, DefendedModel):
+        return {}
+    return {
+        "defence": target.module.adaptations(config.eot_samples),
+        "adaptive": config.adaptive,
+        "eot_samples": int(getattr(target.crafting_module, "eot_samples", 1)),
+    }

@@ -17,7 +17,7 @@ import torch
 from monitor.audit import store
 from monitor.audit.checks import run_checks
 from monitor.audit.config import AuditConfig
-from monitor.audit.measure import Attackers, Measurements, measure
+from monitor.audit.measure import Attackers, Baseline, Measurements, measure
 from monitor.audit.report import example_gallery, robust_accuracy_plot
 from monitor.audit.score import robustness_score
 from monitor.audit.store import AuditDetail
@@ -27,7 +27,7 @@ from monitor.datasets import Dataset, load_dataset
 from monitor.db.session import Database
 from monitor.errors import AuditError, ModelIncompatible, RobmonError
 from monitor.progress import Reporter, silent
-from monitor.registry import ModelVersionRef, Registry
+from monitor.registry import PARENT_TAG, ModelVersionRef, Registry
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,8 @@ def execute(
         measurements = measure(
             attackers, data.x, data.y, plan.config, batch_size=batch_size, report=report
         )
+        if measurements.probes.defence is not None:
+            measurements.baseline = parent_baseline(db, registry, plan)
         checks = run_checks(measurements)
         score = robustness_score(measurements.cells)
         artifacts = render_artifacts(plan, measurements, score)
@@ -188,6 +190,11 @@ def load_attackers(
             )
     if not isinstance(target, TorchClassifier) and surrogate is None:
         raise ModelIncompatible(f"{plan.ref} is a black box and no surrogate was found.")
+    if isinstance(target, TorchClassifier) and plan.config.adaptive:
+        from monitor.harden.transforms import DefendedModel
+
+        if isinstance(target.module, DefendedModel):  # BPDA and EOT through the defence
+            target.attack_module = target.module.attack_view(plan.config.eot_samples)
     if fast:
         from monitor.attacks.fast import accelerate
 
@@ -195,6 +202,24 @@ def load_attackers(
             if isinstance(model, TorchClassifier):
                 model.attack_module = accelerate(model.module)
     return Attackers(target=target, surrogate=surrogate)
+
+
+def parent_baseline(db: Database, registry: Registry, plan: Plan) -> Baseline | None:
+    """The succeeded audit of the version this one was derived from (tag robustness.parent),
+    with the same configuration; None when there is none."""
+    parent = registry.version_tags(plan.ref).get(PARENT_TAG)
+    if not parent or "/" not in parent:
+        return None
+    name, version = parent.rsplit("/", 1)
+    audit_id = store.find_reusable(db, name, version, plan.config_hash)
+    if audit_id is None:
+        return None
+    audit = store.get_audit(db, audit_id)
+    return Baseline(
+        label=f"{name} v{version}",
+        clean_accuracy=audit.clean_accuracy or 0.0,
+        robust={(r.threat, r.attack, r.norm, r.eps): r.robust_accuracy for r in audit.results},
+    )
 
 
 def render_artifacts(

@@ -22,6 +22,7 @@ from monitor.cli import (  # noqa: F401  (each module registers its commands on 
     audits,
     dashboard,
     gate,
+    harden,
     models,
     monitoring,
     operations,

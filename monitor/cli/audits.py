@@ -35,7 +35,9 @@ def audit(
         help="digits, digits28, a .npz file or an image folder "
         "(default: the version's robustness.dataset tag, then robmon.toml [audit].dataset).",
     ),
-    attack: list[str] = typer.Option(None, "--attack", help="fgsm and/or pgd (repeatable)."),
+    attack: list[str] = typer.Option(
+        None, "--attack", help="fgsm, pgd and/or apgd (repeatable; default fgsm and pgd)."
+    ),
     eps: str | None = typer.Option(None, help="Comma-separated radii, e.g. 0.05,0.1,0.2 or 8/255."),
     norm: list[str] = typer.Option(None, "--norm", help="linf and/or l2 (repeatable)."),
     steps: int | None = typer.Option(None, help="PGD steps (default 10)."),
@@ -49,6 +51,12 @@ def audit(
         "newest torch model registered for the same dataset).",
     ),
     device: str | None = typer.Option(None, help="cpu or cuda (default: CUDA when available)."),
+    adaptive: bool = typer.Option(
+        True,
+        help="Defended versions: BPDA through non-differentiable transformations, EOT through "
+        "randomised ones (--no-adaptive shows what a naive attack would report).",
+    ),
+    eot_samples: int | None = typer.Option(None, help="EOT draws per gradient (default 10)."),
     force: bool = typer.Option(False, help="Run again even if this audit exists."),
     queue: bool = typer.Option(
         False, "--queue", help="Queue it for `robmon worker` processes instead of running it here."
@@ -77,6 +85,8 @@ def audit(
         "limit": limit,
         "seed": seed,
         "surrogate": surrogate,
+        "adaptive": None if adaptive else False,
+        "eot_samples": eot_samples,
     }
     fields = {k: v for k, v in defaults.items() if k in AuditConfig.__dataclass_fields__}
     fields.update({k: v for k, v in chosen.items() if v is not None})

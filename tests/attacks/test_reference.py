@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from monitor.attacks import fgsm, pgd
+from monitor.attacks import apgd, fgsm, pgd
 
 art = pytest.importorskip("art")
 
@@ -55,4 +55,27 @@ def test_pgd_is_at_least_as_strong_as_art(trained_cnn, digits, norm, eps, art_no
     np.random.seed(0)
     theirs = _accuracy(trained_cnn, attack.generate(x.numpy(), y=y.numpy()), y)
     ours = _accuracy(trained_cnn, pgd(trained_cnn, x, y, eps, norm=norm, steps=20, seed=0), y)
+    assert ours <= theirs + 0.02
+
+
+@pytest.mark.parametrize(("norm", "eps", "art_norm"), [("linf", 0.1, np.inf), ("l2", 1.0, 2)])
+def test_apgd_is_at_least_as_strong_as_arts_auto_pgd(
+    trained_cnn, digits, norm, eps, art_norm
+) -> None:
+    from art.attacks.evasion import AutoProjectedGradientDescent
+
+    x, y = digits.x, digits.y
+    attack = AutoProjectedGradientDescent(
+        _art_classifier(trained_cnn),
+        norm=art_norm,
+        eps=eps,
+        eps_step=2 * eps,
+        max_iter=50,
+        nb_random_init=1,
+        loss_type="cross_entropy",
+        verbose=False,
+    )
+    np.random.seed(0)
+    theirs = _accuracy(trained_cnn, attack.generate(x.numpy(), y=y.numpy()), y)
+    ours = _accuracy(trained_cnn, apgd(trained_cnn, x, y, eps, norm=norm, steps=50, seed=0), y)
     assert ours <= theirs + 0.02
