@@ -194,3 +194,19 @@ def test_the_documented_examples_stay_valid() -> None:
     steps = workflow["jobs"]["release"]["steps"]
     gate_step = next(s for s in steps if "robmon gate" in s.get("run", ""))
     assert "--promote champion" in gate_step["run"] and "--audit-if-missing" in gate_step["run"]
+
+
+def test_a_policy_can_require_apgd(demo_home, robmon, tmp_path) -> None:
+    path = tmp_path / "apgd.toml"
+    path.write_text(
+        '[audit]\ndataset = "digits"\nattacks = ["pgd", "apgd"]\neps = [0.1]\nlimit = 150\n'
+        '[criteria]\nmin_robust_accuracy = [{attack = "apgd", norm = "linf", eps = 0.1, '
+        "value = 0.6}]\n"
+    )
+    result = gate(robmon, "models:/digits-cnn/1", str(path))
+    assert result.code == 1, result.stderr
+    [criterion] = [c for c in result.json()["criteria"] if c["name"].startswith("min_robust")]
+    assert criterion["name"] == "min_robust_accuracy[apgd linf 0.1]"
+    assert criterion["passed"] is False and 0.3 < criterion["value"] < 0.6
+    shown = robmon("audits", "show", str(result.json()["audit_id"]), "--json").json()
+    assert {r["attack"] for r in shown["results"]} == {"pgd", "apgd"}

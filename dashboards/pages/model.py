@@ -88,6 +88,7 @@ def layout(name: str | None = None, version: str | None = None, **_query: str) -
                     dbc.Col([html.H3("Credibility checks", className="h6"), _checks(detail)], md=6),
                 ]
             ),
+            _lineage(name, chosen),
             html.H3("Examples", className="h6 mt-3"),
             _gallery(selected.audit_id),
             html.H3("Gate decisions", className="h6 mt-4"),
@@ -233,6 +234,63 @@ def _gates(name: str) -> html.Div:
         size="sm",
         hover=True,
         id="model-gates",
+    )
+
+
+def _lineage(name: str, version: str) -> html.Div:
+    """A hardened or defended version beside its parent: what it cost, what it gained."""
+    from monitor.audit.compare import compare
+    from monitor.errors import RobmonError
+    from monitor.registry import PARENT_TAG, ModelVersionRef
+
+    context = current()
+    try:
+        registry = context.registry()
+        parent = registry.version_tags(ModelVersionRef(name, version)).get(PARENT_TAG)
+        if not parent:
+            return html.Div(id="model-lineage")
+        c = compare(context.db, registry, f"models:/{parent}", f"models:/{name}/{version}")
+    except RobmonError as err:
+        return html.Div(html.P(f"Lineage unavailable: {err}", className="text-muted small"))
+    trained = f", trained in {c.b.training_seconds:.1f} s" if c.b.training_seconds else ""
+    rows = [("clean", "", c.a.audit.clean_accuracy, c.b.audit.clean_accuracy, c.clean_delta)]
+    rows += [(f"{d.attack.upper()} {d.norm}", f"{d.eps:g}", d.a, d.b, d.delta) for d in c.cells]
+    header = ("", "eps", f"parent v{c.a.ref.version}", f"v{version}", "change")
+    return html.Div(
+        [
+            html.H3(f"Against its parent v{c.a.ref.version}", className="h6 mt-3"),
+            html.P(f"{c.b.lineage}{trained}.", className="text-muted small mb-1"),
+            dbc.Table(
+                [
+                    html.Thead(html.Tr([html.Th(h) for h in header])),
+                    html.Tbody(
+                        [
+                            html.Tr(
+                                [
+                                    html.Td(what),
+                                    html.Td(eps),
+                                    html.Td(number(a)),
+                                    html.Td(number(b)),
+                                    html.Td(
+                                        "" if delta is None else f"{delta:+.3f}",
+                                        className="text-success"
+                                        if (delta or 0) > 0
+                                        else "text-danger"
+                                        if (delta or 0) < 0
+                                        else "",
+                                    ),
+                                ]
+                            )
+                            for what, eps, a, b, delta in rows
+                        ]
+                    ),
+                ],
+                size="sm",
+                hover=True,
+                className="w-auto",
+            ),
+        ],
+        id="model-lineage",
     )
 
 

@@ -236,7 +236,8 @@ def defence_gain_plausible(m: Measurements) -> Check:
             WARNING,
             f"robust accuracy {cell.robust_accuracy:.3f} under {where} is {gain:+.3f} above "
             f"{b.label}'s: more than an input transformation plausibly gives (at most "
-            f"{allowed:.2f}); suspect gradient masking and attack it with more BPDA/EOT steps.",
+            f"{allowed:.2f}); suspect gradient masking: attack with more steps and restarts, and "
+            "look at larger eps (quantising defences resist eps under half their step only).",
         )
     return Check(
         name,

@@ -3,7 +3,7 @@
 import pytest
 
 from monitor.audit.checks import PASSED, SKIPPED, WARNING, run_checks
-from monitor.audit.measure import CellResult, Measurements, Probes
+from monitor.audit.measure import Baseline, CellResult, Measurements, Probes
 from monitor.audit.score import robustness_score
 
 
@@ -36,7 +36,12 @@ HONEST = [
 
 def test_an_honest_audit_passes_everything_applicable() -> None:
     result = statuses(measurements(HONEST))
-    assert result.pop("transfer_stronger_than_whitebox") == SKIPPED
+    for not_applicable in (
+        "transfer_stronger_than_whitebox",
+        "defence_attacked_adaptively",  # no defence
+        "defence_gain_plausible",
+    ):
+        assert result.pop(not_applicable) == SKIPPED
     assert set(result.values()) == {PASSED}
 
 
@@ -109,3 +114,40 @@ def test_score_is_the_mean_worst_case_robust_accuracy() -> None:
     assert robustness_score([*HONEST, cell("fgsm", 0.1, 0.2, threat="transfer")]) == (
         pytest.approx(100 * (0.2 + 0.01) / 2)
     )
+
+
+DEFENDED = {"defence": ["bits:4: BPDA (identity gradient)"], "adaptive": True}
+
+
+def with_parent(cells, parent_pgd: float, **probes) -> Measurements:
+    m = measurements(cells, **probes)
+    m.baseline = Baseline(
+        "digits-cnn v1",
+        0.98,
+        {("white-box", "pgd", "linf", 0.1): parent_pgd, ("white-box", "fgsm", "linf", 0.1): 0.53},
+    )
+    return m
+
+
+def test_a_defence_attacked_adaptively_close_to_its_parent_passes() -> None:
+    result = {c.name: c for c in run_checks(with_parent(HONEST, 0.47, **DEFENDED))}
+    assert result["defence_attacked_adaptively"].status == PASSED
+    assert "bits:4: BPDA" in result["defence_attacked_adaptively"].detail
+    assert result["defence_gain_plausible"].status == PASSED
+    assert "+0.020" in result["defence_gain_plausible"].detail
+
+
+def test_a_defence_far_above_its_parent_or_attacked_naively_warns() -> None:
+    cells = [cell("fgsm", 0.1, 0.90), cell("pgd", 0.1, 0.88)]
+    result = {c.name: c for c in run_checks(with_parent(cells, 0.49, **DEFENDED))}
+    assert result["defence_gain_plausible"].status == WARNING
+    assert "+0.390 above digits-cnn v1's" in result["defence_gain_plausible"].detail
+    naive = {**DEFENDED, "adaptive": False}
+    result = {c.name: c for c in run_checks(with_parent(cells, 0.49, **naive))}
+    assert result["defence_attacked_adaptively"].status == WARNING
+    assert "without BPDA/EOT" in result["defence_attacked_adaptively"].detail
+
+
+def test_a_randomised_model_attacked_with_eot_passes() -> None:
+    m = measurements(HONEST, randomized=True, eot_samples=10)
+    assert statuses(m)["randomized_model"] == PASSED
