@@ -106,8 +106,13 @@ class Registry:
 
         ``not_found`` is the sentence for a missing resource (default: MLflow's own words).
         """
+        import mlflow
         from mlflow.exceptions import MlflowException
 
+        # loaders that take a models:/ URI use MLflow's process-wide URIs: point them at this
+        # registry's store (a process may hold registries of several stores)
+        mlflow.set_tracking_uri(self.settings.mlflow_tracking_uri)
+        mlflow.set_registry_uri(self.settings.mlflow_tracking_uri)
         try:
             return fn(*args, **kwargs)
         except MlflowException as err:
@@ -384,8 +389,6 @@ class Registry:
         import mlflow
 
         experiment_id = self.experiment_id(experiment)
-        mlflow.set_tracking_uri(self.settings.mlflow_tracking_uri)
-        mlflow.set_registry_uri(self.settings.mlflow_tracking_uri)
         chatter = io.StringIO()  # MLflow prints "Created version ..." on stderr; log it instead
         with (
             contextlib.redirect_stderr(chatter),

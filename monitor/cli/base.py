@@ -31,6 +31,15 @@ app = typer.Typer(
 
 JSON_OPTION = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
 
+METRICS_PORT = typer.Option(
+    None,
+    envvar="ROBMON_METRICS_PORT",
+    help="Serve /healthz and /metrics (Prometheus) on this port (0: any free port).",
+)
+METRICS_HOST = typer.Option(
+    "127.0.0.1", envvar="ROBMON_METRICS_HOST", help="Address for /healthz and /metrics."
+)
+
 
 @dataclass
 class State:

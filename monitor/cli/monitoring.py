@@ -11,6 +11,8 @@ import typer
 
 from monitor.cli.base import (
     JSON_OPTION,
+    METRICS_HOST,
+    METRICS_PORT,
     app,
     emit_json,
     fmt,
@@ -167,12 +169,8 @@ def ingest(
         None, help="Keep flagged inputs as PNG files in this folder for review."
     ),
     device: str = typer.Option("cpu", help="cpu or cuda."),
-    metrics_port: int | None = typer.Option(
-        None,
-        envvar="ROBMON_METRICS_PORT",
-        help="Serve /healthz and /metrics on this port while following or consuming.",
-    ),
-    metrics_host: str = typer.Option("127.0.0.1", envvar="ROBMON_METRICS_HOST"),
+    metrics_port: int | None = METRICS_PORT,
+    metrics_host: str = METRICS_HOST,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Score production records: confidence and feature-squeezing flags, exactly once."""

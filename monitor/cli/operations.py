@@ -8,7 +8,17 @@ import threading
 
 import typer
 
-from monitor.cli.base import JSON_OPTION, app, emit_json, note, print_table, say, state
+from monitor.cli.base import (
+    JSON_OPTION,
+    METRICS_HOST,
+    METRICS_PORT,
+    app,
+    emit_json,
+    note,
+    print_table,
+    say,
+    state,
+)
 
 jobs_app = typer.Typer(help="Scheduled jobs and their outcomes.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
@@ -31,16 +41,6 @@ def _service_logging() -> None:
     """Long-running services log their activity (INFO) unless --debug asked for more."""
     if not state.debug:
         logging.getLogger("monitor").setLevel(logging.INFO)
-
-
-METRICS_PORT = typer.Option(
-    None,
-    envvar="ROBMON_METRICS_PORT",
-    help="Serve /healthz and /metrics (Prometheus) on this port (0: any free port).",
-)
-METRICS_HOST = typer.Option(
-    "127.0.0.1", envvar="ROBMON_METRICS_HOST", help="Address for /healthz and /metrics."
-)
 
 
 def start_health(host: str, port: int | None, alive=lambda: True) -> None:

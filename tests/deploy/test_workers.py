@@ -96,12 +96,19 @@ def test_worker_health_metrics_and_json_logs(deployment, served_model, robmon, t
         log=log,
     )
     try:
-        wait_for(lambda: any(a.status == "succeeded" for a in audits()), 180, "the audit")
+
+        def scraped() -> str | None:  # the worker counts the audit after its MLflow write-back
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+            except OSError:  # still starting
+                return None
+            done = 'robmon_audit_duration_seconds_count{outcome="succeeded"} 1.0'
+            return text.decode() if done in text.decode() else None
+
+        metrics = wait_for(scraped, 180, "the audit in the worker's metrics", interval=0.5)
+        assert any(a.status == "succeeded" for a in audits())
         health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10))
         assert health == {"status": "ok", "service": "ok", "database": "ok", "mlflow": "ok"}
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
-        metrics = text.decode()
-        assert 'robmon_audit_duration_seconds_count{outcome="succeeded"} 1.0' in metrics
         assert "robmon_open_alerts" in metrics or "robmon_webhook_failures_total" in metrics
     finally:
         worker.send_signal(signal.SIGTERM)
