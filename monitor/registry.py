@@ -113,8 +113,10 @@ class Registry:
         # registry's store (a process may hold registries of several stores)
         mlflow.set_tracking_uri(self.settings.mlflow_tracking_uri)
         mlflow.set_registry_uri(self.settings.mlflow_tracking_uri)
+        chatter = io.StringIO()  # MLflow prints run links on stdout: stdout stays ours (--json)
         try:
-            return fn(*args, **kwargs)
+            with contextlib.redirect_stdout(chatter):
+                return fn(*args, **kwargs)
         except MlflowException as err:
             text = str(err)
             if err.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in text.lower():
@@ -130,6 +132,9 @@ class Registry:
                 f"the MLflow tracking server at {self.settings.mlflow_tracking_uri} "
                 f"is unreachable ({what}): {err}."
             ) from err
+        finally:
+            for line in chatter.getvalue().splitlines():
+                log.info("mlflow: %s", line)
 
     # -- references -----------------------------------------------------------------------
 
@@ -389,9 +394,10 @@ class Registry:
         import mlflow
 
         experiment_id = self.experiment_id(experiment)
-        chatter = io.StringIO()  # MLflow prints "Created version ..." on stderr; log it instead
+        chatter = io.StringIO()  # MLflow prints "Created version ..." and run links; log them
         with (
             contextlib.redirect_stderr(chatter),
+            contextlib.redirect_stdout(chatter),
             self._call(
                 "start a run",
                 mlflow.start_run,

@@ -41,6 +41,12 @@ def check(
     audit_if_missing: bool = typer.Option(
         False, "--audit-if-missing", help="Run the audits the policy needs if they are missing."
     ),
+    queue_if_missing: bool = typer.Option(
+        False,
+        "--queue-if-missing",
+        help="Queue missing audits for `robmon worker` processes (the decision is undecided, "
+        "exit 2, until they have run).",
+    ),
     promote: str | None = typer.Option(
         None, help="Move this alias to the version when (and only when) it passes."
     ),
@@ -62,6 +68,7 @@ def check(
                 db,
                 registry,
                 audit_if_missing=audit_if_missing,
+                queue_if_missing=queue_if_missing,
                 baseline=baseline,
                 device=device,
                 report=report,

@@ -74,6 +74,7 @@ class GateRun:
     db: Database
     registry: Registry
     audit_if_missing: bool = False
+    queue_if_missing: bool = False  # a deployment: workers run audits, the gate waits for them
     baseline: str | None = None
     device: str | None = None
     report: Reporter = silent
@@ -117,6 +118,15 @@ def _matching_audit(run: GateRun, ref: ModelVersionRef, policy: Policy, role: st
     existing = audits.find_reusable(run.db, ref.name, ref.version, plan.config_hash)
     if existing is not None:
         return audits.get_audit(run.db, existing)
+    if run.queue_if_missing and not run.audit_if_missing:
+        from monitor.audit import queue
+
+        queued = queue.enqueue(run.db, plan, "gate")
+        raise GateUndecided(
+            f"no audit of the {role} {ref} matches the policy: "
+            + (f"queued it as audit {queued}" if queued else "it is queued or running already")
+            + "; run the gate again when a worker has finished it."
+        )
     if not run.audit_if_missing:
         c = plan.config
         eps = ", ".join(f"{e:g}" for n in c.norms for e in c.eps_for(n))

@@ -116,3 +116,25 @@ def test_worker_health_metrics_and_json_logs(deployment, served_model, robmon, t
     entries = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     assert any("runs audit" in e["message"] for e in entries)
     assert all({"ts", "level", "logger", "message"} <= set(e) for e in entries)
+
+
+def test_the_gate_queues_a_missing_audit_for_the_workers(
+    deployment, served_model, robmon, tmp_path
+):
+    path = tmp_path / "policy.toml"
+    path.write_text(
+        '[audit]\ndataset = "digits"\neps = [0.1]\nlimit = 60\n'
+        "[criteria]\nmin_clean_accuracy = 0.5\n"
+    )
+    args = ("gate", served_model, "--policy", str(path), "--queue-if-missing", "--json")
+    first = robmon(*args)
+    assert first.code == 2, first.stderr + first.stdout
+    assert "queued it as audit" in first.json()["reason"]
+    assert robmon(*args).code == 2  # still queued: not queued twice
+    assert [a.status for a in audits()] == ["queued"]
+    worker = robmon("worker", "--once", "--json")
+    assert worker.code == 0, worker.stderr
+    assert "succeeded" in worker.json()["audits"][0]
+    decided = robmon(*args)
+    assert decided.code == 0, decided.stdout
+    assert decided.json()["audit_id"] == audits()[0].id
