@@ -101,10 +101,10 @@ class StreamConsumer:
                 try:
                     if own_pending:
                         settle()
-                    entries, redelivered = self._next_entries(own_pending, block=not drain)
-                    own_pending = False
+                    entries, source = self._next_entries(own_pending, block=not drain)
+                    own_pending = source == "own"  # read them until none are left
                     if entries:
-                        prepared = self._prepare(entries, redelivered)
+                        prepared = self._prepare(entries, redelivered=source != "new")
                         settle()
                         pending = writer.submit(self._store, prepared)
                     else:
@@ -133,20 +133,21 @@ class StreamConsumer:
             if "BUSYGROUP" not in str(err):
                 raise RobmonError(f"cannot create consumer group {self.group}: {err}.") from None
 
-    def _next_entries(self, own_pending: bool, block: bool) -> tuple[list[Any], bool]:
-        """(entries, whether they may have been committed before): this consumer's pending
-        entries when asked, else entries idle too long at other consumers, else new ones."""
+    def _next_entries(self, own_pending: bool, block: bool) -> tuple[list[Any], str]:
+        """(entries, where from): this consumer's pending entries when asked ("own"), else
+        entries idle too long at other consumers ("claimed"), else new ones ("new"). Own and
+        claimed entries may have been committed before (see ``_prepare``)."""
         count = self.ingester.batch_size
         if own_pending:
             own = self._read("0", count, None)
             if own:
-                return own, True
+                return own, "own"
         if time.monotonic() >= self._next_claim:
             self._next_claim = time.monotonic() + max(self.claim_after / 4, 0.5)
             claimed = self._claim(count)
             if claimed:
-                return claimed, True
-        return self._read(">", count, int(self.block * 1000) if block else None), False
+                return claimed, "claimed"
+        return self._read(">", count, int(self.block * 1000) if block else None), "new"
 
     def _read(self, start: str, count: int, block_ms: int | None) -> list[Any]:
         answer = self.redis.xreadgroup(

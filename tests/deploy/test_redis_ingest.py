@@ -127,10 +127,10 @@ def test_an_entry_committed_but_not_acknowledged_is_acknowledged_not_scored_twic
 
 def _step(consumer, client) -> bool:
     """One round of reading; True once nothing is pending."""
-    entries, redelivered = consumer._next_entries(False, block=False)
+    entries, source = consumer._next_entries(False, block=False)
     if entries:
-        assert redelivered  # claimed from the dead consumer
-        consumer.handle(entries, redelivered)
+        assert source == "claimed"  # from the dead consumer
+        consumer.handle(entries, redelivered=True)
     return client.xpending(consumer.address.stream, consumer.group)["pending"] == 0
 
 
@@ -214,3 +214,60 @@ def test_bad_stream_addresses_get_one_sentence(deployment, robmon):
     assert result.stderr.startswith("error: cannot reach Redis at redis://127.0.0.1:1")
     result = robmon("ingest")
     assert result.code == 2
+
+
+def test_a_failed_commit_leaves_the_entries_pending_and_they_are_scored_once_after_it(
+    demo_home, digits, stream
+):
+    """The database refuses one batch's commit (SQLite trigger): the consumer pauses, reads its
+    own pending entries again, and once the database accepts them every entry is stored once."""
+    import redis
+    from sqlalchemy import text
+
+    from monitor.config import load_settings
+    from monitor.db.session import open_database
+    from monitor.ingest.broker import StreamConsumer
+    from monitor.ingest.pipeline import Ingester
+    from monitor.ingest.redis_stream import StreamAddress
+    from monitor.registry import Registry
+
+    address = StreamAddress.parse(stream)
+    client = redis.Redis.from_url(address.url)
+    for i in range(60):
+        source = "boom" if i == 35 else f"10.1.0.{i % 5}"
+        client.xadd(address.stream, {"record": record(digits.x[i], source=source, rid=f"r{i}")})
+    settings = load_settings()
+    db = open_database(settings)
+    with db.session() as s:
+        s.execute(
+            text(
+                "CREATE TRIGGER refuse BEFORE INSERT ON input_scores WHEN NEW.source = 'boom' "
+                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+        )
+    consumer = StreamConsumer(
+        Ingester(db, Registry(settings), settings, batch_size=10),
+        address,
+        "g",
+        "c",
+        retry_after=0.5,
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=consumer.run, args=(stop, True))
+    thread.start()
+    try:
+        # batches before the refused one are committed and acknowledged; it stays pending
+        wait_for(lambda: client.xpending(address.stream, "g")["pending"] > 0, 60, "a refusal")
+        with db.session() as s:
+            assert s.scalar(select(func.count()).select_from(InputScore)) < 60
+            s.execute(text("DROP TRIGGER refuse"))
+        thread.join(timeout=20)  # well before --claim-after (60 s): its own entries, read again
+        assert not thread.is_alive()
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    with db.session() as s:
+        ids = sorted(s.scalars(select(InputScore.request_id)), key=lambda r: int(r[1:]))
+    db.dispose()
+    assert ids == [f"r{i}" for i in range(60)]  # each once, none lost
+    assert client.xpending(address.stream, "g")["pending"] == 0
