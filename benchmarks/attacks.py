@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._timing import median_seconds, table
 from monitor import architectures
-from monitor.attacks import fgsm, pgd
+from monitor.attacks import apgd, fgsm, pgd
 from monitor.attacks.core import attack_mode, input_gradient
 
 
@@ -135,9 +135,63 @@ def bench(label, model, x, y, eps, steps, repeats, device, with_art):
         print(f"FGSM accuracies equal: {abs(art['fgsm_acc'] - acc_fgsm) < 1e-9}")
     elif with_art:
         print("(adversarial-robustness-toolbox is not installed: no ART comparison)")
+    rows += apgd_rows(model, x, y, eps, steps, repeats, device, floor, with_art)
     if device.type == "cuda":
         rows += fast_rows(model, x, y, eps, steps, repeats, device, t_pgd, acc_pgd)
     print(table(rows, ("measure", "ratio", "time", "robust acc")))
+
+
+def apgd_rows(model, x, y, eps, steps, repeats, device, floor, with_art):
+    """APGD-CE at the same steps: against k floors, and ART's AutoProjectedGradientDescent."""
+    t_apgd = median_seconds(lambda: apgd(model, x, y, eps, steps=steps, seed=0), device, repeats)
+    acc = accuracy(model, apgd(model, x, y, eps, steps=steps, seed=0), y)
+    rows = [
+        (
+            f"APGD-{steps} (early stop on) / {steps} floors",
+            f"{t_apgd / (steps * floor):.3f}",
+            f"{t_apgd * 1e3:.1f} ms",
+            f"{acc:.3f}",
+        )
+    ]
+    try:
+        import numpy as np
+        from art.attacks.evasion import AutoProjectedGradientDescent
+        from art.estimators.classification import PyTorchClassifier
+    except ImportError:
+        return rows
+    if not with_art:
+        return rows
+    clf = PyTorchClassifier(
+        model=model,
+        loss=torch.nn.CrossEntropyLoss(),
+        input_shape=tuple(x.shape[1:]),
+        nb_classes=10,
+        clip_values=(0.0, 1.0),
+        device_type="gpu" if device.type == "cuda" else "cpu",
+    )
+    art_apgd = AutoProjectedGradientDescent(
+        clf,
+        eps=eps,
+        eps_step=2 * eps,
+        max_iter=steps,
+        nb_random_init=1,
+        batch_size=len(x),
+        loss_type="cross_entropy",
+        verbose=False,
+    )
+    xn, yn = x.cpu().numpy(), y.cpu().numpy()
+    np.random.seed(0)
+    art_acc = accuracy(model, torch.as_tensor(art_apgd.generate(xn, y=yn), device=device), y)
+    t_art = median_seconds(lambda: art_apgd.generate(xn, y=yn), device, max(3, repeats // 2))
+    rows.append(
+        (
+            "ART AutoPGD / our APGD",
+            f"{t_art / t_apgd:.2f}x slower",
+            f"{t_art * 1e3:.1f} ms",
+            f"{art_acc:.3f}",
+        )
+    )
+    return rows
 
 
 def fast_rows(model, x, y, eps, steps, repeats, device, t_pgd, acc_pgd):
