@@ -75,3 +75,10 @@ class PolicyError(RobmonError):
     """Raised for an invalid gate policy; the gate exits 2 (could not decide)."""
 
     exit_code = 2
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (a database error's driver message when it has
+    one); the error's type when the message is empty."""
+    lines = str(getattr(err, "orig", None) or err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__

@@ -91,8 +91,12 @@ class OpenAlerts(Collector):
         yield family
 
 
+_open_alerts: OpenAlerts | None = None
+
+
 def watch_open_alerts(db) -> None:
-    """Report open alerts from ``db`` (once per process)."""
-    if not getattr(watch_open_alerts, "installed", False):
-        REGISTRY.register(OpenAlerts(db))
-        watch_open_alerts.installed = True
+    """Report open alerts from ``db`` (registered once per process)."""
+    global _open_alerts
+    if _open_alerts is None:
+        _open_alerts = OpenAlerts(db)
+        REGISTRY.register(_open_alerts)

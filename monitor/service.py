@@ -20,6 +20,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import make_wsgi_app
 from sqlalchemy import text
 
+from monitor.errors import first_line
 from monitor.metrics import REGISTRY, watch_open_alerts
 
 log = logging.getLogger(__name__)
@@ -34,12 +35,12 @@ def health(db, registry, alive: Callable[[], bool] = lambda: True) -> tuple[bool
             s.execute(text("SELECT 1"))
         parts["database"] = "ok"
     except Exception as err:
-        parts["database"] = _first_line(err)
+        parts["database"] = first_line(err)[:300]
     try:
         registry.wait_until_reachable(attempts=1)
         parts["mlflow"] = "ok"
     except Exception as err:
-        parts["mlflow"] = _first_line(err)
+        parts["mlflow"] = first_line(err)[:300]
     return all(v == "ok" for v in parts.values()), parts
 
 
@@ -104,8 +105,3 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
-
-
-def _first_line(err: BaseException) -> str:
-    text_ = str(getattr(err, "orig", None) or err).strip()
-    return (text_.splitlines() or [type(err).__name__])[0][:300]

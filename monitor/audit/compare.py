@@ -77,8 +77,7 @@ def compare(db: Database, registry: Registry, first: str, second: str) -> Compar
         for ref, audit_id in zip(refs, ids[:2], strict=True)
     )
     comparison = Comparison(a, b, same_config=ids[2])
-    rows_a = {(r.threat, r.attack, r.norm, r.eps): r.robust_accuracy for r in a.audit.results}
-    rows_b = {(r.threat, r.attack, r.norm, r.eps): r.robust_accuracy for r in b.audit.results}
+    rows_a, rows_b = a.audit.robust_by_cell(), b.audit.robust_by_cell()
     for key in sorted(set(rows_a) | set(rows_b), key=lambda k: (k[0], k[2], k[1], k[3])):
         comparison.cells.append(CellDelta(*key, rows_a.get(key), rows_b.get(key)))
     return comparison

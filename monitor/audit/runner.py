@@ -218,7 +218,7 @@ def parent_baseline(db: Database, registry: Registry, plan: Plan) -> Baseline | 
     return Baseline(
         label=f"{name} v{version}",
         clean_accuracy=audit.clean_accuracy or 0.0,
-        robust={(r.threat, r.attack, r.norm, r.eps): r.robust_accuracy for r in audit.results},
+        robust=audit.robust_by_cell(),
     )
 
 

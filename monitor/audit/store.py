@@ -92,6 +92,10 @@ class AuditDetail(AuditSummary):
     checks: list[Check] = field(default_factory=list)
     artifact_names: list[str] = field(default_factory=list)
 
+    def robust_by_cell(self) -> dict[tuple[str, str, str, float], float]:
+        """(threat, attack, norm, eps) -> robust accuracy."""
+        return {(r.threat, r.attack, r.norm, r.eps): r.robust_accuracy for r in self.results}
+
 
 def active_key(name: str, version: str, config_hash: str) -> str:
     return f"{name}/{version}/{config_hash}"

@@ -28,7 +28,7 @@ from monitor.cli import (  # noqa: F401  (each module registers its commands on 
     operations,
 )
 from monitor.cli.base import app, state
-from monitor.errors import RobmonError
+from monitor.errors import RobmonError, first_line
 
 
 @app.callback()
@@ -85,7 +85,7 @@ def main() -> None:
     except SQLAlchemyError as err:  # the database refused: its own words, in one line
         if state.debug:
             traceback.print_exc()
-        detail = _first_line(getattr(err, "orig", None) or err).rstrip(".")
+        detail = first_line(err).rstrip(".")
         print(
             f"error: the database failed: {detail} (run with --debug for the traceback).",
             file=sys.stderr,
@@ -95,7 +95,7 @@ def main() -> None:
         if state.debug:
             traceback.print_exc()
         print(
-            f"error: unexpected {type(err).__name__}: {_first_line(err)} "
+            f"error: unexpected {type(err).__name__}: {first_line(err)} "
             "(run with --debug for the traceback).",
             file=sys.stderr,
         )
@@ -103,8 +103,3 @@ def main() -> None:
     finally:
         state.close()
     sys.exit(code)
-
-
-def _first_line(err: Exception) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else "(no message)"

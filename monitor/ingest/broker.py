@@ -25,7 +25,7 @@ from typing import Any
 from monitor import metrics
 from monitor.errors import RobmonError
 from monitor.ingest import store
-from monitor.ingest.pipeline import Ingester, IngestSummary
+from monitor.ingest.pipeline import Ingester, IngestSummary, Prepared
 from monitor.ingest.redis_stream import (
     DEFAULT_GROUP,
     FIELD,
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Batch:
     ids: list[str]  # every entry of the batch (all acknowledged after the commit)
-    prepared: Any  # the Ingester's scored batch, None when every entry was committed before
+    prepared: Prepared | None  # None when every entry was committed before
 
 
 class StreamConsumer:
@@ -209,13 +209,13 @@ class StreamConsumer:
         ]
         prepared = None
         if fresh:
-            prepared = self.ingester._prepare([line for _, line in fresh], [k for k, _ in fresh])
+            prepared = self.ingester.prepare([line for _, line in fresh], [k for k, _ in fresh])
         return _Batch(ids, prepared)
 
     def _store(self, batch: _Batch) -> None:
         """Commit the batch's scores and dead letters, then acknowledge its entries."""
         if batch.prepared is not None:
-            self.ingester._store(batch.prepared, None)
+            self.ingester.store_prepared(batch.prepared, None)
         self.redis.xack(self.address.stream, self.group, *batch.ids)
         oldest_ms = min(int(entry_id.split("-")[0]) for entry_id in batch.ids)
         metrics.INGEST_LAG.set(max(0.0, time.time() - oldest_ms / 1000))

@@ -54,7 +54,9 @@ class IngestSummary:
 
 
 @dataclass
-class _Prepared:
+class Prepared:
+    """A scored batch, not yet committed (``Ingester.prepare``)."""
+
     lines: int
     scores: ScoreTable
     dead: list[dict[str, Any]]
@@ -163,7 +165,7 @@ class Ingester:
         ``keys`` (one per line) identify lines across re-deliveries (stream entry ids) and are
         stored as each score's origin. Returns the new scores' ids.
         """
-        return self._store(self._prepare(lines, keys), position)
+        return self.store_prepared(self.prepare(lines, keys), position)
 
     def _pipelined(self, batches: Iterator[tuple[list[RawLine], Position]]) -> None:
         """Process batches in order, committing each on a writer thread while this thread
@@ -173,15 +175,15 @@ class Ingester:
             pending: Future | None = None
             try:
                 for lines, position in batches:
-                    prepared = self._prepare(lines, None)
+                    prepared = self.prepare(lines, None)
                     if pending is not None:
                         pending.result()
-                    pending = writer.submit(self._store, prepared, position)
+                    pending = writer.submit(self.store_prepared, prepared, position)
             finally:
                 if pending is not None:
                     pending.result()
 
-    def _prepare(self, lines: list[RawLine], keys: list[str] | None) -> _Prepared:
+    def prepare(self, lines: list[RawLine], keys: list[str] | None) -> Prepared:
         """Parse, drop repeats, score per model version (no database writes)."""
         parsed, dead = self._parse(lines, keys or [None] * len(lines))
         parsed, repeats = _drop_repeats(parsed)
@@ -201,9 +203,9 @@ class Ingester:
                 dead.extend(_dead(i.line, i.key, str(err), i.record) for i in items)
                 continue
             scores.extend(self._score(model, items, dead))
-        return _Prepared(len(lines), scores, dead, repeats)
+        return Prepared(len(lines), scores, dead, repeats)
 
-    def _store(self, prepared: _Prepared, position: Position | None) -> list[int]:
+    def store_prepared(self, prepared: Prepared, position: Position | None) -> list[int]:
         """Commit one prepared batch and count it (the totals change only here)."""
         scores, dead = prepared.scores, prepared.dead
         try:
