@@ -22,7 +22,7 @@ from monitor.datasets import load_dataset
 from monitor.db.models import DetectorCalibration
 from monitor.db.session import Database
 from monitor.detect.calibration import Calibration, Thresholds, calibrate_detector
-from monitor.detect.fingerprints import benign_min_shared
+from monitor.detect.fingerprints import benign_min_shared, stop_hashes
 from monitor.detect.squeezers import CANDIDATES
 from monitor.errors import ConfigError, DatasetError
 from monitor.progress import Reporter, silent
@@ -127,7 +127,9 @@ def calibrate_model(
         accuracy_margin=detect.accuracy_margin,
         max_squeezers=detect.max_squeezers,
     )
-    calibration.baseline["min_shared"] = benign_min_shared(data.x)
+    stop = stop_hashes(data.x)
+    calibration.baseline["stop_hashes"] = [int(h) for h in stop]
+    calibration.baseline["min_shared"] = benign_min_shared(data.x, stop)
     report("calibrating detector", 1, 1)
     return _store(db, ref, dataset, calibration)
 

@@ -1,33 +1,44 @@
 """One evaluation of the alert rules over what has been ingested since the last one.
 
-    match new fingerprints -> rate tests for sources with new inputs -> probing for the models
-    those touched -> open/update alerts (+ outbox) -> clear the sources' dirty marks
+    for each chunk of new inputs (score-id order): match fingerprints -> feed the sources'
+    sequential rate tests -> mark evaluated
+    -> rate findings (FDR across sources) + probing findings for the models with new matches
+    -> incidents (+ outbox) -> forget fingerprints older than each model's watermark
 
-Cost follows the new records: only sources the ingester marked dirty are tested, from their
-per-minute rollups; only unmatched fingerprints are matched. An ``alert-evaluation`` lease keeps
+Every new input is read once (its fingerprint row's ``matched`` mark), so the cost follows the
+new records; everything happens in one transaction, so a failed evaluation leaves nothing half
+done. All windows, the retention and the cool-down run on record time: a model version's
+watermark is the newest record time ingested for it, never the wall clock, so a backlog replayed
+a week late raises the same incidents as the live stream did. An ``alert-evaluation`` lease keeps
 two evaluations (scheduler and a CLI call) from running at once.
 """
 
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, tuple_, update
+from sqlalchemy.orm import Session
 
 from monitor import leases
-from monitor.alerts import lifecycle, probing, rules
-from monitor.alerts.probing import ProbeMatcher
+from monitor.alerts import families, lifecycle, probing, rules
+from monitor.alerts.probing import FINGERPRINT_COLUMNS, ProbeMatcher
+from monitor.alerts.sequential import Evidence, Observation, SourceTests, benign_rate
 from monitor.alerts.settings import AlertSettings
-from monitor.db.models import DetectorCalibration, SourceActivity
+from monitor.db.models import DetectorCalibration, InputFingerprint, InputScore, SourceActivity
 from monitor.db.session import Database
 from monitor.db.types import utcnow
 from monitor.errors import RobmonError
 
 LEASE = "alert-evaluation"
 DEFAULT_MIN_SHARED = 12
+CHUNK = 5000
+TIERS = ("flagged", "strong_suspicious", "low_confidence")
+Key = tuple[str, str, str]  # source, model name, model version
 
 
 @dataclass
@@ -52,6 +63,7 @@ class Evaluator:
         self.matcher = ProbeMatcher(settings.probe_window)
 
     def evaluate(self, now: datetime | None = None) -> Evaluation:
+        """``now`` (wall clock) only stamps when incidents were opened and updated."""
         if not leases.acquire(self.db, LEASE, self.holder, 600):
             holder = leases.current_holder(self.db, LEASE)
             raise RobmonError(
@@ -59,6 +71,9 @@ class Evaluator:
             )
         try:
             return self._evaluate(now or utcnow())
+        except BaseException:
+            self.matcher.indexes.clear()  # rolled back: rebuild from what was committed
+            raise
         finally:
             leases.release(self.db, LEASE, self.holder)
 
@@ -67,41 +82,159 @@ class Evaluator:
         result = Evaluation()
         calibrations = _calibrations(self.db)
         with self.db.session() as s:
-            min_shared = {
-                k: v["min_shared"] for k, v in calibrations.items() if v.get("min_shared")
-            }
-            default = self.settings.probe_min_shared or DEFAULT_MIN_SHARED
-            if self.settings.probe_min_shared:
-                min_shared = {}
-            result.fingerprints, touched = self.matcher.process(s, min_shared, default)
-        read_at = utcnow()
-        with self.db.session() as s:
-            dirty = [
-                tuple(r)
-                for r in s.execute(
-                    select(
-                        SourceActivity.source,
-                        SourceActivity.model_name,
-                        SourceActivity.model_version,
-                    ).where(SourceActivity.dirty.is_(True))
-                )
-            ]
-            result.sources = len(dirty)
-            counts = rules.window_counts(s, dirty, self.settings.window)
-            findings = rules.rate_findings(s, counts, calibrations, self.settings)
-            findings += rules.probing_findings(s, touched | set(dirty), self.settings)
+            evidence, spans, tested = self._read_new_inputs(s, calibrations, result)
+            result.sources = len(tested)
+            marks = watermarks(s)
+            active = _active_sources(s, marks, self.settings.horizon)
+            findings = rules.rate_findings(s, evidence, active, self.settings)
+            findings += families.probing_findings(s, spans, self.settings)
             result.findings = len(findings)
-            applied = lifecycle.apply_findings(s, findings, self.settings, now)
+            applied = lifecycle.apply_findings(s, findings, self.settings, marks, now)
             s.execute(
-                update(SourceActivity)
-                .where(SourceActivity.dirty.is_(True), SourceActivity.updated_at <= read_at)
-                .values(dirty=False)
+                update(SourceActivity).where(SourceActivity.dirty.is_(True)).values(dirty=False)
             )
-            probing.prune(s, now - self.settings.fingerprint_retention)
+            for model, mark in marks.items():
+                probing.prune(s, model, mark - self.settings.fingerprint_retention)
         result.opened, result.updated = applied.opened, applied.updated
         result.escalated, result.suppressed = applied.escalated, applied.suppressed
         result.seconds = time.perf_counter() - started
         return result
+
+    def _read_new_inputs(
+        self, s: Session, calibrations: dict[tuple[str, str], dict[str, Any]], result: Evaluation
+    ) -> tuple[
+        dict[Key, dict[str, Evidence]], dict[tuple[str, str], tuple[datetime, datetime]], set[Key]
+    ]:
+        """Every input not yet evaluated, in chunks: probe matching and sequential tests."""
+        min_shared = {k: v["min_shared"] for k, v in calibrations.items() if v.get("min_shared")}
+        default = self.settings.probe_min_shared or DEFAULT_MIN_SHARED
+        if self.settings.probe_min_shared:
+            min_shared = {}
+        tests: dict[Key, SourceTests] = {}
+        evidence: dict[Key, dict[str, Evidence]] = {}
+        spans: dict[tuple[str, str], tuple[datetime, datetime]] = {}
+        while True:
+            rows = s.execute(
+                select(*FINGERPRINT_COLUMNS, *(getattr(InputScore, t) for t in TIERS))
+                .join(InputScore, InputScore.id == InputFingerprint.score_id)
+                .where(InputFingerprint.matched.is_(False))
+                .order_by(InputFingerprint.score_id)
+                .limit(CHUNK)
+            ).all()
+            if not rows:
+                break
+            for model, (first, last) in self.matcher.process(s, rows, min_shared, default).items():
+                old = spans.get(model, (first, last))
+                spans[model] = (min(old[0], first), max(old[1], last))
+            self._feed_tests(s, rows, tests, evidence, calibrations)
+            s.execute(
+                update(InputFingerprint)
+                .where(InputFingerprint.score_id.in_([r.score_id for r in rows]))
+                .values(matched=True)
+                .execution_options(synchronize_session=False)
+            )
+            result.fingerprints += len(rows)
+        _save_tests(s, tests)
+        return evidence, spans, set(tests)
+
+    def _feed_tests(
+        self,
+        s: Session,
+        rows: list[Any],
+        tests: dict[Key, SourceTests],
+        evidence: dict[Key, dict[str, Evidence]],
+        calibrations: dict[tuple[str, str], dict[str, Any]],
+    ) -> None:
+        by_key: dict[Key, list[Observation]] = defaultdict(list)
+        for r in rows:
+            by_key[(r.source, r.model_name, r.model_version)].append(
+                Observation(r.score_id, r.ts, {t: bool(getattr(r, t)) for t in TIERS})
+            )
+        _load_tests(s, [k for k in by_key if k not in tests], tests)
+        for key, observations in by_key.items():
+            baseline = calibrations.get(key[1:])
+            if baseline is None:
+                continue
+            rates = {
+                t: rate
+                for t in TIERS
+                if (rate := benign_rate(baseline, t, self.settings.baseline_factor)) is not None
+            }
+            found = tests[key].update(observations, rates, self.settings.horizon)
+            best = evidence.setdefault(key, {})
+            for rule, e in found.items():
+                if rule not in best or e.p_value < best[rule].p_value:
+                    best[rule] = e
+            if not best:
+                del evidence[key]
+
+
+def _load_tests(s: Session, keys: list[Key], tests: dict[Key, SourceTests]) -> None:
+    for i in range(0, len(keys), 400):
+        chunk = keys[i : i + 400]
+        stored = {
+            (r.source, r.model_name, r.model_version): r.sequential
+            for r in s.execute(
+                select(
+                    SourceActivity.source,
+                    SourceActivity.model_name,
+                    SourceActivity.model_version,
+                    SourceActivity.sequential,
+                ).where(
+                    tuple_(
+                        SourceActivity.source,
+                        SourceActivity.model_name,
+                        SourceActivity.model_version,
+                    ).in_(chunk)
+                )
+            )
+        }
+        for key in chunk:
+            tests[key] = SourceTests.load(stored.get(key))
+
+
+def _save_tests(s: Session, tests: dict[Key, SourceTests]) -> None:
+    if tests:
+        s.execute(
+            update(SourceActivity),
+            [
+                {"source": k[0], "model_name": k[1], "model_version": k[2], "sequential": t.dump()}
+                for k, t in tests.items()
+            ],
+        )
+
+
+def watermarks(s: Session) -> dict[tuple[str, str], datetime]:
+    """Per model version, the newest record time ingested: the clock of the alert rules."""
+    return {
+        (name, version): mark
+        for name, version, mark in s.execute(
+            select(
+                SourceActivity.model_name,
+                SourceActivity.model_version,
+                func.max(SourceActivity.last_seen),
+            ).group_by(SourceActivity.model_name, SourceActivity.model_version)
+        )
+    }
+
+
+def _active_sources(
+    s: Session, marks: dict[tuple[str, str], datetime], horizon: timedelta
+) -> dict[tuple[str, str], int]:
+    """Per model version, the sources seen within the horizon before its watermark (the number
+    of hypotheses the false discovery rate is controlled over)."""
+    out = {}
+    for (name, version), mark in marks.items():
+        out[(name, version)] = s.scalar(
+            select(func.count())
+            .select_from(SourceActivity)
+            .where(
+                SourceActivity.model_name == name,
+                SourceActivity.model_version == version,
+                SourceActivity.last_seen >= mark - horizon,
+            )
+        )
+    return out
 
 
 def _calibrations(db: Database) -> dict[tuple[str, str], dict[str, Any]]:

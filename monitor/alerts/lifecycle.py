@@ -1,9 +1,13 @@
-"""Alerts from findings, and their triage: open -> acknowledged -> resolved | false positive.
+"""Incidents from findings, and their triage: open -> acknowledged -> resolved | false positive.
 
-One open alert per (rule, source, model): while a finding keeps firing, its alert is updated
-(evidence, window, last seen), not duplicated; a severity increase is recorded and notified.
-After an alert is closed it opens again only if it fires after the cool-down. Every change is an
-``alert_events`` row (who, when, note); notifications go to the outbox in the same transaction.
+One incident per source: every finding about a source (all rules, all models) lands in its one
+open incident, with each rule's finding kept as evidence and the incident at the highest
+severity among them. A distributed probing finding is one incident for its group of addresses
+(keyed by the first). While findings keep coming the incident is updated, not duplicated; a new
+rule joining it or a severity increase is recorded (and a severity increase notified). After an
+incident is closed it opens again only for findings whose windows end more than the cool-down
+after the record time at which it was closed. Every change is an ``alert_events`` row (who,
+when, note); notifications go to the outbox in the same transaction.
 """
 
 from __future__ import annotations
@@ -11,13 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from monitor.alerts import notify
 from monitor.alerts.rules import Finding
 from monitor.alerts.settings import AlertSettings
-from monitor.db.models import Alert, AlertEvent
+from monitor.db.models import Alert, AlertEvent, SourceActivity
 from monitor.db.session import Database
 from monitor.db.types import utcnow
 from monitor.errors import NotFound, RobmonError
@@ -30,6 +34,7 @@ TRANSITIONS = {
     "false-positive": ({"open", "acknowledged"}, "false_positive"),
 }
 SYSTEM = "robmon"
+INCIDENT = "incident"
 
 
 @dataclass
@@ -40,98 +45,188 @@ class Applied:
     suppressed: list[str]
 
 
-def open_key(rule: str, source: str, model: str) -> str:
-    return f"{rule}|{model}|{source}"[:600]
+def open_key(source: str) -> str:
+    return f"{INCIDENT}|{source}"[:600]
 
 
 def apply_findings(
-    session: Session, findings: list[Finding], settings: AlertSettings, now: datetime | None = None
+    session: Session,
+    findings: list[Finding],
+    settings: AlertSettings,
+    marks: dict[tuple[str, str], datetime] | None = None,
+    now: datetime | None = None,
 ) -> Applied:
-    """Open, update or (within the cool-down) suppress one alert per finding."""
+    """Open, update or (within the cool-down) suppress one incident per source."""
     now = now or utcnow()
     applied = Applied([], [], [], [])
+    by_source: dict[str, list[Finding]] = {}
     for f in findings:
-        key = open_key(f.rule, f.source, f.model_name)
-        alert = session.scalar(select(Alert).where(Alert.open_key == key))
-        if alert is not None:
-            _update(session, alert, f, now, applied, settings)
+        by_source.setdefault(f.source, []).append(f)
+    for source, found in sorted(by_source.items()):
+        incident = session.scalar(select(Alert).where(Alert.open_key == open_key(source)))
+        if incident is None:
+            found = _after_cooldown(session, source, found, settings, applied)
+            if not found:
+                continue
+            incident = _open(session, source, found, settings, now)
+            applied.opened.append(incident.id)
             continue
-        recent = session.scalar(
-            select(Alert.closed_at)
-            .where(
-                Alert.rule == f.rule,
-                Alert.source == f.source,
-                Alert.model_name == f.model_name,
-                Alert.closed_at.is_not(None),
-            )
-            .order_by(Alert.closed_at.desc())
-            .limit(1)
-        )
-        if recent is not None and recent > now - settings.cooldown:
-            applied.suppressed.append(f"{f.rule} {f.source} (closed {recent:%H:%M}, cool-down)")
-            continue
-        alert = Alert(
-            rule=f.rule,
-            source=f.source,
-            model_name=f.model_name,
-            model_version=f.model_version,
-            severity=f.severity,
-            status="open",
-            summary=f.summary,
-            evidence=f.evidence,
-            window_start=f.window_start,
-            window_end=f.window_end,
-            first_seen=now,
-            last_seen=now,
-            updated_at=now,
-            open_key=key,
-        )
-        session.add(alert)
-        session.flush()
-        session.add(
-            AlertEvent(
-                alert_id=alert.id,
-                at=now,
-                actor=SYSTEM,
-                action="opened",
-                to_status="open",
-                note=f.summary,
-            )
-        )
-        notify.enqueue(session, alert, "new", settings)
-        applied.opened.append(alert.id)
+        _update(session, incident, found, now, applied, settings)
     return applied
+
+
+def _after_cooldown(
+    session: Session, source: str, found: list[Finding], settings: AlertSettings, applied: Applied
+) -> list[Finding]:
+    """The findings that may reopen a closed incident: their windows end after the cool-down,
+    counted in record time from when the last incident of the source was closed."""
+    closed = session.scalar(
+        select(Alert.closed_watermark)
+        .where(Alert.source == source, Alert.closed_at.is_not(None))
+        .order_by(Alert.closed_at.desc())
+        .limit(1)
+    )
+    if closed is None:
+        return found
+    kept = [f for f in found if f.window_end > closed + settings.cooldown]
+    if not kept:
+        applied.suppressed.append(
+            f"{source} (closed at record time {closed:%Y-%m-%d %H:%M}, cool-down)"
+        )
+    return kept
+
+
+def _evidence(f: Finding) -> dict:
+    return {
+        "rule": f.rule,
+        "model": f"{f.model_name}/{f.model_version}",
+        "severity": f.severity,
+        "summary": f.summary,
+        "window_start": f.window_start.isoformat(),
+        "window_end": f.window_end.isoformat(),
+        **f.evidence,
+    }
+
+
+def _merge(incident: Alert | None, found: list[Finding]) -> dict:
+    """Incident evidence: each rule's newest finding (per model), the addresses involved and
+    the most suspicious inputs of all."""
+    by_rule = dict((incident.evidence or {}).get("rules", {})) if incident else {}
+    for f in found:
+        by_rule[f"{f.rule} {f.model_name}/{f.model_version}"] = _evidence(f)
+    sources = sorted(
+        {s for e in by_rule.values() for s in e.get("sources", [])}
+        | {incident.source if incident else found[0].source}
+    )
+    suspicious = sorted({i for e in by_rule.values() for i in e.get("suspicious_score_ids", [])})
+    return {"rules": by_rule, "sources": sources, "suspicious_score_ids": suspicious[-20:]}
+
+
+def _headline(evidence: dict) -> tuple[str, str, str, str, str | None, str]:
+    """(rule, rules, severity, model name, version, summary) of the most severe finding."""
+    findings = list(evidence["rules"].values())
+    top = max(findings, key=lambda e: (SEVERITY_RANK[e["severity"]], e["window_end"]))
+    rules = sorted({e["rule"] for e in findings})
+    name, _, version = top["model"].rpartition("/")
+    more = len(findings) - 1
+    summary = top["summary"] + (f" (and {more} more finding{'s' * (more > 1)})" if more else "")
+    return top["rule"], ",".join(rules), top["severity"], name, version or None, summary
+
+
+def _open(
+    session: Session, source: str, found: list[Finding], settings: AlertSettings, now: datetime
+) -> Alert:
+    evidence = _merge(None, found)
+    rule, rules, severity, name, version, summary = _headline(evidence)
+    incident = Alert(
+        rule=rule,
+        rules=rules,
+        source=source,
+        model_name=name,
+        model_version=version,
+        severity=severity,
+        status="open",
+        summary=summary,
+        evidence=evidence,
+        window_start=min(f.window_start for f in found),
+        window_end=max(f.window_end for f in found),
+        first_seen=now,
+        last_seen=now,
+        updated_at=now,
+        open_key=open_key(source),
+    )
+    session.add(incident)
+    session.flush()
+    _event(session, incident, now, "opened", None, summary)
+    notify.enqueue(session, incident, "new", settings)
+    return incident
 
 
 def _update(
     session: Session,
-    alert: Alert,
-    f: Finding,
+    incident: Alert,
+    found: list[Finding],
     now: datetime,
     applied: Applied,
     settings: AlertSettings,
 ) -> None:
-    alert.summary, alert.evidence = f.summary, f.evidence
-    alert.window_start, alert.window_end = min(alert.window_start, f.window_start), f.window_end
-    alert.last_seen = alert.updated_at = now
-    alert.model_version = f.model_version
-    if SEVERITY_RANK[f.severity] > SEVERITY_RANK[alert.severity]:
-        session.add(
-            AlertEvent(
-                alert_id=alert.id,
-                at=now,
-                actor=SYSTEM,
-                action="severity-increased",
-                from_status=alert.status,
-                to_status=alert.status,
-                note=f"{alert.severity} -> {f.severity}: {f.summary}",
-            )
+    before = set((incident.rules or incident.rule).split(","))
+    evidence = _merge(incident, found)
+    rule, rules, severity, name, version, summary = _headline(evidence)
+    incident.evidence, incident.summary, incident.rule, incident.rules = (
+        evidence,
+        summary,
+        rule,
+        rules,
+    )
+    incident.model_name, incident.model_version = name, version
+    incident.window_start = min(incident.window_start, *(f.window_start for f in found))
+    incident.window_end = max(incident.window_end, *(f.window_end for f in found))
+    incident.last_seen = incident.updated_at = now
+    for new in sorted(set(rules.split(",")) - before):
+        _event(session, incident, now, "rule-added", incident.status, f"{new}: {summary}")
+    if SEVERITY_RANK[severity] > SEVERITY_RANK[incident.severity]:
+        _event(
+            session,
+            incident,
+            now,
+            "severity-increased",
+            incident.status,
+            f"{incident.severity} -> {severity}: {summary}",
         )
-        alert.severity = f.severity
-        notify.enqueue(session, alert, "severity-increased", settings)
-        applied.escalated.append(alert.id)
+        incident.severity = severity
+        notify.enqueue(session, incident, "severity-increased", settings)
+        applied.escalated.append(incident.id)
     else:
-        applied.updated.append(alert.id)
+        applied.updated.append(incident.id)
+
+
+def _event(
+    session: Session, incident: Alert, now: datetime, action: str, status: str | None, note: str
+) -> None:
+    session.add(
+        AlertEvent(
+            alert_id=incident.id,
+            at=now,
+            actor=SYSTEM,
+            action=action,
+            from_status=status,
+            to_status=status or "open",
+            note=note,
+        )
+    )
+
+
+def record_watermark(session: Session, incident: Alert) -> datetime | None:
+    """The newest record time ingested for the incident's models: where its cool-down starts."""
+    models = {
+        e["model"].rpartition("/")[0] for e in (incident.evidence or {}).get("rules", {}).values()
+    }
+    return session.scalar(
+        select(func.max(SourceActivity.last_seen)).where(
+            SourceActivity.model_name.in_(models or {incident.model_name})
+        )
+    )
 
 
 def transition(db: Database, alert_id: int, action: str, by: str, note: str | None = None) -> Alert:
@@ -165,5 +260,6 @@ def transition(db: Database, alert_id: int, action: str, by: str, note: str | No
         alert.status, alert.updated_at = target, now
         if target not in OPEN:
             alert.closed_at, alert.open_key = now, None
+            alert.closed_watermark = record_watermark(s, alert) or alert.window_end
         s.flush()
         return alert

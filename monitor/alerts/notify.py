@@ -38,8 +38,11 @@ def payload(alert: Alert, event: str) -> dict[str, Any]:
     return {
         "event": event,
         "alert_id": alert.id,
+        "incident_id": alert.id,
         "rule": alert.rule,
+        "rules": (alert.rules or alert.rule).split(","),
         "source": alert.source,
+        "sources": (alert.evidence or {}).get("sources", [alert.source]),
         "model": alert.model_name,
         "version": alert.model_version,
         "severity": alert.severity,

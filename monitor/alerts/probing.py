@@ -8,8 +8,14 @@ over many addresses still repeats itself). A query that shares at least ``min_sh
 with an earlier, different input is a near-duplicate: stored as a ``probe_matches`` row with the
 best earlier match from its own source and the best from any other source.
 
+Each hash's postings are scanned from the newest entry back, at most ``RECENT_POSTINGS`` of
+them: a query attack repeats its recent queries, and a hash that thousands of inputs share (a
+blank border) costs no more than any other. Hashes that say nothing (in more than 2% of the
+benign calibration images) are left out of the fingerprints at scoring time, and the match
+threshold is calibrated on exactly those fingerprints (``monitor.detect.fingerprints``).
+
 The index lives in memory for the life of the evaluating process and is rebuilt from the
-database (the probe window's fingerprints) when it starts.
+database (the probe window's fingerprints) when it starts. All times here are record times.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from monitor.db.models import InputFingerprint, ProbeMatch
@@ -37,7 +43,7 @@ FINGERPRINT_COLUMNS = (
     InputFingerprint.input_sha256,
     InputFingerprint.hashes,
 )
-STOP_SHARE = 0.05  # a hash in over 5% of the window's inputs says nothing (blank borders ...)
+RECENT_POSTINGS = 256
 
 
 @dataclass
@@ -91,12 +97,11 @@ class FingerprintIndex:
     ) -> list[tuple[_Entry, int]]:
         """Earlier entries in the window sharing at least ``min_shared`` hashes (not exact
         copies), most similar first."""
-        cap = max(50, int(STOP_SHARE * len(self.entries)))
         counts: Counter[int] = Counter()
         for h in fingerprint.tolist():
             posting = self.postings.get(h)
-            if posting and len(posting) <= cap:
-                counts.update(posting)
+            if posting:
+                counts.update(posting[-RECENT_POSTINGS:])
         start = entry.ts - self.window
         found = []
         for sid, shared in counts.items():
@@ -134,43 +139,36 @@ class ProbeMatcher:
         return self.indexes[model]
 
     def process(
-        self, session: Session, min_shared: dict[tuple[str, str], int], default_min_shared: int
-    ) -> tuple[int, set[tuple[str, str, str]]]:
-        """Match every unmatched fingerprint; returns (how many, touched (source, model, ver))."""
-        processed, touched = 0, set()
-        while True:
-            rows = session.execute(
-                select(*FINGERPRINT_COLUMNS)
-                .where(InputFingerprint.matched.is_(False))
-                .order_by(InputFingerprint.score_id)
-                .limit(CHUNK)
-            ).all()
-            if not rows:
-                return processed, touched
-            earliest = min(r.ts for r in rows) - self.window
-            matches = []
-            for row in rows:
-                model = (row.model_name, row.model_version)
-                index = self.index(session, model, earliest)
-                entry, fingerprint = _entry(row), from_bytes(row.hashes)
-                threshold = min_shared.get(model, default_min_shared)
-                found = index.matches(entry, fingerprint, threshold)
-                own = next(((m, s) for m, s in found if m.source == entry.source), None)
-                other = next(((m, s) for m, s in found if m.source != entry.source), None)
-                for match in (own, other):
-                    if match is not None:
-                        matches.append(_match_row(row, entry, *match))
-                        touched.add((row.source, row.model_name, row.model_version))
-                index.add(entry, fingerprint)
-            if matches:
-                session.execute(ProbeMatch.__table__.insert(), matches)
-            session.execute(
-                update(InputFingerprint)
-                .where(InputFingerprint.score_id.in_([r.score_id for r in rows]))
-                .values(matched=True)
-                .execution_options(synchronize_session=False)
-            )
-            processed += len(rows)
+        self,
+        session: Session,
+        rows: list[Any],
+        min_shared: dict[tuple[str, str], int],
+        default_min_shared: int,
+    ) -> dict[tuple[str, str], tuple[datetime, datetime]]:
+        """Match fingerprints (score-id order) and store their near-duplicates; returns, per
+        model version, the record-time span of the new matches."""
+        if not rows:
+            return {}
+        earliest = min(r.ts for r in rows) - self.window
+        matches = []
+        spans: dict[tuple[str, str], tuple[datetime, datetime]] = {}
+        for row in rows:
+            model = (row.model_name, row.model_version)
+            index = self.index(session, model, earliest)
+            entry, fingerprint = _entry(row), from_bytes(row.hashes)
+            threshold = min_shared.get(model, default_min_shared)
+            found = index.matches(entry, fingerprint, threshold)
+            own = next(((m, s) for m, s in found if m.source == entry.source), None)
+            other = next(((m, s) for m, s in found if m.source != entry.source), None)
+            for match in (own, other):
+                if match is not None:
+                    matches.append(_match_row(row, entry, *match))
+                    first, last = spans.get(model, (entry.ts, entry.ts))
+                    spans[model] = (min(first, entry.ts), max(last, entry.ts))
+            index.add(entry, fingerprint)
+        if matches:
+            session.execute(ProbeMatch.__table__.insert(), matches)
+        return spans
 
 
 def _entry(row: Any) -> _Entry:
@@ -191,11 +189,22 @@ def _match_row(row: Any, entry: _Entry, other: _Entry, shared: int) -> dict:
     }
 
 
-def prune(session: Session, before: datetime) -> None:
-    """Forget fingerprints and matches older than the retention period."""
+def prune(session: Session, model: tuple[str, str], before: datetime) -> None:
+    """Forget a model version's fingerprints and matches older than ``before`` (record time:
+    its watermark less the retention period)."""
+    name, version = model
     session.execute(
         delete(InputFingerprint).where(
-            InputFingerprint.ts < before, InputFingerprint.matched.is_(True)
+            InputFingerprint.model_name == name,
+            InputFingerprint.model_version == version,
+            InputFingerprint.ts < before,
+            InputFingerprint.matched.is_(True),
         )
     )
-    session.execute(delete(ProbeMatch).where(ProbeMatch.ts < before))
+    session.execute(
+        delete(ProbeMatch).where(
+            ProbeMatch.model_name == name,
+            ProbeMatch.model_version == version,
+            ProbeMatch.ts < before,
+        )
+    )

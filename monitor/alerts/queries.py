@@ -16,8 +16,11 @@ from monitor.errors import NotFound
 
 @dataclass
 class AlertSummary:
+    """An incident: ``rule`` is its most severe rule, ``rules`` every rule in its evidence."""
+
     id: int
     rule: str
+    rules: list[str]
     source: str
     model_name: str
     model_version: str | None
@@ -53,6 +56,7 @@ def _summary(a: Alert) -> dict[str, Any]:
     return dict(
         id=a.id,
         rule=a.rule,
+        rules=(a.rules or a.rule).split(","),
         source=a.source,
         model_name=a.model_name,
         model_version=a.model_version,
@@ -87,16 +91,30 @@ def list_alerts(
     for column, value in (
         (Alert.source, source),
         (Alert.model_name, model),
-        (Alert.rule, rule),
         (Alert.severity, severity),
     ):
         if value:
             query = query.where(column == value)
+    if rule:
+        query = query.where(rule_in(rule))
     if since is not None:
         query = query.where(Alert.last_seen >= since)
     query = query.order_by(Alert.last_seen.desc(), Alert.id.desc()).limit(limit).offset(offset)
     with db.session() as s:
         return [AlertSummary(**_summary(a)) for a in s.scalars(query)]
+
+
+def rule_in(rule: str) -> Any:
+    """Incidents whose evidence holds ``rule`` (``rules`` is a comma-separated list)."""
+    from sqlalchemy import or_
+
+    return or_(
+        Alert.rules == rule,
+        Alert.rules.like(f"{rule},%"),
+        Alert.rules.like(f"%,{rule}"),
+        Alert.rules.like(f"%,{rule},%"),
+        Alert.rule == rule,
+    )
 
 
 def get_alert(db: Database, alert_id: int) -> AlertDetail:

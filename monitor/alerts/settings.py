@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -10,7 +11,10 @@ from monitor.config import Settings
 from monitor.errors import ConfigError, RobmonError
 from monitor.times import parse_duration
 
-_DURATIONS = ("window", "probe_window", "cooldown", "fingerprint_retention")
+log = logging.getLogger(__name__)
+_DURATIONS = ("horizon", "probe_window", "cooldown", "fingerprint_retention")
+# keys of earlier releases that the sequential tests made meaningless: accepted, ignored, logged
+_RETIRED = ("window", "min_count", "min_rate_ratio")
 
 
 @dataclass(frozen=True)
@@ -24,15 +28,15 @@ class WebhookSettings:
 
 @dataclass(frozen=True)
 class AlertSettings:
-    window: timedelta = timedelta(minutes=10)  # rate rules: a source's recent inputs
-    min_count: int = 20  # inputs in the window before a rate is tested
-    fdr: float = 0.01  # Benjamini–Hochberg false discovery rate across sources tested together
-    min_rate_ratio: float = 2.0  # the observed rate must also be this many times the baseline
-    baseline_factor: float = 1.5  # safety margin on the benign rate measured at calibration
-    probe_window: timedelta = timedelta(hours=1)
-    probe_min_matches: int = 10  # near-duplicate queries in the window before alerting
+    fdr: float = 0.01  # Benjamini–Hochberg false discovery rate across sources
+    baseline_factor: float = 1.5  # safety margin on the worst benign rate measured at calibration
+    horizon: timedelta = timedelta(hours=24)  # a silence this long restarts a source's tests
+    probe_window: timedelta = timedelta(hours=6)  # near-duplicates are looked for this far back
+    probe_min_matches: int = 10  # near-duplicate queries of one seed image before alerting
+    probe_member_min: int = 3  # variants of one seed an address sends to join a distributed group
+    probe_min_density: float = 0.5  # share of an address's inputs in that time that are variants
     probe_min_shared: int | None = None  # fingerprint hashes for a match (default: calibrated)
-    cooldown: timedelta = timedelta(minutes=30)  # before a resolved alert may open again
+    cooldown: timedelta = timedelta(minutes=30)  # record time before a closed incident reopens
     evaluation_interval: float = 30.0  # seconds, in `robmon scheduler` / `robmon serve`
     fingerprint_retention: timedelta = timedelta(hours=24)
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
@@ -42,6 +46,9 @@ class AlertSettings:
         table: dict[str, Any] = dict(settings.section("alerts"))
         webhook = dict(table.pop("webhook", {}) or {})
         known = set(AlertSettings.__dataclass_fields__) - {"webhook"}
+        for key in _RETIRED:
+            if table.pop(key, None) is not None:
+                log.warning("robmon.toml: alerts.%s is no longer used (sequential tests)", key)
         unknown = set(table) - known
         if unknown:
             raise ConfigError(
@@ -63,8 +70,12 @@ class AlertSettings:
             raise ConfigError(f"robmon.toml [alerts]: {err}.") from None
         if not 0 < result.fdr < 1:
             raise ConfigError("robmon.toml: alerts.fdr must be between 0 and 1.")
-        if result.min_count < 1 or result.probe_min_matches < 1:
-            raise ConfigError("robmon.toml: alerts.min_count and probe_min_matches must be >= 1.")
+        if result.probe_min_matches < 2 or result.probe_member_min < 2:
+            raise ConfigError(
+                "robmon.toml: alerts.probe_min_matches and probe_member_min must be >= 2."
+            )
+        if not 0 < result.probe_min_density <= 1:
+            raise ConfigError("robmon.toml: alerts.probe_min_density must be in (0, 1].")
         return result
 
 

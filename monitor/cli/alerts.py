@@ -6,7 +6,10 @@ import typer
 
 from monitor.cli.base import JSON_OPTION, app, emit_json, print_table, say, state
 
-alerts_app = typer.Typer(help="Per-source alerts and their triage.", no_args_is_help=True)
+alerts_app = typer.Typer(
+    help="Per-source incidents (every rule's findings about one source) and their triage.",
+    no_args_is_help=True,
+)
 app.add_typer(alerts_app, name="alerts")
 
 STATUSES = "open, acknowledged, resolved, false-positive or active (open + acknowledged)"
@@ -18,14 +21,16 @@ def list_alerts(
     source: str | None = typer.Option(None, help="Only this source."),
     model: str | None = typer.Option(None, help="Only this model."),
     rule: str | None = typer.Option(
-        None, help="flagged-rate, low-confidence, probing or probing-distributed."
+        None,
+        help="Incidents holding this rule: flagged-rate, low-confidence, probing or "
+        "probing-distributed.",
     ),
     severity: str | None = typer.Option(None, help="medium, high or critical."),
     since: str | None = typer.Option(None, help="Last seen after: ISO time or 30m, 24h, 7d."),
     limit: int = typer.Option(100, help="At most this many, most recent first."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Alerts, most recently active first."""
+    """Incidents (one per source, its rules as evidence), most recently active first."""
     from monitor.alerts.queries import list_alerts as query
     from monitor.times import parse_since
 
@@ -47,13 +52,13 @@ def list_alerts(
         return
     print_table(
         "alerts",
-        ("id", "severity", "status", "rule", "source", "model", "last seen (UTC)", "why"),
+        ("id", "severity", "status", "rules", "source", "model", "last seen (UTC)", "why"),
         [
             (
                 a.id,
                 a.severity,
                 a.status,
-                a.rule,
+                ", ".join(a.rules),
                 a.source,
                 f"{a.model_name}/{a.model_version}" if a.model_version else a.model_name,
                 a.last_seen.strftime("%Y-%m-%d %H:%M"),
@@ -76,14 +81,33 @@ def show_alert(
     if as_json:
         emit_json(alert)
         return
-    say(f"alert {alert.id}: {alert.severity} {alert.rule} ({alert.status})")
+    say(f"incident {alert.id}: {alert.severity}, {', '.join(alert.rules)} ({alert.status})")
     say(alert.summary)
     say(
         f"window {alert.window_start:%Y-%m-%d %H:%M:%S} to {alert.window_end:%H:%M:%S} UTC; "
         f"first seen {alert.first_seen:%Y-%m-%d %H:%M:%S}, last seen "
         f"{alert.last_seen:%Y-%m-%d %H:%M:%S}"
     )
-    print_table("evidence", ("item", "value"), [(k, v) for k, v in alert.evidence.items()])
+    findings = alert.evidence.get("rules", {})
+    print_table(
+        "findings",
+        ("rule", "model", "severity", "record time (UTC)", "why"),
+        [
+            (
+                e["rule"],
+                e["model"],
+                e["severity"],
+                f"{e['window_start'][:19]} to {e['window_end'][11:19]}",
+                e["summary"],
+            )
+            for e in findings.values()
+        ],
+    )
+    print_table(
+        "evidence",
+        ("item", "value"),
+        [(k, v) for k, v in alert.evidence.items() if k != "rules"],
+    )
     print_table(
         "history",
         ("when (UTC)", "who", "action", "status", "note"),
@@ -129,7 +153,7 @@ def evaluate(as_json: bool = JSON_OPTION) -> None:
         return
     say(
         f"{result.sources} sources and {result.fingerprints} fingerprints evaluated in "
-        f"{result.seconds:.2f} s: {result.findings} findings, {len(result.opened)} alerts "
+        f"{result.seconds:.2f} s: {result.findings} findings, {len(result.opened)} incidents "
         f"opened, {len(result.updated)} updated, {len(result.escalated)} escalated, "
         f"{len(result.suppressed)} suppressed (cool-down)"
     )

@@ -375,6 +375,8 @@ class SourceActivity(Base):
     max_divergence: Mapped[float | None] = mapped_column(Float)
     dirty: Mapped[bool] = mapped_column(default=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # the alert rules' per-source sequential tests (monitor.alerts.sequential), between evaluations
+    sequential: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     # No secondary indexes: every batch updates these rows, and unindexed columns let
     # PostgreSQL update them in place (HOT); the few-thousand-row scans for dirty rows are cheap.
@@ -427,13 +429,15 @@ class ProbeMatch(Base):
 
 
 class Alert(Base):
-    """A per-source (or per-group) anomaly. One open alert per (rule, source, model):
-    ``open_key`` is unique while the alert is open or acknowledged."""
+    """An incident: every finding about one source (or one group of sources acting together),
+    all rules and all models, with the rules as evidence. ``open_key`` is unique while it is
+    open or acknowledged; ``rule`` is its most severe rule, ``rules`` all of them."""
 
     __tablename__ = "alerts"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     rule: Mapped[str] = mapped_column(String(32))
+    rules: Mapped[str | None] = mapped_column(String(255))
     source: Mapped[str] = mapped_column(String(255))
     model_name: Mapped[str] = mapped_column(String(255))
     model_version: Mapped[str | None] = mapped_column(String(64))
@@ -447,6 +451,8 @@ class Alert(Base):
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     closed_at: Mapped[datetime | None]
+    # record time (the watermark) when it was closed: the cool-down is counted from there
+    closed_watermark: Mapped[datetime | None]
     open_key: Mapped[str | None] = mapped_column(String(600), unique=True)
 
     events: Mapped[list[AlertEvent]] = relationship(

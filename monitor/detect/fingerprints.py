@@ -19,6 +19,7 @@ WINDOW = 20
 TOP = 50
 _LEVELS = int(1 // STEP) + 1  # 6 quantization levels for values in [0, 1]
 _POWERS = _LEVELS ** np.arange(WINDOW, dtype=np.int64)
+STOP_SHARE = 0.02
 
 
 def _splitmix64(values: np.ndarray) -> np.ndarray:
@@ -28,31 +29,46 @@ def _splitmix64(values: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def fingerprints(x: torch.Tensor, top: int = TOP) -> list[np.ndarray]:
-    """One fingerprint (sorted distinct uint64 hashes, at most ``top``) per image of N×C×H×W."""
-    values, counts = _kept_hashes(x, top)
+def fingerprints(
+    x: torch.Tensor, top: int = TOP, stop: np.ndarray | None = None
+) -> list[np.ndarray]:
+    """One fingerprint (sorted distinct uint64 hashes, at most ``top``, none of ``stop``) per
+    image of N×C×H×W."""
+    values, counts = _kept_hashes(x, top, stop)
     return np.split(values, np.cumsum(counts)[:-1])
 
 
-def fingerprint_bytes(x: torch.Tensor, top: int = TOP) -> list[bytes]:
-    """``fingerprints(x)`` as ``to_bytes`` stores each, without a per-image array."""
-    values, counts = _kept_hashes(x, top)
+def fingerprint_bytes(
+    x: torch.Tensor, top: int = TOP, stop: np.ndarray | None = None
+) -> list[bytes]:
+    """``fingerprints(x, top, stop)`` as ``to_bytes`` stores each, without a per-image array."""
+    values, counts = _kept_hashes(x, top, stop)
     data = values.astype(">u8").tobytes()
     ends = np.cumsum(counts) * 8
     return [data[end - 8 * n : end] for end, n in zip(ends.tolist(), counts.tolist(), strict=True)]
 
 
-def _kept_hashes(x: torch.Tensor, top: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every image's ``top`` largest distinct hashes, ascending, concatenated; and their counts."""
+def _window_hashes(x: torch.Tensor) -> np.ndarray:
+    """Every window's hash, per image (N × windows), sorted ascending."""
     flat = np.floor(x.reshape(len(x), -1).cpu().numpy() / STEP + 1e-6).clip(0, _LEVELS - 1)
     flat = flat.astype(np.int64)
     if flat.shape[1] < WINDOW:
         flat = np.pad(flat, ((0, 0), (0, WINDOW - flat.shape[1])))
     windows = np.lib.stride_tricks.sliding_window_view(flat, WINDOW, axis=1)
     with np.errstate(over="ignore"):
-        hashes = np.sort(_splitmix64(windows @ _POWERS), axis=1)
+        return np.sort(_splitmix64(windows @ _POWERS), axis=1)
+
+
+def _kept_hashes(
+    x: torch.Tensor, top: int, stop: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every image's ``top`` largest distinct hashes not in ``stop``, ascending, concatenated;
+    and their counts."""
+    hashes = _window_hashes(x)
     last = np.ones(hashes.shape, dtype=bool)  # the last of each run of equal hashes
     last[:, :-1] = hashes[:, :-1] != hashes[:, 1:]
+    if stop is not None and len(stop):
+        last &= ~np.isin(hashes, stop)
     rank = np.cumsum(last[:, ::-1], axis=1)[:, ::-1]  # 1 = largest distinct hash
     keep = last & (rank <= top)
     return hashes[keep], keep.sum(axis=1)
@@ -71,20 +87,37 @@ def shared(a: np.ndarray, b: np.ndarray) -> int:
     return int(np.intersect1d(a, b, assume_unique=True).size)
 
 
-def benign_min_shared(x: torch.Tensor, max_images: int = 2000, seed: int = 0) -> int:
-    """The match threshold for a data set, set from benign traffic: 1.25× the 99.999th
-    percentile of the hashes shared by two different clean inputs (over all pairs), at least 8
-    and at most 60% of a fingerprint.
+def stop_hashes(x: torch.Tensor, share: float = STOP_SHARE, max_images: int = 2000) -> np.ndarray:
+    """The window hashes found in more than ``share`` of the images (sorted uint64)."""
+    x = _sample(x, max_images)
+    hashes = _window_hashes(x)
+    first = np.ones(hashes.shape, dtype=bool)
+    first[:, 1:] = hashes[:, 1:] != hashes[:, :-1]
+    values, counts = np.unique(hashes[first], return_counts=True)
+    return values[counts > share * len(x)]
+
+
+def _sample(x: torch.Tensor, max_images: int, seed: int = 0) -> torch.Tensor:
+    if len(x) <= max_images:
+        return x
+    pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:max_images]
+    return x[pick]
+
+
+def benign_min_shared(
+    x: torch.Tensor, stop: np.ndarray | None = None, max_images: int = 2000
+) -> int:
+    """The match threshold for a data set, set from benign traffic and the fingerprints the
+    ingester stores (``stop`` left out): 1.25× the 99.999th percentile of the hashes shared by
+    two different clean inputs (over all pairs), at least 8 and at most 60% of a fingerprint.
 
     Measured on scikit-learn's digits (all pairs of the test split): unrelated inputs share at
     most 10 of 45 hashes, while a query attack's near-duplicates share 17 to 45.
     """
     import scipy.sparse as sp
 
-    if len(x) > max_images:
-        pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:max_images]
-        x = x[pick]
-    prints = fingerprints(x)
+    x = _sample(x, max_images)
+    prints = fingerprints(x, stop=stop)
     unique, columns = np.unique(np.concatenate(prints), return_inverse=True)
     rows = np.repeat(np.arange(len(prints)), [len(p) for p in prints])
     member = sp.csr_matrix(
