@@ -30,10 +30,14 @@ def upgrade() -> None:
         )
     with op.batch_alter_table("source_activity", schema=None) as batch_op:
         batch_op.add_column(sa.Column("sequential", sa.JSON(), nullable=True))
+        batch_op.add_column(sa.Column("best", sa.JSON(), nullable=True))
+        batch_op.add_column(sa.Column("best_p", sa.Float(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("source_activity", schema=None) as batch_op:
+        batch_op.drop_column("best_p")
+        batch_op.drop_column("best")
         batch_op.drop_column("sequential")
     with op.batch_alter_table("alerts", schema=None) as batch_op:
         batch_op.drop_column("closed_watermark")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, tuple_, update
@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from monitor import leases
 from monitor.alerts import families, lifecycle, probing, rules
 from monitor.alerts.probing import FINGERPRINT_COLUMNS, ProbeMatcher
-from monitor.alerts.sequential import Evidence, Observation, SourceTests, benign_rate
+from monitor.alerts.sequential import Observation, SourceTests, benign_rate
 from monitor.alerts.settings import AlertSettings
 from monitor.db.models import DetectorCalibration, InputFingerprint, InputScore, SourceActivity
 from monitor.db.session import Database
@@ -82,12 +82,12 @@ class Evaluator:
         result = Evaluation()
         calibrations = _calibrations(self.db)
         with self.db.session() as s:
-            evidence, spans, tested = self._read_new_inputs(s, calibrations, result)
+            spans, tested = self._read_new_inputs(s, calibrations, result)
             result.sources = len(tested)
             marks = watermarks(s)
-            active = _active_sources(s, marks, self.settings.horizon)
-            findings = rules.rate_findings(s, evidence, active, self.settings)
-            findings += families.probing_findings(s, spans, self.settings)
+            findings = rules.rate_findings(s, marks, self.settings)
+            thresholds = {m: self._min_shared(calibrations, m) for m in spans}
+            findings += families.probing_findings(s, spans, thresholds, self.settings)
             result.findings = len(findings)
             applied = lifecycle.apply_findings(s, findings, self.settings, marks, now)
             s.execute(
@@ -102,16 +102,11 @@ class Evaluator:
 
     def _read_new_inputs(
         self, s: Session, calibrations: dict[tuple[str, str], dict[str, Any]], result: Evaluation
-    ) -> tuple[
-        dict[Key, dict[str, Evidence]], dict[tuple[str, str], tuple[datetime, datetime]], set[Key]
-    ]:
+    ) -> tuple[dict[tuple[str, str], tuple[datetime, datetime]], set[Key]]:
         """Every input not yet evaluated, in chunks: probe matching and sequential tests."""
-        min_shared = {k: v["min_shared"] for k, v in calibrations.items() if v.get("min_shared")}
-        default = self.settings.probe_min_shared or DEFAULT_MIN_SHARED
-        if self.settings.probe_min_shared:
-            min_shared = {}
+        min_shared = {m: self._min_shared(calibrations, m) for m in calibrations}
+        default = self._min_shared(calibrations, None)
         tests: dict[Key, SourceTests] = {}
-        evidence: dict[Key, dict[str, Evidence]] = {}
         spans: dict[tuple[str, str], tuple[datetime, datetime]] = {}
         while True:
             rows = s.execute(
@@ -126,7 +121,7 @@ class Evaluator:
             for model, (first, last) in self.matcher.process(s, rows, min_shared, default).items():
                 old = spans.get(model, (first, last))
                 spans[model] = (min(old[0], first), max(old[1], last))
-            self._feed_tests(s, rows, tests, evidence, calibrations)
+            self._feed_tests(s, rows, tests, calibrations)
             s.execute(
                 update(InputFingerprint)
                 .where(InputFingerprint.score_id.in_([r.score_id for r in rows]))
@@ -135,14 +130,20 @@ class Evaluator:
             )
             result.fingerprints += len(rows)
         _save_tests(s, tests)
-        return evidence, spans, set(tests)
+        return spans, set(tests)
+
+    def _min_shared(
+        self, calibrations: dict[tuple[str, str], dict[str, Any]], model: tuple[str, str] | None
+    ) -> int:
+        """The match threshold: configured, else calibrated for the model, else the default."""
+        calibrated = calibrations.get(model, {}).get("min_shared") if model else None
+        return self.settings.probe_min_shared or calibrated or DEFAULT_MIN_SHARED
 
     def _feed_tests(
         self,
         s: Session,
         rows: list[Any],
         tests: dict[Key, SourceTests],
-        evidence: dict[Key, dict[str, Evidence]],
         calibrations: dict[tuple[str, str], dict[str, Any]],
     ) -> None:
         by_key: dict[Key, list[Observation]] = defaultdict(list)
@@ -160,26 +161,21 @@ class Evaluator:
                 for t in TIERS
                 if (rate := benign_rate(baseline, t, self.settings.baseline_factor)) is not None
             }
-            found = tests[key].update(observations, rates, self.settings.horizon)
-            best = evidence.setdefault(key, {})
-            for rule, e in found.items():
-                if rule not in best or e.p_value < best[rule].p_value:
-                    best[rule] = e
-            if not best:
-                del evidence[key]
+            tests[key].update(observations, rates, self.settings.horizon)
 
 
 def _load_tests(s: Session, keys: list[Key], tests: dict[Key, SourceTests]) -> None:
     for i in range(0, len(keys), 400):
         chunk = keys[i : i + 400]
         stored = {
-            (r.source, r.model_name, r.model_version): r.sequential
+            (r.source, r.model_name, r.model_version): (r.sequential, r.best)
             for r in s.execute(
                 select(
                     SourceActivity.source,
                     SourceActivity.model_name,
                     SourceActivity.model_version,
                     SourceActivity.sequential,
+                    SourceActivity.best,
                 ).where(
                     tuple_(
                         SourceActivity.source,
@@ -190,7 +186,7 @@ def _load_tests(s: Session, keys: list[Key], tests: dict[Key, SourceTests]) -> N
             )
         }
         for key in chunk:
-            tests[key] = SourceTests.load(stored.get(key))
+            tests[key] = SourceTests.load(*stored.get(key, (None, None)))
 
 
 def _save_tests(s: Session, tests: dict[Key, SourceTests]) -> None:
@@ -198,7 +194,7 @@ def _save_tests(s: Session, tests: dict[Key, SourceTests]) -> None:
         s.execute(
             update(SourceActivity),
             [
-                {"source": k[0], "model_name": k[1], "model_version": k[2], "sequential": t.dump()}
+                {"source": k[0], "model_name": k[1], "model_version": k[2], **t.dump()}
                 for k, t in tests.items()
             ],
         )
@@ -216,25 +212,6 @@ def watermarks(s: Session) -> dict[tuple[str, str], datetime]:
             ).group_by(SourceActivity.model_name, SourceActivity.model_version)
         )
     }
-
-
-def _active_sources(
-    s: Session, marks: dict[tuple[str, str], datetime], horizon: timedelta
-) -> dict[tuple[str, str], int]:
-    """Per model version, the sources seen within the horizon before its watermark (the number
-    of hypotheses the false discovery rate is controlled over)."""
-    out = {}
-    for (name, version), mark in marks.items():
-        out[(name, version)] = s.scalar(
-            select(func.count())
-            .select_from(SourceActivity)
-            .where(
-                SourceActivity.model_name == name,
-                SourceActivity.model_version == version,
-                SourceActivity.last_seen >= mark - horizon,
-            )
-        )
-    return out
 
 
 def _calibrations(db: Database) -> dict[tuple[str, str], dict[str, Any]]:

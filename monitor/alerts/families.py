@@ -7,16 +7,18 @@ also near-duplicated across sources (the same picture re-encoded or re-lit), but
 sends it once or twice, between its other inputs. So the matcher's near-duplicate pairs
 (``probe_matches``) are read as families:
 
-- an address's **own family**: its queries linked by near-duplicate pairs of its own (each
-  variant repeats one of its earlier queries). It counts when it has at least
-  ``probe_member_min`` variants and they make up at least ``probe_min_density`` of everything the
-  address sent between the family's first and last query (a camera that sends one popular
-  picture three times in a day does not qualify; an attacker's stream of variants does);
-- **probing**: one address whose qualifying families hold ``probe_min_matches`` variants;
-- **probing-distributed**: addresses whose qualifying families are linked by near-duplicates
-  across addresses (one seed attacked from many addresses), together ``probe_min_matches``
-  variants: one finding naming every member. Sources that only share a few pictures with others
-  never join a group, however many pictures they share.
+- a **family**: queries linked by close near-duplicate pairs (at least ``STRONG`` × the match
+  threshold of shared hashes, so that the rare chance match between two unrelated images, just
+  above the threshold, does not chain families together), from any address;
+- a **member** of a family: an address that sent at least ``probe_member_min`` of its queries,
+  making up at least ``probe_min_density`` of everything the address sent between the first and
+  the last of them (a camera that sends one popular picture three times in a day is not a
+  member; an attacker's stream of variants is);
+- **probing**: one address that is the only member of its families, with ``probe_min_matches``
+  variants in them together;
+- **probing-distributed**: a family with several members (one seed attacked from many
+  addresses), together ``probe_min_matches`` variants: one finding naming every member. Sources
+  that only share a few pictures with others never join a group, however many they share.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from sqlalchemy.orm import Session
 from monitor.alerts.rules import EVIDENCE_IDS, Finding, span_words
 from monitor.alerts.settings import AlertSettings
 from monitor.db.models import InputScore, ProbeMatch
+
+STRONG = 1.5
 
 
 class _UnionFind:
@@ -51,6 +55,7 @@ class _UnionFind:
 def probing_findings(
     session: Session,
     spans: dict[tuple[str, str], tuple[datetime, datetime]],
+    min_shared: dict[tuple[str, str], int],
     settings: AlertSettings,
 ) -> list[Finding]:
     """Probing findings for each model version with new near-duplicates, from the matches of
@@ -65,6 +70,7 @@ def probing_findings(
                 ProbeMatch.matched_source,
                 ProbeMatch.flipped,
                 ProbeMatch.ts,
+                ProbeMatch.shared,
             ).where(
                 ProbeMatch.model_name == name,
                 ProbeMatch.model_version == version,
@@ -73,48 +79,50 @@ def probing_findings(
             )
         ).all()
         if matches:
-            findings.extend(_findings(session, matches, name, version, settings))
+            close = STRONG * min_shared[(name, version)]
+            findings.extend(_findings(session, matches, close, name, version, settings))
     return findings
 
 
 def _findings(
-    session: Session, matches: list[Any], name: str, version: str, settings: AlertSettings
+    session: Session,
+    matches: list[Any],
+    close: float,
+    name: str,
+    version: str,
+    settings: AlertSettings,
 ) -> list[Finding]:
     owner: dict[int, str] = {}
     when: dict[int, datetime] = {}
     flipped: set[int] = set()
-    everything, own = _UnionFind(), _UnionFind()
+    linked = _UnionFind()
     for m in matches:
+        if m.shared < close:
+            continue
         owner[m.score_id], owner[m.matched_score_id] = m.source, m.matched_source
         when[m.score_id] = m.ts
-        everything.union(m.score_id, m.matched_score_id)
-        if m.source == m.matched_source:
-            own.union(m.score_id, m.matched_score_id)
+        linked.union(m.score_id, m.matched_score_id)
         if m.flipped:
             flipped.add(m.score_id)
     _fill_times(session, when, [i for i in owner if i not in when])
-    families: dict[int, list[int]] = defaultdict(list)
-    for score_id in owner:
-        families[own.find(score_id)].append(score_id)
-    qualifying: dict[int, list[tuple[str, list[int]]]] = defaultdict(list)  # component -> families
-    for ids in families.values():
-        source = owner[ids[0]]
-        if len(ids) >= settings.probe_member_min and _dense(
-            session, source, name, version, ids, when, settings
-        ):
-            qualifying[everything.find(ids[0])].append((source, sorted(ids)))
+    by_family: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for score_id, source in owner.items():
+        by_family[linked.find(score_id)][source].append(score_id)
     findings = []
     single: dict[str, list[int]] = defaultdict(list)
-    for groups in qualifying.values():
-        members: dict[str, list[int]] = defaultdict(list)
-        for source, ids in groups:
-            members[source] += ids
+    for family in by_family.values():
+        members = {
+            source: sorted(ids)
+            for source, ids in family.items()
+            if len(ids) >= settings.probe_member_min
+            and _dense(session, source, name, version, ids, when, settings)
+        }
         if len(members) == 1:
             [(source, ids)] = members.items()
             single[source] += ids
             continue
         queries = sorted(i for ids in members.values() for i in ids)
-        if len(queries) >= settings.probe_min_matches:
+        if len(members) > 1 and len(queries) >= settings.probe_min_matches:
             findings.append(_distributed(members, queries, flipped, when, name, version))
     grouped = {s for f in findings for s in f.evidence["sources"]}
     for source, ids in single.items():

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from monitor.alerts.sequential import RULE_TIERS, Evidence
+from monitor.alerts.sequential import RULE_TIERS, Evidence, SourceTests
 from monitor.alerts.settings import AlertSettings
 from monitor.alerts.stats import benjamini_hochberg, format_p
-from monitor.db.models import InputScore
+from monitor.db.models import InputScore, SourceActivity
 
 TIER_WORDS = {
     "flagged": "flagged by the detector",
@@ -46,26 +46,49 @@ class Finding:
 
 
 def rate_findings(
-    session: Session,
-    evidence: dict[tuple[str, str, str], dict[str, Evidence]],
-    active: dict[tuple[str, str], int],
-    settings: AlertSettings,
+    session: Session, marks: dict[tuple[str, str], datetime], settings: AlertSettings
 ) -> list[Finding]:
     """Findings of the sequential rate tests, with the false discovery rate controlled across
-    sources per (rule, model version): Benjamini–Hochberg over the sources with new evidence,
-    counting every source active in the horizon as tested (the others' p-values count as 1)."""
+    sources per (rule, model version): Benjamini–Hochberg over every source active within the
+    horizon before the watermark, each with its most significant evidence in that horizon. The
+    decision depends on the evidence, not on how the records were split into evaluations; each
+    piece of evidence is reported once."""
     findings = []
-    groups: dict[tuple[str, str, str], list[tuple[str, Evidence]]] = {}
-    for (source, name, version), by_rule in evidence.items():
-        for rule, e in by_rule.items():
-            groups.setdefault((rule, name, version), []).append((source, e))
-    for (_rule, name, version), tested in sorted(groups.items()):
-        m = max(len(tested), active.get((name, version), 0))
-        p_values = [e.p_value for _, e in tested] + [1.0] * (m - len(tested))
-        rejected = benjamini_hochberg(p_values, settings.fdr)
-        for (source, e), reject in zip(tested, rejected, strict=False):
-            if reject:
-                findings.append(_rate_finding(session, source, name, version, e, settings))
+    for (name, version), mark in sorted(marks.items()):
+        since = mark - settings.horizon
+        key = (SourceActivity.model_name == name, SourceActivity.model_version == version)
+        active = session.scalar(
+            select(func.count())
+            .select_from(SourceActivity)
+            .where(*key, SourceActivity.last_seen >= since)
+        )
+        rows = session.execute(
+            select(SourceActivity.source, SourceActivity.best).where(
+                *key, SourceActivity.last_seen >= since, SourceActivity.best_p <= settings.fdr
+            )
+        ).all()
+        bests = {r.source: SourceTests.load(None, r.best) for r in rows}
+        changed = set()
+        for rule in RULE_TIERS:
+            tested = [
+                (source, tests.best[rule])
+                for source, tests in sorted(bests.items())
+                if rule in tests.best and tests.best[rule].end >= since
+            ]
+            p_values = [e.p_value for _, e in tested]
+            p_values += [1.0] * (max(active or 0, len(tested)) - len(tested))
+            rejected = benjamini_hochberg(p_values, settings.fdr)
+            for (source, e), reject in zip(tested, rejected, strict=False):
+                if reject and rule not in bests[source].reported:
+                    findings.append(_rate_finding(session, source, name, version, e, settings))
+                    bests[source].reported.add(rule)
+                    changed.add(source)
+        for source in changed:
+            session.execute(
+                update(SourceActivity)
+                .where(*key, SourceActivity.source == source)
+                .values(best=bests[source].best_json())
+            )
     return findings
 
 

@@ -39,8 +39,8 @@ RULE_TIERS = {
     "flagged-rate": ("flagged", "strong_suspicious"),
     "low-confidence": ("low_confidence",),
 }
-RATIOS = (2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
-MAX_Q = 0.95
+MAX_Q = 0.9  # alternative rates: geometric from 1.5 × p0 to MAX_Q, ratio about 1.6, at most 8
+MAX_ALTERNATIVES = 8
 LEAST_RATE = {"strong_suspicious": 0.001}
 DEFAULT_LEAST_RATE = 0.005
 
@@ -86,17 +86,29 @@ class Evidence:
         return Evidence(**values)
 
 
+POOLED_TIERS = ("strong_suspicious",)
+
+
 def benign_rate(baseline: dict[str, float], tier: str, factor: float) -> float | None:
-    """The rate a benign source may show for ``tier``: the worst benign group's rate at
-    calibration (never below a floor), times the safety factor; None when not calibrated."""
+    """The rate a benign source may show for ``tier``, times the safety factor (None when not
+    calibrated): the worst benign group's rate at calibration (a blurrier camera is not an
+    attack), except for strong evidence, whose threshold is set on all benign groups pooled
+    (a group's rate there is one or two inputs in a few hundred: noise); never below a floor."""
     if tier not in baseline:
         return None
-    worst = max(baseline[tier], baseline.get(f"{tier}_worst", baseline[tier]))
-    return min(0.5, max(worst, LEAST_RATE.get(tier, DEFAULT_LEAST_RATE)) * factor)
+    rate = baseline[tier]
+    if tier not in POOLED_TIERS:
+        rate = max(rate, baseline.get(f"{tier}_worst", rate))
+    return min(0.5, max(rate, LEAST_RATE.get(tier, DEFAULT_LEAST_RATE)) * factor)
 
 
 def alternatives(p0: float) -> list[float]:
-    return [r * p0 for r in RATIOS if r * p0 < MAX_Q] or [min(MAX_Q, (1 + p0) / 2)]
+    """The alternative rates tested against ``p0`` (each costs a share of the significance)."""
+    low = 1.5 * p0
+    if low >= MAX_Q:
+        return [(1 + p0) / 2]
+    count = min(MAX_ALTERNATIVES, max(2, math.ceil(math.log(MAX_Q / low) / math.log(1.6)) + 1))
+    return np.geomspace(low, MAX_Q, count).tolist()
 
 
 @dataclass
@@ -107,23 +119,46 @@ class SourceTests:
     count: int = 0
     last_ts: datetime | None = None
     tiers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    best: dict[str, Evidence] = field(default_factory=dict)  # per rule, within the horizon
+    reported: set[str] = field(default_factory=set)  # rules whose best evidence was reported
 
     @staticmethod
-    def load(data: dict[str, Any] | None) -> SourceTests:
-        if not data:
-            return SourceTests()
-        return SourceTests(
-            count=int(data["count"]),
-            last_ts=datetime.fromisoformat(data["last_ts"]) if data.get("last_ts") else None,
-            tiers=data.get("tiers", {}),
-        )
+    def load(data: dict[str, Any] | None, best: dict[str, Any] | None) -> SourceTests:
+        tests = SourceTests()
+        if data:
+            tests.count = int(data["count"])
+            tests.last_ts = datetime.fromisoformat(data["last_ts"]) if data.get("last_ts") else None
+            tests.tiers = data.get("tiers", {})
+        for rule, e in (best or {}).items():
+            e = dict(e)
+            if e.pop("reported", False):
+                tests.reported.add(rule)
+            tests.best[rule] = Evidence.from_json(e)
+        return tests
 
     def dump(self) -> dict[str, Any]:
+        """The columns ``sequential``, ``best`` and ``best_p`` of ``source_activity``."""
         return {
-            "count": self.count,
-            "last_ts": self.last_ts.isoformat() if self.last_ts else None,
-            "tiers": self.tiers,
+            "sequential": {
+                "count": self.count,
+                "last_ts": self.last_ts.isoformat() if self.last_ts else None,
+                "tiers": self.tiers,
+            },
+            "best": self.best_json(),
+            "best_p": min((e.p_value for e in self.best.values()), default=None),
         }
+
+    def best_json(self) -> dict[str, Any]:
+        return {r: {**e.to_json(), "reported": r in self.reported} for r, e in self.best.items()}
+
+    def keep(self, found: dict[str, Evidence], horizon: timedelta) -> None:
+        """Keep each rule's most significant evidence (newer evidence replaces evidence that
+        ended more than the horizon before it)."""
+        for rule, e in found.items():
+            old = self.best.get(rule)
+            if old is None or e.p_value < old.p_value or old.end < e.end - horizon:
+                self.best[rule] = e
+                self.reported.discard(rule)
 
     def update(
         self, observations: list[Observation], rates: dict[str, float], horizon: timedelta
@@ -140,6 +175,7 @@ class SourceTests:
                 self.tiers = {}  # a long silence: what came before says nothing about now
             self.last_ts = obs.ts if self.last_ts is None else max(self.last_ts, obs.ts)
         _keep_best(found, self._run(observations[start:], rates))
+        self.keep(found, horizon)
         return found
 
     def _run(self, observations: list[Observation], rates: dict[str, float]) -> dict[str, Evidence]:
@@ -168,98 +204,123 @@ class SourceTests:
         observations: list[Observation],
         k_tests: int,
     ) -> Evidence | None:
-        """Advance one flag's CUSUMs over ``x``; the most significant window seen on the way."""
+        """Advance one flag's tests over ``x``; the most significant window seen on the way.
+
+        Two windows per alternative end at each input: the CUSUM's (the best start) and the one
+        from the first input of the run (``origin``: cheaper in significance when the attack
+        began at once)."""
         qs = np.array(alternatives(p0))
         state = self.tiers.get(tier)
         if state is None or not math.isclose(state["p0"], p0) or len(state["s"]) != len(qs):
-            state = {
-                "p0": p0,
-                "s": [0.0] * len(qs),
-                "start": [offset] * len(qs),
-                "start_ts": [observations[0].ts.isoformat()] * len(qs),
-                "n": [0] * len(qs),
-                "k": [0] * len(qs),
-            }
+            state = _fresh_state(p0, len(qs), offset, observations[0].ts)
         up, down = np.log(qs / p0), np.log((1 - qs) / (1 - p0))
         steps = x[None, :] * up[:, None] + (1 - x[None, :]) * down[:, None]  # (alts, m)
         m = len(x)
-        s = np.array(state["s"])
+        flags_before = np.concatenate([[0.0], np.cumsum(x)])
         # Lindley: S_t = C_t - min(0, min_{i<=t} C_i) with C_0 = S_0
-        c = s[:, None] + np.cumsum(steps, axis=1)
+        c = np.array(state["s"])[:, None] + np.cumsum(steps, axis=1)
         running_min = np.minimum.accumulate(np.minimum(c, 0.0), axis=1)
         stat = c - running_min
-        # where the current window started: after the last time C reached its running minimum
+        # the CUSUM window starts after the last time C reached its running minimum (-1: earlier)
         at_min = (c <= running_min + 1e-12) & (running_min < 0)
-        reset_at = np.where(at_min, np.arange(m)[None, :], -1)
-        last_reset = np.maximum.accumulate(reset_at, axis=1)  # -1: the window began earlier
-        flags_before = np.concatenate([[0.0], np.cumsum(x)])
-        best_evidence = None
-        for a in range(len(qs)):
-            for t in _candidates(stat[a]):
+        last_reset = np.maximum.accumulate(np.where(at_min, np.arange(m)[None, :], -1), axis=1)
+        start_index = np.where(
+            last_reset >= 0, offset + last_reset + 2, np.array(state["start"])[:, None] + 1
+        )
+        whole = np.array(state["c"])[:, None] + np.cumsum(steps, axis=1)
+        origin = state["origin"] + 1
+        log_k = math.log(k_tests)
+        log_p = np.stack(
+            [
+                log_k + np.log(start_index * (start_index + 1.0)) - stat,
+                np.full(stat.shape, log_k + math.log(origin * (origin + 1.0))) - whole,
+            ]
+        )
+        which, a, t = np.unravel_index(int(np.argmin(log_p)), log_p.shape)
+        evidence = None
+        if log_p[which, a, t] < 0:
+            if which == 1:
+                window = (origin, state["n0"] + t + 1, state["k0"] + flags_before[t + 1])
+                start_ts = datetime.fromisoformat(state["origin_ts"])
+            elif last_reset[a, t] >= 0:
                 r = int(last_reset[a, t])
-                if r >= 0:
-                    start_index, n = offset + r + 2, t - r
-                    k = int(flags_before[t + 1] - flags_before[r + 1])
-                    start_ts = observations[r + 1].ts if r + 1 < m else observations[t].ts
-                else:
-                    start_index = state["start"][a] + 1
-                    n = state["n"][a] + t + 1
-                    k = state["k"][a] + int(flags_before[t + 1])
-                    start_ts = datetime.fromisoformat(state["start_ts"][a])
-                value = float(stat[a, t])
-                if n <= 0 or value <= 0:
-                    continue
-                p = min(1.0, k_tests * start_index * (start_index + 1) * math.exp(-value))
-                if best_evidence is None or p < best_evidence.p_value:
-                    best_evidence = Evidence(
-                        rule,
-                        tier,
-                        p,
-                        value,
-                        float(qs[a]),
-                        p0,
-                        n,
-                        k,
-                        start_index,
-                        start_ts,
-                        observations[t].ts,
-                        observations[t].score_id,
-                    )
-            r = int(last_reset[a, -1])
-            if r >= 0:
-                state["start"][a] = offset + r + 1
-                state["start_ts"][a] = (
-                    observations[r + 1].ts.isoformat()
-                    if r + 1 < m
-                    else observations[-1].ts.isoformat()
-                )
-                state["n"][a] = m - 1 - r
-                state["k"][a] = int(flags_before[m] - flags_before[r + 1])
+                window = (offset + r + 2, t - r, flags_before[t + 1] - flags_before[r + 1])
+                start_ts = observations[min(r + 1, t)].ts
             else:
-                state["n"][a] += m
-                state["k"][a] += int(flags_before[m])
-            state["s"][a] = float(stat[a, -1])
-            if state["s"][a] == 0.0:
-                state["start"][a] = offset + m
-                state["start_ts"][a] = observations[-1].ts.isoformat()
-                state["n"][a], state["k"][a] = 0, 0
+                window = (
+                    state["start"][a] + 1,
+                    state["n"][a] + t + 1,
+                    state["k"][a] + flags_before[t + 1],
+                )
+                start_ts = datetime.fromisoformat(state["start_ts"][a])
+            evidence = Evidence(
+                rule,
+                tier,
+                float(math.exp(log_p[which, a, t])),
+                float((stat, whole)[which][a, t]),
+                float(qs[a]),
+                p0,
+                int(window[1]),
+                int(window[2]),
+                int(window[0]),
+                start_ts,
+                observations[t].ts,
+                observations[t].score_id,
+            )
+        _advance(state, stat, whole, last_reset, flags_before, offset, observations)
         self.tiers[tier] = state
-        return best_evidence
+        return evidence
+
+
+def _fresh_state(p0: float, alternatives: int, offset: int, ts: datetime) -> dict[str, Any]:
+    """A tier's tests before any input: per alternative the CUSUM (``s``, its window's first
+    input ``start`` - 1, time, inputs ``n`` and flags ``k``) and the sum since the run's first
+    input (``c``; ``origin`` - 1, ``origin_ts``, ``n0``, ``k0``)."""
+    return {
+        "p0": p0,
+        "s": [0.0] * alternatives,
+        "start": [offset] * alternatives,
+        "start_ts": [ts.isoformat()] * alternatives,
+        "n": [0] * alternatives,
+        "k": [0] * alternatives,
+        "c": [0.0] * alternatives,
+        "origin": offset,
+        "origin_ts": ts.isoformat(),
+        "n0": 0,
+        "k0": 0,
+    }
+
+
+def _advance(
+    state: dict[str, Any],
+    stat: np.ndarray,
+    whole: np.ndarray,
+    last_reset: np.ndarray,
+    flags_before: np.ndarray,
+    offset: int,
+    observations: list[Observation],
+) -> None:
+    """Carry a tier's state to the end of this run of inputs."""
+    m = stat.shape[1]
+    for a in range(stat.shape[0]):
+        r = int(last_reset[a, -1])
+        if stat[a, -1] <= 0.0:
+            r = m - 1
+        if r >= 0:
+            state["start"][a] = offset + r + 1
+            state["start_ts"][a] = observations[min(r + 1, m - 1)].ts.isoformat()
+            state["n"][a] = m - 1 - r
+            state["k"][a] = int(flags_before[m] - flags_before[r + 1])
+        else:
+            state["n"][a] += m
+            state["k"][a] += int(flags_before[m])
+        state["s"][a] = max(0.0, float(stat[a, -1]))
+        state["c"][a] = float(whole[a, -1])
+    state["n0"] += m
+    state["k0"] += int(flags_before[m])
 
 
 def _keep_best(found: dict[str, Evidence], new: dict[str, Evidence]) -> None:
     for rule, evidence in new.items():
         if rule not in found or evidence.p_value < found[rule].p_value:
             found[rule] = evidence
-
-
-def _candidates(stat: np.ndarray) -> list[int]:
-    """Where a window could be most significant: the peaks of the statistic (its maximum, and
-    the last point of every rise), few enough to score one by one."""
-    if not len(stat):
-        return []
-    peaks = np.flatnonzero(np.diff(stat, append=-np.inf) < 0)
-    top = int(np.argmax(stat))
-    if len(peaks) > 32:
-        peaks = peaks[np.argsort(stat[peaks])[-32:]]
-    return sorted({top, *peaks.tolist()})

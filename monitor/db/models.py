@@ -377,6 +377,9 @@ class SourceActivity(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     # the alert rules' per-source sequential tests (monitor.alerts.sequential), between evaluations
     sequential: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # their most significant evidence per rule (``best``) and its smallest p-value (``best_p``)
+    best: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    best_p: Mapped[float | None] = mapped_column(Float)
 
     # No secondary indexes: every batch updates these rows, and unindexed columns let
     # PostgreSQL update them in place (HOT); the few-thousand-row scans for dirty rows are cheap.
