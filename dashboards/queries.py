@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Float, and_, case, cast, func, or_, select
 
+from monitor.alerts.queries import rule_in
 from monitor.db.models import (
     Alert,
     Audit,
@@ -85,14 +86,23 @@ def overview(
             .group_by(Alert.model_name, Alert.severity)
         ).all()
         volumes = {}
-        for label, since in (("24h", now - timedelta(hours=24)), ("7d", now - timedelta(days=7))):
-            for name, n, flagged in s.execute(
-                select(
-                    ModelRollup.model_name, func.sum(ModelRollup.n), func.sum(ModelRollup.flagged)
+        # production volumes in record time: the day and week before each model's newest input
+        # (a backlog ingested late shows as it happened; ``now`` caps records dated ahead)
+        newest = dict(
+            s.execute(
+                select(ModelRollup.model_name, func.max(ModelRollup.bucket)).group_by(
+                    ModelRollup.model_name
                 )
-                .where(ModelRollup.bucket >= since.replace(minute=0, second=0, microsecond=0))
-                .group_by(ModelRollup.model_name)
-            ):
+            ).all()
+        )
+        for name, mark in newest.items():
+            end = min(mark, now)
+            for label, span in (("24h", timedelta(hours=23)), ("7d", timedelta(days=7, hours=-1))):
+                n, flagged = s.execute(
+                    select(func.sum(ModelRollup.n), func.sum(ModelRollup.flagged)).where(
+                        ModelRollup.model_name == name, ModelRollup.bucket >= end - span
+                    )
+                ).one()
                 volumes[(name, label)] = (int(n or 0), int(flagged or 0))
     rows = []
     for name in names:
@@ -363,29 +373,18 @@ def source_page(
 
 
 def open_alert_counts(session: Any, sources: list[str]) -> dict[str, int]:
-    """Open alerts per source, counting a distributed-probing alert for every address it
-    names (there are few active alerts, so their evidence is read directly)."""
+    """Open incidents per source, counting an incident for every address it names (a
+    distributed attack's group; there are few active incidents, so their evidence is read
+    directly)."""
     if not sources:
         return {}
-    counts = dict(
-        session.execute(
-            select(Alert.source, func.count())
-            .where(
-                Alert.source.in_(sources),
-                Alert.status.in_(("open", "acknowledged")),
-                Alert.rule != "probing-distributed",
-            )
-            .group_by(Alert.source)
-        ).all()
-    )
+    counts: dict[str, int] = {}
     wanted = set(sources)
-    for (evidence,) in session.execute(
-        select(Alert.evidence).where(
-            Alert.rule == "probing-distributed", Alert.status.in_(("open", "acknowledged"))
-        )
+    for source, evidence in session.execute(
+        select(Alert.source, Alert.evidence).where(Alert.status.in_(("open", "acknowledged")))
     ):
-        for source in set(evidence.get("sources", [])) & wanted:
-            counts[source] = counts.get(source, 0) + 1
+        for named in set((evidence or {}).get("sources") or [source]) & wanted:
+            counts[named] = counts.get(named, 0) + 1
     return counts
 
 
@@ -478,11 +477,12 @@ def alert_page(
         conditions.append(Alert.status == status)
     for column, value in (
         (Alert.severity, severity),
-        (Alert.rule, rule),
         (Alert.model_name, model),
     ):
         if value:
             conditions.append(column == value)
+    if rule:
+        conditions.append(rule_in(rule))
     if source:
         conditions.append(
             or_(
@@ -500,6 +500,7 @@ def alert_page(
                 Alert.severity,
                 Alert.status,
                 Alert.rule,
+                Alert.rules,
                 Alert.source,
                 Alert.model_name,
                 Alert.model_version,
@@ -517,7 +518,15 @@ def alert_page(
 def alert_filter_values(db: Database) -> dict[str, list[str]]:
     with db.session() as s:
         return {
-            "rule": sorted(s.scalars(select(Alert.rule).distinct())),
+            "rule": sorted(
+                {
+                    r
+                    for rules in s.scalars(select(Alert.rules).distinct())
+                    for r in (rules or "").split(",")
+                    if r
+                }
+                | set(s.scalars(select(Alert.rule).distinct()))
+            ),
             "model": sorted(s.scalars(select(Alert.model_name).distinct())),
         }
 

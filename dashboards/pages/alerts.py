@@ -45,7 +45,7 @@ COLUMNS = [
     ("id", "id"),
     ("severity", "severity"),
     ("status", "status"),
-    ("rule", "rule"),
+    ("rules", "rules"),
     ("source", "source"),
     ("model", "model"),
     ("last_seen", "last seen (UTC)"),
@@ -180,22 +180,43 @@ def triage(_ack, _resolve, _false_positive, note, alert_id, search):
     return None, url("", **kept)
 
 
+def _findings(findings: dict) -> dbc.Table | None:
+    """The incident's evidence, one row per rule (and model) that fired."""
+    if not findings:
+        return None
+    head = html.Thead(html.Tr([html.Th(h) for h in ("rule", "model", "severity", "why")]))
+    rows = [
+        html.Tr(
+            [
+                html.Td(f["rule"]),
+                html.Td(f["model"]),
+                html.Td(badge(f["severity"])),
+                html.Td(f["summary"]),
+            ]
+        )
+        for f in findings.values()
+    ]
+    return dbc.Table([head, html.Tbody(rows)], size="sm", id="alerts-findings")
+
+
 def _detail(alert_id: int, done: str | None) -> html.Div:
     try:
         alert = get_alert(current().db, alert_id)
     except NotFound:
         return dbc.Alert(f"There is no alert {alert_id}.", color="warning")
     user = auth.current_user()
-    evidence = {k: v for k, v in alert.evidence.items() if k != "suspicious_score_ids"}
+    evidence = {
+        k: v for k, v in alert.evidence.items() if k not in ("suspicious_score_ids", "rules")
+    }
     return html.Div(
         [
             dcc.Store(id="alerts-selected", data=alert.id),
             html.H3(
                 [
-                    f"Alert {alert.id} ",
+                    f"Incident {alert.id} ",
                     badge(alert.severity),
                     badge(alert.status),
-                    html.Small(f" {alert.rule}", className="text-muted"),
+                    html.Small(f" {', '.join(alert.rules)}", className="text-muted"),
                 ],
                 className="h5",
             ),
@@ -208,6 +229,7 @@ def _detail(alert_id: int, done: str | None) -> html.Div:
                 f"seen {when(alert.first_seen)} · last seen {when(alert.last_seen)}",
                 className="small text-muted",
             ),
+            _findings(alert.evidence.get("rules", {})),
             dbc.Row(
                 [
                     dbc.Col(
