@@ -1,13 +1,19 @@
 """Calibrate the input detector of a registry model version and store its thresholds.
 
 Steps: resolve the model -> pick the dataset -> load the model (and a surrogate for black boxes)
--> craft FGSM and PGD inputs at eps -> ``detect.calibration.calibrate_detector`` -> store.
-The ingester reads the newest stored calibration of each model version.
+-> craft adversarial inputs at several strengths -> ``detect.calibration.calibrate_detector``
+-> store. The ingester reads the newest stored calibration of each model version.
+
+Strengths: detection is measured and thresholds are set against FGSM, PGD stopped at the
+decision boundary, and PGD pushed past it (20 steps, no early stop: confidently wrong, as a
+determined attacker sends them), at every eps of a grid chosen by the input kind (grayscale
+0.1 / 0.2 / 0.3, colour 2/255 / 4/255 / 8/255; ``[detect] eps`` or ``--eps`` replace it): a
+detector chosen at one weak eps misses the strong attacker.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -28,7 +34,9 @@ from monitor.errors import ConfigError, DatasetError
 from monitor.progress import Reporter, silent
 from monitor.registry import DATASET_TAG, ModelVersionRef, Registry
 
-DEFAULT_EPS = 0.1
+GRAYSCALE_EPS = (0.1, 0.2, 0.3)
+COLOUR_EPS = (2 / 255, 4 / 255, 8 / 255)
+ATTACKS = ("fgsm", "pgd", "pgd+")  # pgd+: 20 steps without early stop, past the boundary
 _DETECT_KEYS = {"dataset", "fpr", "eps", "accuracy_margin", "candidates", "max_squeezers", "limit"}
 
 
@@ -52,7 +60,7 @@ class DetectSettings:
 
     dataset: str | None = None
     fpr: float = 0.05
-    eps: float = DEFAULT_EPS
+    eps: float | tuple[float, ...] | None = None  # None: the grid for the input kind
     accuracy_margin: float = 0.05
     candidates: tuple[str, ...] = CANDIDATES
     max_squeezers: int = 2
@@ -69,6 +77,8 @@ class DetectSettings:
         values = dict(table)
         if "candidates" in values:
             values["candidates"] = tuple(values["candidates"])
+        if isinstance(values.get("eps"), list):
+            values["eps"] = tuple(values["eps"])
         try:
             settings = DetectSettings(**values)
         except TypeError as err:
@@ -91,7 +101,7 @@ def calibrate_model(
     *,
     dataset: str | None = None,
     fpr: float | None = None,
-    eps: float | None = None,
+    eps: float | Sequence[float] | None = None,
     device: str = "cpu",
     report: Reporter = silent,
 ) -> StoredCalibration:
@@ -104,10 +114,10 @@ def calibrate_model(
             f"{ref} has no robustness.dataset tag and [detect].dataset is not set; pass --dataset."
         )
     fpr = detect.fpr if fpr is None else fpr
-    eps = detect.eps if eps is None else eps
     if not 0 < fpr < 0.5:
         raise ConfigError("--fpr must be between 0 and 0.5.")
     data = load_dataset(dataset).head(detect.limit)
+    grid = eps_grid(detect.eps if eps is None else eps, data.image_shape)
     model = registry.load(ref, device)
     check_input_shape(model, data.image_shape, f"dataset {dataset}")
     crafter = (
@@ -118,11 +128,12 @@ def calibrate_model(
     report("calibrating detector", 0, 1)
     calibration = calibrate_detector(
         probability_fn(model),
-        _craft(crafter, eps),
+        _craft(crafter),
         data.x,
         data.y,
-        eps=eps,
+        eps=max(grid),
         fpr=fpr,
+        attacks=[f"{attack}@{e:.6g}" for e in grid for attack in ATTACKS],
         candidates=detect.candidates,
         accuracy_margin=detect.accuracy_margin,
         max_squeezers=detect.max_squeezers,
@@ -147,13 +158,29 @@ def probability_fn(model: Classifier) -> Callable[[torch.Tensor], torch.Tensor]:
     return probabilities
 
 
-def _craft(
-    crafter: TorchClassifier, eps: float
-) -> Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor]:
+def eps_grid(
+    eps: float | Sequence[float] | None, image_shape: tuple[int, ...]
+) -> tuple[float, ...]:
+    """The strengths to calibrate against: as given, else by input kind (channels)."""
+    if eps is None:
+        return GRAYSCALE_EPS if image_shape[0] == 1 else COLOUR_EPS
+    grid = (float(eps),) if isinstance(eps, int | float) else tuple(float(e) for e in eps)
+    if not grid or not all(0 < e <= 1 for e in grid):
+        raise ConfigError("the calibration eps must be in (0, 1], e.g. 0.1,0.2 or 8/255.")
+    return grid
+
+
+def _craft(crafter: TorchClassifier) -> Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor]:
+    """``attack@eps`` -> adversarial inputs, crafted on ``crafter`` (the model or a surrogate)."""
+
     def craft(x: torch.Tensor, y: torch.Tensor, attack: str) -> torch.Tensor:
+        name, _, eps_text = attack.partition("@")
+        eps = float(eps_text)
         x, y = x.to(crafter.device), y.to(crafter.device)
-        if attack == "fgsm":
+        if name == "fgsm":
             return fgsm(crafter.module, x, y, eps).cpu()
+        if name == "pgd+":
+            return pgd(crafter.module, x, y, eps, steps=20, early_stop=False, seed=0).cpu()
         return pgd(crafter.module, x, y, eps, seed=0).cpu()
 
     return craft

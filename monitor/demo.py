@@ -53,23 +53,48 @@ def _torch_model(
     key: str, name: str, factory: Callable[[], torch.nn.Module], epochs: int, seed: int
 ) -> Callable[[Registry, Reporter], tuple[ModelVersionRef, float]]:
     def build(registry: Registry, report: Reporter) -> tuple[ModelVersionRef, float]:
-        train, test = load_dataset(DEMO_DATASET, "train"), load_dataset(DEMO_DATASET, "test")
-        torch.manual_seed(seed)
-        model = factory()
-        train_classifier(
-            model,
-            train.x,
-            train.y,
+        return register_trained(
+            registry,
+            name,
+            DEMO_DATASET,
+            factory,
             epochs=epochs,
-            lr=2e-3,
             seed=seed,
-            on_epoch=lambda e, n, _s: report(f"training {key}", e, n),
+            tags={DEMO_TAG: key},
+            report=lambda e, n: report(f"training {key}", e, n),
         )
-        acc = accuracy(model, test.x, test.y)
-        ref = registry.register_torch(model, name, test.x[:2], tags=_tags(key, acc))
-        return ref, acc
 
     return build
+
+
+def register_trained(
+    registry: Registry,
+    name: str,
+    dataset: str,
+    factory: Callable[[], torch.nn.Module],
+    *,
+    epochs: int,
+    seed: int,
+    tags: dict[str, str] | None = None,
+    report: Callable[[int, int], None] | None = None,
+) -> tuple[ModelVersionRef, float]:
+    """Train ``factory()`` on a built-in data set's train split and register it (tagged with
+    its data set and test accuracy); (version, test accuracy)."""
+    train, test = load_dataset(dataset, "train"), load_dataset(dataset, "test")
+    torch.manual_seed(seed)
+    model = factory()
+    train_classifier(
+        model,
+        train.x,
+        train.y,
+        epochs=epochs,
+        lr=2e-3,
+        seed=seed,
+        on_epoch=(lambda e, n, _s: report(e, n)) if report else None,
+    )
+    acc = accuracy(model, test.x, test.y)
+    tags = {**(tags or {}), DATASET_TAG: dataset, "robmon.test_accuracy": f"{acc:.4f}"}
+    return registry.register_torch(model, name, test.x[:2], tags=tags), acc
 
 
 def _logreg(key: str, name: str) -> Callable[[Registry, Reporter], tuple[ModelVersionRef, float]]:

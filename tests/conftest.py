@@ -69,6 +69,36 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return store
 
 
+@pytest.fixture(scope="session")
+def digits28_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ROBMON_HOME with two CNNs on 28×28 digits (``digits28-cnn`` v1, calibrated: the
+    target; v2: a surrogate for transfer attacks), seeded once per test session."""
+    from monitor.architectures import cnn28
+    from monitor.calibrate import calibrate_model
+    from monitor.config import load_settings
+    from monitor.db.session import open_database
+    from monitor.demo import register_trained
+    from monitor.registry import Registry
+
+    store = tmp_path_factory.mktemp("digits28") / ".robmon"
+    settings = load_settings({"ROBMON_HOME": str(store)})
+    registry = Registry(settings)
+    target, _ = register_trained(registry, "digits28-cnn", "digits28", cnn28, epochs=6, seed=0)
+    register_trained(registry, "digits28-cnn", "digits28", cnn28, epochs=6, seed=1)
+    db = open_database(settings)
+    calibrate_model(db, registry, settings, target)
+    db.dispose()
+    return store
+
+
+def copy_store(store: Path, home: Path) -> Path:
+    """A private copy of a seeded store (its databases; artifacts are read in place)."""
+    home.mkdir(parents=True, exist_ok=True)
+    for name in ("mlflow.db", "robmon.db"):
+        shutil.copy(store / name, home / name)
+    return home
+
+
 @pytest.fixture
 def demo_home(home: Path, demo_store: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private copy of the demo store (registry writes stay in this test)."""

@@ -58,11 +58,16 @@ def audits(db, **match) -> list[Audit]:
         return list(s.scalars(query))
 
 
-def wait_until(predicate, timeout: float = 90.0) -> None:
+def wait_until(predicate, timeout: float = 400.0, process: subprocess.Popen | None = None) -> None:
+    """Wait for the event itself, not for a guess of the machine's speed: the bound only
+    catches a hang (on a busy 2-core machine the audits alone can take minutes), and a
+    process that died ends the wait at once."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the process exited ({process.returncode}) before the event")
         time.sleep(0.2)
     raise AssertionError("condition not reached in time")
 
@@ -261,8 +266,8 @@ def test_serve_runs_scheduler_and_ingester_until_sigterm(context, digits, tmp_pa
             with context.db.session() as s:
                 return s.scalar(select(func.count()).select_from(InputScore))
 
-        wait_until(lambda: scored() == 20)
-        wait_until(lambda: len(audits(context.db, status="succeeded")) == 3)
+        wait_until(lambda: scored() == 20, process=process)
+        wait_until(lambda: len(audits(context.db, status="succeeded")) == 3, process=process)
     finally:
         _stop(process)
     output = process.stdout.read()

@@ -89,7 +89,8 @@ class Evaluator:
             thresholds = {m: self._min_shared(calibrations, m) for m in spans}
             findings += families.probing_findings(s, spans, thresholds, self.settings)
             result.findings = len(findings)
-            applied = lifecycle.apply_findings(s, findings, self.settings, marks, now)
+            applied = lifecycle.apply_findings(s, findings, self.settings, now)
+            rules.mark_reported(s, applied.taken)
             s.execute(
                 update(SourceActivity).where(SourceActivity.dirty.is_(True)).values(dirty=False)
             )

@@ -108,7 +108,7 @@ def _findings(
     by_family: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     for score_id, source in owner.items():
         by_family[linked.find(score_id)][source].append(score_id)
-    findings = []
+    groups: list[dict[str, list[int]]] = []
     single: dict[str, list[int]] = defaultdict(list)
     for family in by_family.values():
         members = {
@@ -120,15 +120,32 @@ def _findings(
         if len(members) == 1:
             [(source, ids)] = members.items()
             single[source] += ids
-            continue
+        elif members:
+            groups.append(members)
+    findings = []
+    for members in _campaigns(groups):
         queries = sorted(i for ids in members.values() for i in ids)
-        if len(members) > 1 and len(queries) >= settings.probe_min_matches:
+        if len(queries) >= settings.probe_min_matches:
             findings.append(_distributed(members, queries, flipped, when, name, version))
     grouped = {s for f in findings for s in f.evidence["sources"]}
     for source, ids in single.items():
         if source not in grouped and len(ids) >= settings.probe_min_matches:
             findings.append(_single(source, sorted(ids), flipped, when, name, version))
     return findings
+
+
+def _campaigns(groups: list[dict[str, list[int]]]) -> list[dict[str, list[int]]]:
+    """Families attacked from overlapping sets of addresses are one campaign (one attacker
+    moving on to the next seed image with the same addresses)."""
+    merged: list[dict[str, list[int]]] = []
+    for group in groups:
+        overlapping = [m for m in merged if set(m) & set(group)]
+        combined: dict[str, list[int]] = defaultdict(list)
+        for members in [*overlapping, group]:
+            for source, ids in members.items():
+                combined[source] += ids
+        merged = [m for m in merged if not any(m is o for o in overlapping)] + [dict(combined)]
+    return merged
 
 
 def _fill_times(session: Session, when: dict[int, datetime], missing: list[int]) -> None:

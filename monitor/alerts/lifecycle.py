@@ -12,7 +12,7 @@ when, note); notifications go to the outbox in the same transaction.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import func, select
@@ -35,6 +35,9 @@ TRANSITIONS = {
 }
 SYSTEM = "robmon"
 INCIDENT = "incident"
+# evidence too ambiguous to open an incident alone (a bad camera also makes a model unsure):
+# it joins the source's incident when another rule opens one
+SUPPORTING = {"low-confidence"}
 
 
 @dataclass
@@ -43,6 +46,7 @@ class Applied:
     updated: list[int]
     escalated: list[int]
     suppressed: list[str]
+    taken: list[Finding] = field(default_factory=list)  # findings an incident took or suppressed
 
 
 def open_key(source: str) -> str:
@@ -53,7 +57,6 @@ def apply_findings(
     session: Session,
     findings: list[Finding],
     settings: AlertSettings,
-    marks: dict[tuple[str, str], datetime] | None = None,
     now: datetime | None = None,
 ) -> Applied:
     """Open, update or (within the cool-down) suppress one incident per source."""
@@ -65,12 +68,16 @@ def apply_findings(
     for source, found in sorted(by_source.items()):
         incident = session.scalar(select(Alert).where(Alert.open_key == open_key(source)))
         if incident is None:
+            if all(f.rule in SUPPORTING for f in found):
+                continue  # waits for a rule that may open an incident
+            applied.taken += found
             found = _after_cooldown(session, source, found, settings, applied)
             if not found:
                 continue
             incident = _open(session, source, found, settings, now)
             applied.opened.append(incident.id)
             continue
+        applied.taken += found
         _update(session, incident, found, now, applied, settings)
     return applied
 
@@ -113,7 +120,11 @@ def _merge(incident: Alert | None, found: list[Finding]) -> dict:
     the most suspicious inputs of all."""
     by_rule = dict((incident.evidence or {}).get("rules", {})) if incident else {}
     for f in found:
-        by_rule[f"{f.rule} {f.model_name}/{f.model_version}"] = _evidence(f)
+        key = f"{f.rule} {f.model_name}/{f.model_version}"
+        new, old = _evidence(f), by_rule.get(key, {})
+        if "sources" in new and "sources" in old:  # a group only ever grows
+            new["sources"] = sorted(set(new["sources"]) | set(old["sources"]))
+        by_rule[key] = new
     sources = sorted(
         {s for e in by_rule.values() for s in e.get("sources", [])}
         | {incident.source if incident else found[0].source}

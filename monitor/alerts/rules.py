@@ -52,7 +52,7 @@ def rate_findings(
     sources per (rule, model version): Benjamini–Hochberg over every source active within the
     horizon before the watermark, each with its most significant evidence in that horizon. The
     decision depends on the evidence, not on how the records were split into evaluations; each
-    piece of evidence is reported once."""
+    piece of evidence is reported until an incident takes it (``mark_reported``)."""
     findings = []
     for (name, version), mark in sorted(marks.items()):
         since = mark - settings.horizon
@@ -68,7 +68,6 @@ def rate_findings(
             )
         ).all()
         bests = {r.source: SourceTests.load(None, r.best) for r in rows}
-        changed = set()
         for rule in RULE_TIERS:
             tested = [
                 (source, tests.best[rule])
@@ -81,15 +80,25 @@ def rate_findings(
             for (source, e), reject in zip(tested, rejected, strict=False):
                 if reject and rule not in bests[source].reported:
                     findings.append(_rate_finding(session, source, name, version, e, settings))
-                    bests[source].reported.add(rule)
-                    changed.add(source)
-        for source in changed:
-            session.execute(
-                update(SourceActivity)
-                .where(*key, SourceActivity.source == source)
-                .values(best=bests[source].best_json())
-            )
     return findings
+
+
+def mark_reported(session: Session, findings: list[Finding]) -> None:
+    """Rate evidence that an incident took (or the cool-down suppressed) is not reported again;
+    the rest (supporting evidence waiting for an incident) is."""
+    by_key: dict[tuple[str, str, str], set[str]] = {}
+    for f in findings:
+        if f.rule in RULE_TIERS and f.model_version is not None:
+            by_key.setdefault((f.source, f.model_name, f.model_version), set()).add(f.rule)
+    for (source, name, version), taken in by_key.items():
+        where = (
+            SourceActivity.source == source,
+            SourceActivity.model_name == name,
+            SourceActivity.model_version == version,
+        )
+        tests = SourceTests.load(None, session.scalar(select(SourceActivity.best).where(*where)))
+        tests.reported |= taken
+        session.execute(update(SourceActivity).where(*where).values(best=tests.best_json()))
 
 
 def _rate_finding(

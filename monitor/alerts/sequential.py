@@ -86,19 +86,13 @@ class Evidence:
         return Evidence(**values)
 
 
-POOLED_TIERS = ("strong_suspicious",)
-
-
 def benign_rate(baseline: dict[str, float], tier: str, factor: float) -> float | None:
     """The rate a benign source may show for ``tier``, times the safety factor (None when not
-    calibrated): the worst benign group's rate at calibration (a blurrier camera is not an
-    attack), except for strong evidence, whose threshold is set on all benign groups pooled
-    (a group's rate there is one or two inputs in a few hundred: noise); never below a floor."""
+    calibrated): the worst benign group's rate on held-out calibration data (a blurrier camera
+    is not an attack), never below a floor."""
     if tier not in baseline:
         return None
-    rate = baseline[tier]
-    if tier not in POOLED_TIERS:
-        rate = max(rate, baseline.get(f"{tier}_worst", rate))
+    rate = max(baseline[tier], baseline.get(f"{tier}_worst", baseline[tier]))
     return min(0.5, max(rate, LEAST_RATE.get(tier, DEFAULT_LEAST_RATE)) * factor)
 
 

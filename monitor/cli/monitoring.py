@@ -34,13 +34,16 @@ def calibrate(
         None, help="Clean data (default: the version's robustness.dataset tag)."
     ),
     fpr: float | None = typer.Option(None, help="Target false-positive rate (default 0.05)."),
-    eps: float | None = typer.Option(
-        None, help="L∞ eps of the FGSM/PGD inputs used to measure detection (default 0.1)."
+    eps: str | None = typer.Option(
+        None,
+        help="L∞ radii of the adversarial inputs detection is measured against, comma "
+        "separated, 8/255 works (default: 0.1,0.2,0.3 for grayscale, 2/255,4/255,8/255 colour).",
     ),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Detector thresholds for a model version at a target false-positive rate."""
+    from monitor.audit.config import parse_eps
     from monitor.calibrate import calibrate_model
 
     db, registry = state.database(), state.registry()
@@ -52,7 +55,7 @@ def calibrate(
             model,
             dataset=dataset,
             fpr=fpr,
-            eps=eps,
+            eps=parse_eps(eps) if eps else None,
             device=device,
             report=report,
         )
@@ -91,7 +94,7 @@ def calibrate(
         return
     say(
         f"calibration {stored.id}: {stored.model_name} v{stored.model_version} on "
-        f"{stored.dataset}, target FPR {stored.fpr:.0%}, adversarial inputs at L∞ eps "
+        f"{stored.dataset}, target FPR {stored.fpr:.0%}, adversarial inputs up to L∞ eps "
         f"{stored.eps:g}"
     )
     say(f"chosen {data['reason']}")

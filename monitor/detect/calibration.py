@@ -39,6 +39,8 @@ def _feature_value(batch: ScoreBatch, name: str) -> torch.Tensor:
         return torch.log(1.0 - value + 1e-6)
     if name.startswith("div:"):
         return torch.log(value + 1e-6)
+    if name == "roughness":
+        return torch.log(value + 1e-4)
     return value
 
 
@@ -52,7 +54,7 @@ class CombinedDetector:
     coef: list[float]
     intercept: float
     threshold: float
-    strong: float | None = None  # strong evidence: above 99.9% of benign calibration inputs
+    strong: float | None = None  # strong evidence: above 99.9% of every benign group
 
     def score(self, batch: ScoreBatch) -> torch.Tensor:
         """Probability-like score in (0, 1): higher means more likely adversarial."""
@@ -391,7 +393,11 @@ def _train_combined(split: _Split, chosen: tuple[str, ...], fpr: float) -> Combi
         0.5,
     )
     detector.threshold = _worst_group_threshold(split, detector.score, fpr)
-    detector.strong = max(detector.threshold, _quantile(detector.score(neg), STRONG_QUANTILE))
+    # strong evidence: above 99.9% of every benign group (a noisy camera included), not of
+    # the pool, where the noisiest group's tail hides among the clean majority
+    detector.strong = max(
+        detector.threshold, _worst_group_threshold(split, detector.score, 1 - STRONG_QUANTILE)
+    )
     return detector
 
 

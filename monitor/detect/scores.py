@@ -1,8 +1,15 @@
-"""Per-input scores: prediction, confidence, margin, entropy and squeezing divergences.
+"""Per-input scores: prediction, confidence, margin, entropy, squeezing divergences and the
+input's roughness.
 
 The divergence of a squeezer is the L1 distance between the model's softmax on the input and on
 the squeezed input (Xu et al. 2018); adversarial inputs tend to move more under squeezing than
 natural ones. All inputs and their squeezed versions go through the model as one batch.
+
+Squeezing misses attacks that push far past the decision boundary (large eps, many steps: the
+squeezed input is just as wrong, with the same confidence). Their perturbation still shows in
+the input itself: an L∞ attack adds dense pixel-level texture that natural images, even noisy
+ones, lack. ``roughness`` (the mean absolute 4-neighbour Laplacian of the image, in pixel units)
+measures it without the model; the combined detector learns how much to trust it.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from monitor.detect.squeezers import Squeezer
 
 # N×C×H×W pixel-space images -> N×K class probabilities (rows sum to 1)
 ProbabilityFn = Callable[[torch.Tensor], torch.Tensor]
-BASE_FEATURES = ("confidence", "margin", "entropy")
+BASE_FEATURES = ("confidence", "margin", "entropy", "roughness")
 
 
 @dataclass
@@ -28,6 +35,7 @@ class ScoreBatch:
     margin: torch.Tensor
     entropy: torch.Tensor
     divergences: dict[str, torch.Tensor]
+    roughness: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.confidence)
@@ -58,6 +66,7 @@ class ScoreBatch:
             self.margin[index],
             self.entropy[index],
             {k: v[index] for k, v in self.divergences.items()},
+            self.roughness[index],
         )
 
     @staticmethod
@@ -69,6 +78,7 @@ class ScoreBatch:
             torch.cat([b.margin for b in batches]),
             torch.cat([b.entropy for b in batches]),
             {n: torch.cat([b.divergences[n] for b in batches]) for n in names},
+            torch.cat([b.roughness for b in batches]),
         )
 
 
@@ -86,7 +96,22 @@ def score_inputs(
         s.name: (base - probs[(i + 1) * n : (i + 2) * n]).abs().sum(dim=1)
         for i, s in enumerate(squeezers)
     }
-    return ScoreBatch(base.argmax(dim=1), top[:, 0], margin, entropy, divergences)
+    return ScoreBatch(
+        base.argmax(dim=1), top[:, 0], margin, entropy, divergences, roughness(x.float())
+    )
+
+
+def roughness(x: torch.Tensor) -> torch.Tensor:
+    """Mean absolute 4-neighbour Laplacian per image of N×C×H×W (0 for a flat image)."""
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")
+    laplacian = (
+        padded[..., :-2, 1:-1]
+        + padded[..., 2:, 1:-1]
+        + padded[..., 1:-1, :-2]
+        + padded[..., 1:-1, 2:]
+        - 4 * x
+    )
+    return laplacian.abs().mean(dim=(1, 2, 3)).cpu()
 
 
 def roc_auc(negatives: torch.Tensor, positives: torch.Tensor) -> float:
