@@ -487,7 +487,7 @@ def alert_page(
         conditions.append(
             or_(
                 Alert.source.contains(source, autoescape=True),
-                cast(Alert.evidence, Alert.summary.type).contains(source, autoescape=True),
+                Alert.sources.contains(source, autoescape=True),
             )
         )
     where = and_(*conditions) if conditions else True

@@ -29,6 +29,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 DEMO_TAG = "robmon.demo"
 DEMO_DATASET = "digits"
+# the demo's attackers: every kind the detector of an 8×8 digits model can see (a few strong
+# adversarial inputs mixed into clean traffic stay under its noisy cameras' own flag rate)
+DEMO_ATTACKERS = (
+    "fgsm-burst",
+    "pgd-slow40s",
+    "transfer-burst",
+    "query-simba-slow5m",
+    "query-square",
+    "query-distributed",
+)
 
 
 @dataclass
@@ -201,7 +211,9 @@ def demo_traffic(
     target = registry.load(registry.resolve("models:/digits-cnn@champion")).module
     surrogate = registry.load(registry.resolve("models:/digits-cnn/2")).module
     report("simulating production traffic", 0, 1)
-    traffic = simulate(load_dataset(DEMO_DATASET, "all"), target, surrogate)
+    traffic = simulate(
+        load_dataset(DEMO_DATASET, "all"), target, surrogate, attackers=list(DEMO_ATTACKERS)
+    )
     report("simulating production traffic", 1, 1)
     if not log.exists():
         log.parent.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("alerts", schema=None) as batch_op:
         batch_op.add_column(sa.Column("rules", sa.String(length=255), nullable=True))
+        batch_op.add_column(sa.Column("sources", sa.Text(), nullable=True))
         batch_op.add_column(
             sa.Column("closed_watermark", monitor.db.types.UTCDateTime(timezone=True), nullable=True)
         )
@@ -41,4 +42,5 @@ def downgrade() -> None:
         batch_op.drop_column("sequential")
     with op.batch_alter_table("alerts", schema=None) as batch_op:
         batch_op.drop_column("closed_watermark")
+        batch_op.drop_column("sources")
         batch_op.drop_column("rules")

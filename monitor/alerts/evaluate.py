@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from monitor import leases
 from monitor.alerts import families, lifecycle, probing, rules
 from monitor.alerts.probing import FINGERPRINT_COLUMNS, ProbeMatcher
-from monitor.alerts.sequential import Observation, SourceTests, benign_rate
+from monitor.alerts.sequential import Observation, SourceTests, tested_rates
 from monitor.alerts.settings import AlertSettings
 from monitor.db.models import DetectorCalibration, InputFingerprint, InputScore, SourceActivity
 from monitor.db.session import Database
@@ -37,7 +37,7 @@ from monitor.errors import RobmonError
 LEASE = "alert-evaluation"
 DEFAULT_MIN_SHARED = 12
 CHUNK = 5000
-TIERS = ("flagged", "strong_suspicious", "low_confidence")
+TIERS = ("combined_suspicious", "flagged", "strong_suspicious", "low_confidence")
 Key = tuple[str, str, str]  # source, model name, model version
 
 
@@ -157,11 +157,7 @@ class Evaluator:
             baseline = calibrations.get(key[1:])
             if baseline is None:
                 continue
-            rates = {
-                t: rate
-                for t in TIERS
-                if (rate := benign_rate(baseline, t, self.settings.baseline_factor)) is not None
-            }
+            rates = tested_rates(baseline, self.settings.baseline_factor)
             tests[key].update(observations, rates, self.settings.horizon)
 
 

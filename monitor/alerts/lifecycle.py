@@ -153,6 +153,7 @@ def _open(
         rule=rule,
         rules=rules,
         source=source,
+        sources=",".join(evidence["sources"]),
         model_name=name,
         model_version=version,
         severity=severity,
@@ -184,12 +185,9 @@ def _update(
     before = set((incident.rules or incident.rule).split(","))
     evidence = _merge(incident, found)
     rule, rules, severity, name, version, summary = _headline(evidence)
-    incident.evidence, incident.summary, incident.rule, incident.rules = (
-        evidence,
-        summary,
-        rule,
-        rules,
-    )
+    incident.evidence, incident.summary = evidence, summary
+    incident.rule, incident.rules = rule, rules
+    incident.sources = ",".join(evidence["sources"])
     incident.model_name, incident.model_version = name, version
     incident.window_start = min(incident.window_start, *(f.window_start for f in found))
     incident.window_end = max(incident.window_end, *(f.window_end for f in found))

@@ -25,6 +25,7 @@ from monitor.alerts.stats import benjamini_hochberg, format_p
 from monitor.db.models import InputScore, SourceActivity
 
 TIER_WORDS = {
+    "combined_suspicious": "flagged by the combined detector",
     "flagged": "flagged by the detector",
     "strong_suspicious": "with strong adversarial evidence (above 99.9% of benign)",
     "low_confidence": "with low confidence",

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 RULE_TIERS = {
-    "flagged-rate": ("flagged", "strong_suspicious"),
+    "flagged-rate": ("combined_suspicious", "flagged", "strong_suspicious"),
     "low-confidence": ("low_confidence",),
 }
 MAX_Q = 0.9  # alternative rates: geometric from 1.5 × p0 to MAX_Q, ratio about 1.6, at most 8
@@ -84,6 +84,17 @@ class Evidence:
         values["start"] = datetime.fromisoformat(values["start"])
         values["end"] = datetime.fromisoformat(values["end"])
         return Evidence(**values)
+
+
+def tested_rates(baseline: dict[str, float], factor: float) -> dict[str, float]:
+    """The benign rate of every flag tested for a calibration. With a combined detector its
+    flag replaces ``flagged`` (squeezing or combined): a blurry camera moves squeezed
+    predictions by itself, and the combined detector has learnt how much that means."""
+    tiers = [t for tiers in RULE_TIERS.values() for t in tiers]
+    if "combined_suspicious" in baseline:
+        tiers.remove("flagged")
+    rates = {t: benign_rate(baseline, t, factor) for t in tiers}
+    return {t: r for t, r in rates.items() if r is not None}
 
 
 def benign_rate(baseline: dict[str, float], tier: str, factor: float) -> float | None:

@@ -442,6 +442,7 @@ class Alert(Base):
     rule: Mapped[str] = mapped_column(String(32))
     rules: Mapped[str | None] = mapped_column(String(255))
     source: Mapped[str] = mapped_column(String(255))
+    sources: Mapped[str | None] = mapped_column(Text)  # every address it names, comma-separated
     model_name: Mapped[str] = mapped_column(String(255))
     model_version: Mapped[str | None] = mapped_column(String(64))
     severity: Mapped[str] = mapped_column(String(16))

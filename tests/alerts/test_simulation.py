@@ -23,18 +23,12 @@ import pytest
 
 from monitor.alerts.replay import Outcome, replay
 from monitor.datasets import load_dataset
+from monitor.demo import DEMO_ATTACKERS
 from monitor.simulate import Traffic, simulate
 from tests.conftest import copy_store
 from tests.stores import context_for
 
-DIGITS_KINDS = [
-    "fgsm-burst",
-    "pgd-slow40s",
-    "transfer-burst",
-    "query-simba-slow5m",
-    "query-square",
-    "query-distributed",
-]
+DIGITS_KINDS = list(DEMO_ATTACKERS)
 DIGITS28_KINDS = ["mixed-10", "mixed-20", "transfer-slow5m", "fgsm-slow40s", "query-simba"]
 RATE_RULES = {"flagged-rate", "low-confidence"}
 RIGHT_RULES = {
