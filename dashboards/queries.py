@@ -132,6 +132,15 @@ def overview(
     return rows
 
 
+def record_watermark(db: Database, now: datetime | None = None) -> datetime:
+    """The end of the newest hour of record time ingested (production charts end there, not at
+    the wall clock, so a backlog shows as it happened); ``now`` when nothing was ingested."""
+    now = now or utcnow()
+    with db.session() as s:
+        newest = s.scalar(select(func.max(ModelRollup.bucket)))
+    return min(newest + timedelta(hours=1), now) if newest is not None else now
+
+
 def hourly_volume(db: Database, model: str, since: datetime) -> list[dict[str, Any]]:
     with db.session() as s:
         return [

@@ -13,7 +13,6 @@ from dash import Input, Output, callback, dcc, html
 from dashboards import queries
 from dashboards.components import SEVERITY_COLORS, badge, empty_figure, page_header, percent, when
 from dashboards.context import current
-from monitor.db.types import utcnow
 
 dash.register_page(__name__, path="/", name="Overview", order=0)
 
@@ -60,14 +59,15 @@ def overview_content() -> html.Div:
                     "trend",
                     "last audit",
                     "open alerts",
-                    "last 24 h",
+                    "last 24 h (record time)",
                     "last 7 days",
                 )
             ]
         )
     )
     body = html.Tbody([_row(r) for r in rows])
-    since = (utcnow() - timedelta(days=7)).replace(minute=0, second=0, microsecond=0)
+    end = queries.record_watermark(context.db)
+    since = (end - timedelta(days=7)).replace(minute=0, second=0, microsecond=0)
     volume = go.Figure()
     for r in rows:
         series = queries.hourly_volume(context.db, r.name, since)
@@ -89,10 +89,10 @@ def overview_content() -> html.Div:
     volume.update_layout(
         height=300,
         margin={"l": 40, "r": 40, "t": 30, "b": 30},
-        title="Production inputs per hour (last 7 days)",
+        title=f"Production inputs per hour (7 days of record time to {end:%Y-%m-%d %H:%M} UTC)",
         barmode="stack",
         yaxis={"title": "inputs"},
-        xaxis={"range": [since, utcnow()], "type": "date"},
+        xaxis={"range": [since, end], "type": "date"},
         legend={"orientation": "h"},
         yaxis2={
             "title": "flagged rate",

@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 import pytest
 from sqlalchemy import select
 
+from monitor.alerts.queries import rule_in
 from monitor.db.models import Alert, AlertEvent
 
 CHROMIUM = "/usr/bin/chromium"
@@ -195,7 +196,7 @@ def test_alert_triage_needs_a_triager_and_lands_in_the_trail(site, browser) -> N
     base, db = site
     with db.session() as s:
         alert_id = s.scalar(
-            select(Alert.id).where(Alert.rule == "flagged-rate", Alert.source == "10.66.0.2")
+            select(Alert.id).where(rule_in("flagged-rate"), Alert.source == "10.66.0.2")
         )
     page = Page(browser, base)
     page.open(f"/alerts?id={alert_id}", "#alerts-ack")
