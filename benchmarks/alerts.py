@@ -47,7 +47,7 @@ def volume(db_url: str, label: str, stored: int, sources: int) -> list[tuple]:
         load_settings({"ROBMON_HOME": tempfile.mkdtemp()}), db_url=db_url, embedded_db=True
     )
     db = open_database(settings)
-    now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+    now = (datetime.now(UTC) - timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
     started = time.perf_counter()
     fill(db, stored, sources, now)
     load_seconds = time.perf_counter() - started
@@ -156,6 +156,7 @@ def _store(home: Path, dataset: str):
         return settings, db, registry, "digits-cnn"
     target, _ = register_trained(registry, "digits28-cnn", dataset, cnn28, epochs=6, seed=0)
     register_trained(registry, "digits28-cnn", dataset, cnn28, epochs=6, seed=1)
+    registry.set_alias("digits28-cnn", "champion", target.version)
     calibrate_model(db, registry, settings, target)
     return settings, db, registry, "digits28-cnn"
 

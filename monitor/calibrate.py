@@ -5,7 +5,7 @@ Steps: resolve the model -> pick the dataset -> load the model (and a surrogate 
 -> store. The ingester reads the newest stored calibration of each model version.
 
 Strengths: detection is measured and thresholds are set against FGSM, PGD stopped at the
-decision boundary, and PGD pushed past it (20 steps, no early stop: confidently wrong, as a
+decision boundary, and PGD pushed past it (10 steps, no early stop: confidently wrong, as a
 determined attacker sends them), at every eps of a grid chosen by the input kind (grayscale
 0.1 / 0.2 / 0.3, colour 2/255 / 4/255 / 8/255; ``[detect] eps`` or ``--eps`` replace it): a
 detector chosen at one weak eps misses the strong attacker.
@@ -36,7 +36,7 @@ from monitor.registry import DATASET_TAG, ModelVersionRef, Registry
 
 GRAYSCALE_EPS = (0.1, 0.2, 0.3)
 COLOUR_EPS = (2 / 255, 4 / 255, 8 / 255)
-ATTACKS = ("fgsm", "pgd", "pgd+")  # pgd+: 20 steps without early stop, past the boundary
+ATTACKS = ("fgsm", "pgd", "pgd+")  # pgd+: 10 steps without early stop, past the boundary
 _DETECT_KEYS = {"dataset", "fpr", "eps", "accuracy_margin", "candidates", "max_squeezers", "limit"}
 
 
@@ -102,6 +102,7 @@ def calibrate_model(
     dataset: str | None = None,
     fpr: float | None = None,
     eps: float | Sequence[float] | None = None,
+    limit: int | None = None,
     device: str = "cpu",
     report: Reporter = silent,
 ) -> StoredCalibration:
@@ -116,7 +117,7 @@ def calibrate_model(
     fpr = detect.fpr if fpr is None else fpr
     if not 0 < fpr < 0.5:
         raise ConfigError("--fpr must be between 0 and 0.5.")
-    data = load_dataset(dataset).head(detect.limit)
+    data = load_dataset(dataset).head(limit or detect.limit)
     grid = eps_grid(detect.eps if eps is None else eps, data.image_shape)
     model = registry.load(ref, device)
     check_input_shape(model, data.image_shape, f"dataset {dataset}")
@@ -180,7 +181,7 @@ def _craft(crafter: TorchClassifier) -> Callable[[torch.Tensor, torch.Tensor, st
         if name == "fgsm":
             return fgsm(crafter.module, x, y, eps).cpu()
         if name == "pgd+":
-            return pgd(crafter.module, x, y, eps, steps=20, early_stop=False, seed=0).cpu()
+            return pgd(crafter.module, x, y, eps, steps=10, early_stop=False, seed=0).cpu()
         return pgd(crafter.module, x, y, eps, seed=0).cpu()
 
     return craft

@@ -85,8 +85,9 @@ def digits28_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     registry = Registry(settings)
     target, _ = register_trained(registry, "digits28-cnn", "digits28", cnn28, epochs=6, seed=0)
     register_trained(registry, "digits28-cnn", "digits28", cnn28, epochs=6, seed=1)
+    registry.set_alias("digits28-cnn", "champion", target.version)  # production answers with v1
     db = open_database(settings)
-    calibrate_model(db, registry, settings, target)
+    calibrate_model(db, registry, settings, target, limit=360)
     db.dispose()
     return store
 

@@ -39,6 +39,9 @@ def calibrate(
         help="L∞ radii of the adversarial inputs detection is measured against, comma "
         "separated, 8/255 works (default: 0.1,0.2,0.3 for grayscale, 2/255,4/255,8/255 colour).",
     ),
+    limit: int | None = typer.Option(
+        None, help="Calibrate on the first N samples of the dataset (default: all)."
+    ),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -56,6 +59,7 @@ def calibrate(
             dataset=dataset,
             fpr=fpr,
             eps=parse_eps(eps) if eps else None,
+            limit=limit,
             device=device,
             report=report,
         )

@@ -132,13 +132,24 @@ def _jpeg(x: torch.Tensor, quality: int = 75) -> torch.Tensor:
 
 
 def benign_corruptions(x: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Light noise, blur, JPEG compression and a brightness shift: natural, not adversarial."""
+    """What cameras and transport do to natural images: noise (light and heavy), blur, JPEG
+    (good and poor quality), a brightness shift, a palette of 8 levels, and a resize down and
+    back up. None is adversarial; each is one benign group of the calibration, whose rates
+    every threshold must hold."""
     gen = torch.Generator().manual_seed(seed)
+    h, w = x.shape[-2:]
+    small = (max(4, round(0.6 * h)), max(4, round(0.6 * w)))
     return {
         "noise": (x + 0.03 * torch.randn(x.shape, generator=gen)).clamp(0, 1),
+        "noise-heavy": (x + 0.06 * torch.randn(x.shape, generator=gen)).clamp(0, 1),
         "blur": _gaussian_blur(x),
         "jpeg": _jpeg(x),
+        "jpeg-poor": _jpeg(x, 30),
         "brightness": (x + 0.1).clamp(0, 1),
+        "palette": torch.round(x * 7) / 7,
+        "resized": F.interpolate(
+            F.interpolate(x, small, mode="bilinear", antialias=True), (h, w), mode="bilinear"
+        ).clamp(0, 1),
     }
 
 
@@ -234,29 +245,19 @@ def calibrate_detector(
         raise ValueError("fpr must be between 0 and 0.5")
     squeezers = [parse_squeezer(c) for c in candidates]
     a, b = stratified_halves(y, seed)
-    clean_pred = probabilities(x).argmax(1)
-    correct = clean_pred == y
-    splits = {}
-    n_adv = {}
-    for name, idx in (("A", a), ("B", b)):
-        xs, ys = x[idx], y[idx]
-        benign = {
-            k: score_inputs(probabilities, v, squeezers)
-            for k, v in benign_corruptions(xs, seed).items()
-        }
-        adversarial = {}
-        for attack in attacks:
-            keep = correct[idx]
-            x_adv = craft(xs[keep], ys[keep], attack)
-            fooled = probabilities(x_adv).argmax(1) != ys[keep]
-            adversarial[attack] = score_inputs(probabilities, x_adv[fooled], squeezers)
-            n_adv[f"{attack}_{name}"] = int(fooled.sum())
-        splits[name] = _Split(score_inputs(probabilities, xs, squeezers), benign, adversarial)
+    correct = probabilities(x).argmax(1) == y
+    n_adv: dict[str, int] = {}
+    splits = {"A": _split(probabilities, craft, x[a], y[a], correct[a], attacks, squeezers, seed)}
     report = _choose_squeezers(
         probabilities, x[a], y[a], squeezers, splits["A"], accuracy_margin, max_squeezers
     )
     chosen = tuple(r.squeezer for r in report if r.kept and r.reason.startswith("chosen"))
     thresholds = _thresholds(splits["A"], chosen, fpr)
+    # the held-out split needs only the chosen squeezers
+    kept = [s for s in squeezers if s.name in chosen]
+    splits["B"] = _split(probabilities, craft, x[b], y[b], correct[b], attacks, kept, seed)
+    for name, split in splits.items():
+        n_adv.update({f"{k}_{name}": len(v) for k, v in split.adversarial.items()})
     detectors = [
         _evaluate(d, thresholds, splits["B"])
         for d in DETECTORS
@@ -283,6 +284,29 @@ def calibrate_detector(
             "clean-versus-adversarial ROC AUC on the calibration split"
         ),
     )
+
+
+def _split(
+    probabilities: ProbabilityFn,
+    craft: Crafter,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    correct: torch.Tensor,
+    attacks: Sequence[str],
+    squeezers: Sequence,
+    seed: int,
+) -> _Split:
+    """Scores of one split: clean, every benign corruption, and every attack's successful
+    adversarial inputs (crafted from the correctly classified ones)."""
+    benign = {
+        k: score_inputs(probabilities, v, squeezers) for k, v in benign_corruptions(x, seed).items()
+    }
+    adversarial = {}
+    for attack in attacks:
+        x_adv = craft(x[correct], y[correct], attack)
+        scores = score_inputs(probabilities, x_adv, squeezers)
+        adversarial[attack] = scores.select(scores.predicted != y[correct])
+    return _Split(score_inputs(probabilities, x, squeezers), benign, adversarial)
 
 
 def benign_flag_rates(t: Thresholds, split: _Split) -> dict[str, float]:

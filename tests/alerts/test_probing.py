@@ -14,7 +14,7 @@ from monitor.alerts.settings import AlertSettings
 from monitor.datasets import load_dataset
 from monitor.ingest.pipeline import Ingester
 from monitor.ingest.sources import RawLine
-from tests.conftest import copy_store
+from tests.conftest import ENV_KEYS, copy_store
 from tests.stores import context_for
 
 START = (datetime.now(UTC) - timedelta(hours=6)).replace(microsecond=0)
@@ -23,6 +23,8 @@ START = (datetime.now(UTC) - timedelta(hours=6)).replace(microsecond=0)
 @pytest.fixture
 def store28(digits28_store, tmp_path, monkeypatch):
     home = copy_store(digits28_store, tmp_path / ".robmon")
+    for key in ENV_KEYS:
+        monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("ROBMON_HOME", str(home))
     monkeypatch.chdir(tmp_path)
     return context_for(home)

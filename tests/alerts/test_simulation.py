@@ -25,7 +25,7 @@ from monitor.alerts.replay import Outcome, replay
 from monitor.datasets import load_dataset
 from monitor.demo import DEMO_ATTACKERS
 from monitor.simulate import Traffic, simulate
-from tests.conftest import copy_store
+from tests.conftest import ENV_KEYS, copy_store
 from tests.stores import context_for
 
 DIGITS_KINDS = list(DEMO_ATTACKERS)
@@ -55,6 +55,8 @@ def _replayed(tmp_path_factory, store, model, dataset, kinds, start=None) -> Str
     for mode in ("batch", "streaming"):
         home = copy_store(store, tmp_path_factory.mktemp(mode) / ".robmon")
         with pytest.MonkeyPatch.context() as patch:
+            for key in ENV_KEYS:  # MLflow exports its tracking URI; each store is its own
+                patch.delenv(key, raising=False)
             patch.setenv("ROBMON_HOME", str(home))
             patch.chdir(home.parent)
             settings, db, registry = context_for(home)
