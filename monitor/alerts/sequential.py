@@ -39,8 +39,8 @@ RULE_TIERS = {
     "flagged-rate": ("combined_suspicious", "flagged", "strong_suspicious"),
     "low-confidence": ("low_confidence",),
 }
-MAX_Q = 0.9  # alternative rates: geometric from 1.5 × p0 to MAX_Q, ratio about 1.6, at most 8
-MAX_ALTERNATIVES = 8
+MAX_Q = 0.9  # alternative rates: geometric from 1.5 × p0 to MAX_Q, ratio at least 1.6, at most 4
+MAX_ALTERNATIVES = 4
 LEAST_RATE = {"strong_suspicious": 0.001}
 DEFAULT_LEAST_RATE = 0.005
 

@@ -170,3 +170,44 @@ def test_webhook_delivers_exactly_once_also_when_down_at_first(
         assert "flagged-rate" in payload["rules"] and payload["sources"] == ["10.6.6.6"]
         ids.add(payload["alert_id"])
     assert ids == set(opened)
+
+
+def test_a_sources_findings_form_one_incident_and_low_confidence_only_supports(demo_home) -> None:
+    from monitor.alerts.lifecycle import apply_findings
+    from monitor.alerts.queries import get_alert, list_alerts
+    from monitor.alerts.rules import Finding
+    from monitor.alerts.settings import AlertSettings
+    from monitor.config import load_settings
+    from monitor.db.session import open_database
+
+    db = open_database(load_settings())
+    end = START + timedelta(minutes=10)
+
+    def finding(rule: str, source: str, severity: str) -> Finding:
+        evidence = {"suspicious_score_ids": [1]}
+        return Finding(rule, source, "m", "1", severity, f"{source} {rule}", START, end, evidence)
+
+    with db.session() as s:
+        first = apply_findings(
+            s,
+            [
+                finding("flagged-rate", "a", "medium"),
+                finding("low-confidence", "a", "high"),
+                finding("low-confidence", "b", "high"),  # a bad camera alone: no incident
+            ],
+            AlertSettings(),
+        )
+    assert len(first.opened) == 1 and {f.source for f in first.taken} == {"a"}
+    with db.session() as s:
+        later = apply_findings(s, [finding("probing", "a", "critical")], AlertSettings())
+    assert later.escalated == first.opened
+    [incident] = list_alerts(db)
+    detail = get_alert(db, incident.id)
+    assert incident.source == "a" and incident.rules == [
+        "flagged-rate",
+        "low-confidence",
+        "probing",
+    ]
+    assert incident.severity == "critical" and incident.rule == "probing"
+    assert [e.action for e in detail.events] == ["opened", "rule-added", "severity-increased"]
+    assert {f["rule"] for f in detail.evidence["rules"].values()} == set(incident.rules)
