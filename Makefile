@@ -21,8 +21,9 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(RUN) $(BIN)/robmon demo
 
+# two workers, one test file each at a time (files share their module fixtures)
 test: setup
-	$(RUN) $(BIN)/python -m pytest
+	$(RUN) $(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

