@@ -28,6 +28,7 @@ afresh.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -107,13 +108,22 @@ def benign_rate(baseline: dict[str, float], tier: str, factor: float) -> float |
     return min(0.5, max(rate, LEAST_RATE.get(tier, DEFAULT_LEAST_RATE)) * factor)
 
 
-def alternatives(p0: float) -> list[float]:
+@functools.lru_cache(maxsize=1024)
+def alternatives(p0: float) -> tuple[float, ...]:
     """The alternative rates tested against ``p0`` (each costs a share of the significance)."""
     low = 1.5 * p0
     if low >= MAX_Q:
-        return [(1 + p0) / 2]
+        return ((1 + p0) / 2,)
     count = min(MAX_ALTERNATIVES, max(2, math.ceil(math.log(MAX_Q / low) / math.log(1.6)) + 1))
-    return np.geomspace(low, MAX_Q, count).tolist()
+    ratio = (MAX_Q / low) ** (1 / (count - 1))
+    return tuple(low * ratio**i for i in range(count))
+
+
+@functools.lru_cache(maxsize=1024)
+def _log_ratios(p0: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(alternatives, log-LR of a flagged input, log-LR of an unflagged one) against ``p0``."""
+    qs = np.array(alternatives(p0))
+    return qs, np.log(qs / p0), np.log((1 - qs) / (1 - p0))
 
 
 @dataclass
@@ -193,7 +203,7 @@ class SourceTests:
             tested = [t for t in tiers if t in rates]
             k_tests = sum(len(alternatives(rates[t])) for t in tested)
             for tier in tested:
-                x = np.array([o.flags.get(tier, False) for o in observations], dtype=float)
+                x = [bool(o.flags.get(tier, False)) for o in observations]
                 candidate = self._tier(tier, rule, x, rates[tier], offset, observations, k_tests)
                 if candidate is not None:
                     _keep_best(found, {rule: candidate})
@@ -203,7 +213,7 @@ class SourceTests:
         self,
         tier: str,
         rule: str,
-        x: np.ndarray,
+        x: list[bool],
         p0: float,
         offset: int,
         observations: list[Observation],
@@ -211,76 +221,65 @@ class SourceTests:
     ) -> Evidence | None:
         """Advance one flag's tests over ``x``; the most significant window seen on the way.
 
-        Two windows per alternative end at each input: the CUSUM's (the best start) and the one
-        from the first input of the run (``origin``: cheaper in significance when the attack
-        began at once)."""
-        qs = np.array(alternatives(p0))
+        Two windows per alternative end at each input: the CUSUM's (the best start; it restarts
+        after the input where the statistic falls to 0) and the one from the first input of the
+        run (``origin``: cheaper in significance when the attack began at once)."""
+        qs, up, down = _log_ratios(p0)
         state = self.tiers.get(tier)
         if state is None or not math.isclose(state["p0"], p0) or len(state["s"]) != len(qs):
             state = _fresh_state(p0, len(qs), offset, observations[0].ts)
-        up, down = np.log(qs / p0), np.log((1 - qs) / (1 - p0))
-        steps = x[None, :] * up[:, None] + (1 - x[None, :]) * down[:, None]  # (alts, m)
-        m = len(x)
-        flags_before = np.concatenate([[0.0], np.cumsum(x)])
-        # Lindley: S_t = C_t - min(0, min_{i<=t} C_i) with C_0 = S_0
-        c = np.array(state["s"])[:, None] + np.cumsum(steps, axis=1)
-        running_min = np.minimum.accumulate(np.minimum(c, 0.0), axis=1)
-        stat = c - running_min
-        # the CUSUM window starts after the last time C reached its running minimum (-1: earlier)
-        at_min = (c <= running_min + 1e-12) & (running_min < 0)
-        last_reset = np.maximum.accumulate(np.where(at_min, np.arange(m)[None, :], -1), axis=1)
-        start_index = np.where(
-            last_reset >= 0, offset + last_reset + 2, np.array(state["start"])[:, None] + 1
-        )
-        whole = np.array(state["c"])[:, None] + np.cumsum(steps, axis=1)
-        origin = state["origin"] + 1
-        log_k = math.log(k_tests)
-        log_p = np.stack(
-            [
-                log_k + np.log(start_index * (start_index + 1.0)) - stat,
-                np.full(stat.shape, log_k + math.log(origin * (origin + 1.0))) - whole,
-            ]
-        )
-        which, a, t = np.unravel_index(int(np.argmin(log_p)), log_p.shape)
-        evidence = None
-        if log_p[which, a, t] < 0:
-            if which == 1:
-                window = (origin, state["n0"] + t + 1, state["k0"] + flags_before[t + 1])
-                start_ts = datetime.fromisoformat(state["origin_ts"])
-            elif last_reset[a, t] >= 0:
-                r = int(last_reset[a, t])
-                window = (offset + r + 2, t - r, flags_before[t + 1] - flags_before[r + 1])
-                start_ts = observations[min(r + 1, t)].ts
-            else:
-                window = (
-                    state["start"][a] + 1,
-                    state["n"][a] + t + 1,
-                    state["k"][a] + flags_before[t + 1],
-                )
-                start_ts = datetime.fromisoformat(state["start_ts"][a])
-            evidence = Evidence(
-                rule,
-                tier,
-                float(math.exp(log_p[which, a, t])),
-                float((stat, whole)[which][a, t]),
-                float(qs[a]),
-                p0,
-                int(window[1]),
-                int(window[2]),
-                int(window[0]),
-                start_ts,
-                observations[t].ts,
-                observations[t].score_id,
-            )
-        _advance(state, stat, whole, last_reset, flags_before, offset, observations)
+        s, c, n, k = state["s"], state["c"], state["n"], state["k"]
+        start, start_ts = state["start"], state["start_ts"]
+        log_k, best, best_log_p = math.log(k_tests), None, 0.0
+        for t, (flag, obs) in enumerate(zip(x, observations, strict=True)):
+            state["n0"] += 1
+            state["k0"] += flag
+            origin = state["origin"] + 1
+            for a in range(len(qs)):
+                step = up[a] if flag else down[a]
+                c[a] += step
+                if start_ts[a] is None:
+                    start_ts[a] = obs.ts.isoformat()
+                if s[a] + step <= 0.0:  # the window restarts after this input
+                    s[a], n[a], k[a], start[a], start_ts[a] = 0.0, 0, 0, offset + t + 1, None
+                    continue
+                s[a] += step
+                n[a] += 1
+                k[a] += flag
+                j = start[a] + 1
+                for log_p, window in (
+                    (log_k + math.log(j * (j + 1.0)) - s[a], (s[a], j, n[a], k[a], start_ts[a])),
+                    (
+                        log_k + math.log(origin * (origin + 1.0)) - c[a],
+                        (c[a], origin, state["n0"], state["k0"], state["origin_ts"]),
+                    ),
+                ):
+                    if log_p < best_log_p:
+                        best_log_p, best = log_p, (window, float(qs[a]), obs)
         self.tiers[tier] = state
-        return evidence
+        if best is None:
+            return None
+        (statistic, first, count, hits, first_ts), q, last = best
+        return Evidence(
+            rule,
+            tier,
+            math.exp(best_log_p),
+            float(statistic),
+            q,
+            p0,
+            int(count),
+            int(hits),
+            int(first),
+            datetime.fromisoformat(first_ts),
+            last.ts,
+            last.score_id,
+        )
 
 
 def _fresh_state(p0: float, alternatives: int, offset: int, ts: datetime) -> dict[str, Any]:
-    """A tier's tests before any input: per alternative the CUSUM (``s``, its window's first
-    input ``start`` - 1, time, inputs ``n`` and flags ``k``) and the sum since the run's first
-    input (``c``; ``origin`` - 1, ``origin_ts``, ``n0``, ``k0``)."""
+    """A tier's tests before any input: per alternative the CUSUM (``s``; its window's first
+    input ``start`` (0-based), time, inputs ``n`` and flags ``k``) and the sum since the run's
+    first input (``c``; ``origin`` (0-based), ``origin_ts``, ``n0``, ``k0``)."""
     return {
         "p0": p0,
         "s": [0.0] * alternatives,
@@ -294,35 +293,6 @@ def _fresh_state(p0: float, alternatives: int, offset: int, ts: datetime) -> dic
         "n0": 0,
         "k0": 0,
     }
-
-
-def _advance(
-    state: dict[str, Any],
-    stat: np.ndarray,
-    whole: np.ndarray,
-    last_reset: np.ndarray,
-    flags_before: np.ndarray,
-    offset: int,
-    observations: list[Observation],
-) -> None:
-    """Carry a tier's state to the end of this run of inputs."""
-    m = stat.shape[1]
-    for a in range(stat.shape[0]):
-        r = int(last_reset[a, -1])
-        if stat[a, -1] <= 0.0:
-            r = m - 1
-        if r >= 0:
-            state["start"][a] = offset + r + 1
-            state["start_ts"][a] = observations[min(r + 1, m - 1)].ts.isoformat()
-            state["n"][a] = m - 1 - r
-            state["k"][a] = int(flags_before[m] - flags_before[r + 1])
-        else:
-            state["n"][a] += m
-            state["k"][a] += int(flags_before[m])
-        state["s"][a] = max(0.0, float(stat[a, -1]))
-        state["c"][a] = float(whole[a, -1])
-    state["n0"] += m
-    state["k0"] += int(flags_before[m])
 
 
 def _keep_best(found: dict[str, Evidence], new: dict[str, Evidence]) -> None:
