@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from monitor import leases
@@ -162,38 +162,43 @@ class Evaluator:
 
 
 def _load_tests(s: Session, keys: list[Key], tests: dict[Key, SourceTests]) -> None:
-    for i in range(0, len(keys), 400):
-        chunk = keys[i : i + 400]
-        stored = {
-            (r.source, r.model_name, r.model_version): (r.sequential, r.best)
-            for r in s.execute(
-                select(
-                    SourceActivity.source,
-                    SourceActivity.model_name,
-                    SourceActivity.model_version,
-                    SourceActivity.sequential,
-                    SourceActivity.best,
-                ).where(
-                    tuple_(
-                        SourceActivity.source,
-                        SourceActivity.model_name,
-                        SourceActivity.model_version,
-                    ).in_(chunk)
+    by_model: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for source, name, version in keys:
+        by_model[(name, version)].append(source)
+    for (name, version), sources in by_model.items():
+        for i in range(0, len(sources), 1000):
+            chunk = sources[i : i + 1000]
+            stored = {
+                r.source: (r.sequential, r.best)
+                for r in s.execute(
+                    select(
+                        SourceActivity.source, SourceActivity.sequential, SourceActivity.best
+                    ).where(
+                        SourceActivity.model_name == name,
+                        SourceActivity.model_version == version,
+                        SourceActivity.source.in_(chunk),
+                    )
                 )
-            )
-        }
-        for key in chunk:
-            tests[key] = SourceTests.load(*stored.get(key, (None, None)))
+            }
+            for source in chunk:
+                tests[(source, name, version)] = SourceTests.load(*stored.get(source, (None, None)))
 
 
 def _save_tests(s: Session, tests: dict[Key, SourceTests]) -> None:
-    if tests:
+    """Every tested source's state; its best evidence only where that changed."""
+    rows = [
+        ({"source": k[0], "model_name": k[1], "model_version": k[2]}, t) for k, t in tests.items()
+    ]
+    if rows:
         s.execute(
             update(SourceActivity),
-            [
-                {"source": k[0], "model_name": k[1], "model_version": k[2], **t.dump()}
-                for k, t in tests.items()
-            ],
+            [{**key, "sequential": t.dump()["sequential"]} for key, t in rows],
+        )
+    changed = [(key, t.dump()) for key, t in rows if t.best_changed]
+    if changed:
+        s.execute(
+            update(SourceActivity),
+            [{**key, "best": d["best"], "best_p": d["best_p"]} for key, d in changed],
         )
 
 

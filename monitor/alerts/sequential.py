@@ -136,6 +136,7 @@ class SourceTests:
     tiers: dict[str, dict[str, Any]] = field(default_factory=dict)
     best: dict[str, Evidence] = field(default_factory=dict)  # per rule, within the horizon
     reported: set[str] = field(default_factory=set)  # rules whose best evidence was reported
+    best_changed: bool = False
 
     @staticmethod
     def load(data: dict[str, Any] | None, best: dict[str, Any] | None) -> SourceTests:
@@ -174,6 +175,7 @@ class SourceTests:
             if old is None or e.p_value < old.p_value or old.end < e.end - horizon:
                 self.best[rule] = e
                 self.reported.discard(rule)
+                self.best_changed = True
 
     def update(
         self, observations: list[Observation], rates: dict[str, float], horizon: timedelta
