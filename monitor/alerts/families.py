@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from monitor.alerts.rules import EVIDENCE_IDS, Finding, span_words
+from monitor.alerts.rules import EVIDENCE_IDS, Finding, in_window, span_words
 from monitor.alerts.settings import AlertSettings
 from monitor.db.models import InputScore, ProbeMatch
 
@@ -173,13 +173,7 @@ def _dense(
     sent = session.scalar(
         select(func.count())
         .select_from(InputScore)
-        .where(
-            InputScore.source == source,
-            InputScore.model_name == name,
-            InputScore.model_version == version,
-            InputScore.ts >= min(times),
-            InputScore.ts <= max(times),
-        )
+        .where(*in_window(source, name, version, min(times), max(times)))
     )
     return len(ids) >= settings.probe_min_density * max(1, sent or 0)
 

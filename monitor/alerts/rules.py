@@ -90,6 +90,18 @@ def rate_findings(
     return findings
 
 
+def in_window(source: str, name: str, version: str, start: datetime, end: datetime) -> tuple:
+    """The conditions selecting one source's inputs to a model version in a record-time
+    window."""
+    return (
+        InputScore.source == source,
+        InputScore.model_name == name,
+        InputScore.model_version == version,
+        InputScore.ts >= start,
+        InputScore.ts <= end,
+    )
+
+
 def _stands_out(session: Session, source: str, name: str, version: str, e: Evidence) -> bool:
     """Strong evidence counts when most of the window's flagged inputs carry it."""
     if e.tier != "strong_suspicious":
@@ -97,14 +109,7 @@ def _stands_out(session: Session, source: str, name: str, version: str, e: Evide
     flagged = session.scalar(
         select(func.count())
         .select_from(InputScore)
-        .where(
-            InputScore.source == source,
-            InputScore.model_name == name,
-            InputScore.model_version == version,
-            InputScore.ts >= e.start,
-            InputScore.ts <= e.end,
-            InputScore.flagged.is_(True),
-        )
+        .where(*in_window(source, name, version, e.start, e.end), InputScore.flagged.is_(True))
     )
     return e.k >= STRONG_SHARE * (flagged or 0)
 
@@ -144,14 +149,7 @@ def _rate_finding(
     suspicious = list(
         session.scalars(
             select(InputScore.id)
-            .where(
-                InputScore.source == source,
-                InputScore.model_name == name,
-                InputScore.model_version == version,
-                InputScore.ts >= e.start,
-                InputScore.ts <= e.end,
-                column.is_(True),
-            )
+            .where(*in_window(source, name, version, e.start, e.end), column.is_(True))
             .order_by(order)
             .limit(EVIDENCE_IDS)
         )
