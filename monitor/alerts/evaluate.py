@@ -187,19 +187,16 @@ def _load_tests(s: Session, keys: list[Key], tests: dict[Key, SourceTests]) -> N
 def _save_tests(s: Session, tests: dict[Key, SourceTests]) -> None:
     """Every tested source's state; its best evidence only where that changed."""
     rows = [
-        ({"source": k[0], "model_name": k[1], "model_version": k[2]}, t) for k, t in tests.items()
+        ({"source": k[0], "model_name": k[1], "model_version": k[2]}, t.dump(), t.best_changed)
+        for k, t in tests.items()
     ]
     if rows:
         s.execute(
-            update(SourceActivity),
-            [{**key, "sequential": t.dump()["sequential"]} for key, t in rows],
+            update(SourceActivity), [{**key, "sequential": d["sequential"]} for key, d, _ in rows]
         )
-    changed = [(key, t.dump()) for key, t in rows if t.best_changed]
+    changed = [{**key, "best": d["best"], "best_p": d["best_p"]} for key, d, c in rows if c]
     if changed:
-        s.execute(
-            update(SourceActivity),
-            [{**key, "best": d["best"], "best_p": d["best_p"]} for key, d in changed],
-        )
+        s.execute(update(SourceActivity), changed)
 
 
 def watermarks(s: Session) -> dict[tuple[str, str], datetime]:

@@ -32,7 +32,6 @@ from sqlalchemy.orm import Session
 from monitor.db.models import InputFingerprint, ProbeMatch
 from monitor.detect.fingerprints import from_bytes
 
-CHUNK = 5000
 FINGERPRINT_COLUMNS = (
     InputFingerprint.score_id,
     InputFingerprint.ts,

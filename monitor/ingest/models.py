@@ -8,6 +8,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from monitor.calibrate import (
@@ -37,6 +38,8 @@ class ScoringModel:
     probabilities: ProbabilityFn
     squeezers: list[Squeezer]
     calibration: StoredCalibration | None
+    # the calibration's uninformative fingerprint hashes, left out of every fingerprint
+    stop_hashes: np.ndarray | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...] | None:
@@ -94,6 +97,7 @@ class ModelCache:
             probability_fn(classifier),
             [parse_squeezer(n) for n in names],
             calibration,
+            _stop_hashes(calibration),
         )
         self._models[ref] = model
         if len(self._models) > self.capacity:
@@ -131,3 +135,8 @@ class ModelCache:
 
 def stack_images(images: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(images) if images else torch.empty(0)
+
+
+def _stop_hashes(calibration: StoredCalibration | None) -> np.ndarray | None:
+    stop = calibration.baseline.get("stop_hashes") if calibration else None
+    return np.array(stop, dtype=np.uint64) if stop else None

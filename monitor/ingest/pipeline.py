@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import numpy as np
 import torch
 from sqlalchemy.exc import IntegrityError
 
@@ -322,7 +321,7 @@ class Ingester:
                 "input_sha256": [r.sha256 for r in records],
                 "origin": [i.key for i in fitting],
                 "kept_path": [None] * n,
-                "fingerprint": fingerprint_bytes(x, stop=_stop_hashes(calibration)),
+                "fingerprint": fingerprint_bytes(x, stop=model.stop_hashes),
             }
         )
         if self.keep_flagged is not None:
@@ -331,12 +330,6 @@ class Ingester:
                 for record, flagged in zip(records, table.columns["flagged"], strict=True)
             ]
         return table
-
-
-def _stop_hashes(calibration: Any) -> np.ndarray | None:
-    """The calibration's uninformative fingerprint hashes (left out of every fingerprint)."""
-    stop = calibration.baseline.get("stop_hashes") if calibration else None
-    return np.array(stop, dtype=np.uint64) if stop else None
 
 
 def _count(scores: ScoreTable, dead: list[dict[str, Any]]) -> None:
