@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import torch
@@ -25,19 +25,28 @@ from monitor.attacks import fgsm, pgd
 from monitor.classifiers import Classifier, TorchClassifier, check_input_shape
 from monitor.config import Settings
 from monitor.datasets import load_dataset
-from monitor.db.models import DetectorCalibration
+from monitor.db.models import CalibrationRequest, DetectorCalibration
 from monitor.db.session import Database
+from monitor.db.types import utcnow
 from monitor.detect.calibration import Calibration, Thresholds, calibrate_detector
 from monitor.detect.fingerprints import benign_min_shared, stop_hashes
-from monitor.detect.squeezers import CANDIDATES
-from monitor.errors import ConfigError, DatasetError
+from monitor.errors import ConfigError, DatasetError, RobmonError
 from monitor.progress import Reporter, silent
 from monitor.registry import DATASET_TAG, ModelVersionRef, Registry
 
 GRAYSCALE_EPS = (0.1, 0.2, 0.3)
 COLOUR_EPS = (2 / 255, 4 / 255, 8 / 255)
 ATTACKS = ("fgsm", "pgd", "pgd+")  # pgd+: 10 steps without early stop, past the boundary
-_DETECT_KEYS = {"dataset", "fpr", "eps", "accuracy_margin", "candidates", "max_squeezers", "limit"}
+_DETECT_KEYS = {
+    "dataset",
+    "fpr",
+    "eps",
+    "accuracy_margin",
+    "candidates",
+    "max_squeezers",
+    "max_cost",
+    "limit",
+}
 
 
 @dataclass
@@ -62,8 +71,9 @@ class DetectSettings:
     fpr: float = 0.05
     eps: float | tuple[float, ...] | None = None  # None: the grid for the input kind
     accuracy_margin: float = 0.05
-    candidates: tuple[str, ...] = CANDIDATES
+    candidates: tuple[str, ...] | None = None  # None: the candidates of the input kind
     max_squeezers: int = 2
+    max_cost: float = 10.0  # forward passes per input a squeezer may cost (its own included)
     limit: int | None = None
 
     @staticmethod
@@ -130,7 +140,7 @@ def calibrate_model(
     calibration = calibrate_detector(
         probability_fn(model),
         _craft(crafter),
-        data.x,
+        data.pixels,
         data.y,
         eps=max(grid),
         fpr=fpr,
@@ -138,10 +148,12 @@ def calibrate_model(
         candidates=detect.candidates,
         accuracy_margin=detect.accuracy_margin,
         max_squeezers=detect.max_squeezers,
+        max_cost=detect.max_cost,
+        progress=lambda done, total: report("calibrating detector", done, total + 1),
     )
-    stop = stop_hashes(data.x)
+    stop = stop_hashes(data.pixels)
     calibration.baseline["stop_hashes"] = [int(h) for h in stop]
-    calibration.baseline["min_shared"] = benign_min_shared(data.x, stop)
+    calibration.baseline["min_shared"] = benign_min_shared(data.pixels, stop)
     report("calibrating detector", 1, 1)
     return _store(db, ref, dataset, calibration)
 
@@ -150,9 +162,11 @@ def probability_fn(model: Classifier) -> Callable[[torch.Tensor], torch.Tensor]:
     """Class probabilities of any classifier; labels-only models give one-hot rows."""
 
     def probabilities(x: torch.Tensor) -> torch.Tensor:
-        probs = model.probabilities(x)
+        with torch.no_grad():
+            probs = model.probabilities(x)
         if probs is None:
-            labels = model.labels(x)
+            with torch.no_grad():
+                labels = model.labels(x)
             probs = torch.nn.functional.one_hot(labels, int(labels.max()) + 1).float()
         return probs
 
@@ -188,6 +202,7 @@ def _craft(crafter: TorchClassifier) -> Callable[[torch.Tensor, torch.Tensor, st
 
 
 def _store(db: Database, ref: ModelVersionRef, dataset: str, c: Calibration) -> StoredCalibration:
+    """Store a calibration and settle any request for it."""
     with db.session() as s:
         row = DetectorCalibration(
             model_name=ref.name,
@@ -201,6 +216,10 @@ def _store(db: Database, ref: ModelVersionRef, dataset: str, c: Calibration) -> 
         )
         s.add(row)
         s.flush()
+        request = s.get(CalibrationRequest, (ref.name, ref.version))
+        if request is not None:
+            request.status, request.error, request.calibration_id = "done", None, row.id
+            request.updated_at = utcnow()
         return _stored(row)
 
 
@@ -245,3 +264,88 @@ def current_calibration(db: Database, name: str, version: str) -> StoredCalibrat
             .limit(1)
         )
         return _stored(row) if row is not None else None
+
+
+# -- calibration as a job: requested by the ingester, run by the scheduler ---------------------
+
+RETRY_FIRST = timedelta(minutes=1)
+RETRY_LONGEST = timedelta(hours=6)
+RUNNING_STALE = timedelta(hours=2)  # a "running" request this old died with its process
+
+
+def request_calibration(db: Database, ref: ModelVersionRef) -> bool:
+    """Ask the calibration job to calibrate ``ref``; False when it was asked before."""
+    with db.session() as s:
+        if s.get(CalibrationRequest, (ref.name, ref.version)) is not None:
+            return False
+        s.add(CalibrationRequest(model_name=ref.name, model_version=ref.version))
+    return True
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """Backoff after ``attempts`` failures: 1 min, 2, 4, … up to 6 h."""
+    return min(RETRY_FIRST * 2 ** max(0, attempts - 1), RETRY_LONGEST)
+
+
+def run_due_calibrations(
+    db: Database, registry: Registry, settings: Settings, *, limit: int = 1, device: str = "cpu"
+) -> list[str]:
+    """Run up to ``limit`` due calibration requests, oldest first; a failure is stored with its
+    error and retried after ``retry_delay``. Returns one line per request run."""
+    done = []
+    for _ in range(limit):
+        ref = _claim_due(db)
+        if ref is None:
+            break
+        try:
+            stored = calibrate_model(db, registry, settings, ref, device=device)
+        except Exception as err:  # stored with the request; the job and ingestion go on
+            text = str(err) if isinstance(err, RobmonError) else f"{type(err).__name__}: {err}"
+            with db.session() as s:
+                request = s.get_one(CalibrationRequest, (ref.name, ref.version))
+                request.attempts += 1
+                request.status, request.error = "failed", text[:2000]
+                request.updated_at = utcnow()
+                request.next_attempt_at = utcnow() + retry_delay(request.attempts)
+                retry = request.next_attempt_at
+            done.append(f"{ref} failed: {text} (retry after {retry:%Y-%m-%d %H:%M} UTC)")
+            continue
+        done.append(f"{ref} calibrated (id {stored.id}, squeezers "
+                    f"{', '.join(stored.thresholds.squeezers) or 'none'})")
+    return done
+
+
+def _claim_due(db: Database) -> ModelVersionRef | None:
+    """Mark the oldest due request running and return its model version."""
+    now = utcnow()
+    with db.session() as s:
+        request = s.scalar(
+            select(CalibrationRequest)
+            .where(
+                (
+                    CalibrationRequest.status.in_(("pending", "failed"))
+                    & (CalibrationRequest.next_attempt_at <= now)
+                )
+                | (
+                    (CalibrationRequest.status == "running")
+                    & (CalibrationRequest.updated_at < now - RUNNING_STALE)
+                )
+            )
+            .order_by(CalibrationRequest.next_attempt_at)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        if request is None:
+            return None
+        request.status, request.updated_at = "running", now
+        return ModelVersionRef(request.model_name, request.model_version)
+
+
+def calibration_requests(db: Database) -> list[CalibrationRequest]:
+    """Every request, newest first (for ``robmon calibrate --requests`` and the dashboard)."""
+    with db.session() as s:
+        rows = s.scalars(
+            select(CalibrationRequest).order_by(CalibrationRequest.requested_at.desc())
+        ).all()
+        s.expunge_all()
+        return list(rows)

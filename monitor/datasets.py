@@ -7,6 +7,7 @@ optionally ``classes``), or a folder with one subfolder of images per class.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -28,7 +29,7 @@ class Dataset:
     """Images and labels in pixel space, plus where they came from."""
 
     name: str
-    x: torch.Tensor
+    pixels: torch.Tensor  # float32 in [0, 1], or uint8 0–255 as stored (4× smaller)
     y: torch.Tensor
     classes: tuple[str, ...]
 
@@ -36,8 +37,18 @@ class Dataset:
         return len(self.y)
 
     @property
+    def x(self) -> torch.Tensor:
+        """All images as float32 in [0, 1] (a copy when stored as uint8)."""
+        return as_float(self.pixels)
+
+    @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.x.shape[1:])  # type: ignore[return-value]
+        return tuple(self.pixels.shape[1:])  # type: ignore[return-value]
+
+    def batches(self, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(float images, labels) ``size`` at a time: only one batch is converted at once."""
+        for start in range(0, len(self), size):
+            yield as_float(self.pixels[start : start + size]), self.y[start : start + size]
 
     def head(self, limit: int | None) -> Dataset:
         """The first ``limit`` samples (stratified order is kept: built-ins are shuffled)."""
@@ -45,7 +56,7 @@ class Dataset:
             return self
         if limit <= 0:
             raise DatasetError(f"--limit must be positive, not {limit}.")
-        return Dataset(self.name, self.x[:limit], self.y[:limit], self.classes)
+        return Dataset(self.name, self.pixels[:limit], self.y[:limit], self.classes)
 
 
 def load_dataset(spec: str, split: str = "test") -> Dataset:
@@ -71,6 +82,11 @@ def load_dataset(spec: str, split: str = "test") -> Dataset:
     if path.suffix == ".npz":
         return _npz(path)
     raise DatasetError(f"{path} is not a .npz file or an image folder.")
+
+
+def as_float(pixels: torch.Tensor) -> torch.Tensor:
+    """Pixel-space float32 in [0, 1] from float32 or uint8 (0–255) images."""
+    return pixels.float().div_(255.0) if pixels.dtype == torch.uint8 else pixels
 
 
 @lru_cache(maxsize=4)
@@ -100,9 +116,7 @@ def validate_arrays(x: np.ndarray, y: np.ndarray, where: str) -> tuple[torch.Ten
     """Check and convert arrays to pixel-space tensors; every problem is one DatasetError."""
     if x.size == 0 or len(x) == 0:
         raise DatasetError(f"{where} holds no images.")
-    if x.dtype == np.uint8:
-        x = x.astype(np.float32) / 255.0
-    elif not np.issubdtype(x.dtype, np.floating):
+    if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
         raise DatasetError(f"{where}: images must be float in [0, 1] or uint8, not {x.dtype}.")
     if x.ndim == 3:
         x = x[:, None]
@@ -112,9 +126,9 @@ def validate_arrays(x: np.ndarray, y: np.ndarray, where: str) -> tuple[torch.Ten
         raise DatasetError(
             f"{where}: images must be shaped N×C×H×W (C 1 or 3), N×H×W×C or N×H×W, not {x.shape}."
         )
-    if not np.isfinite(x).all():
+    if x.dtype != np.uint8 and not np.isfinite(x).all():
         raise DatasetError(f"{where}: images contain NaN or infinite values.")
-    low, high = float(x.min()), float(x.max())
+    low, high = (0.0, 1.0) if x.dtype == np.uint8 else (float(x.min()), float(x.max()))
     if low < 0.0 or high > 1.0:
         raise DatasetError(
             f"{where}: pixel values must lie in [0, 1], found [{low:.3g}, {high:.3g}]; "
@@ -127,9 +141,9 @@ def validate_arrays(x: np.ndarray, y: np.ndarray, where: str) -> tuple[torch.Ten
         raise DatasetError(f"{where}: {len(x)} images but {len(y)} labels.")
     if y.min() < 0:
         raise DatasetError(f"{where}: labels must be non-negative, found {int(y.min())}.")
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(
-        y.astype(np.int64)
-    )
+    if x.dtype != np.uint8:  # uint8 stays uint8 (``Dataset.pixels``), float becomes float32
+        x = x.astype(np.float32, copy=False)
+    return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64))
 
 
 def check_labels(dataset: Dataset, n_classes: int, model: str) -> None:
@@ -189,7 +203,7 @@ def _image_folder(root: Path) -> Dataset:
             raise DatasetError(f"cannot read image {file}: {err}.") from err
     mode = "L" if modes == {"L"} else "RGB"
     for label, file, img in opened:
-        array = np.asarray(img.convert(mode), dtype=np.float32) / 255.0
+        array = np.asarray(img.convert(mode), dtype=np.uint8)
         if first_size is None:
             first_size = array.shape[:2]
         elif array.shape[:2] != first_size:

@@ -100,7 +100,7 @@ def recorded(
         )
         s.execute(delete(JobRun).where(JobRun.id.in_(old.scalar_subquery())))
     detail["status"] = status
-    for key in ("enqueued", "audits", "opened", "escalated"):
+    for key in ("enqueued", "audits", "opened", "escalated", "calibrations"):
         for line in detail.get(key, []):
             log.info("%s: %s", job, line)
     return detail
@@ -243,6 +243,16 @@ def deliver_notifications(context: JobContext, detail: dict[str, Any]) -> None:
     detail.update(delivered=result.delivered, failed=result.failed, given_up=result.given_up)
 
 
+# -- detector calibration ---------------------------------------------------------------------
+
+
+def calibrate_detectors(context: JobContext, detail: dict[str, Any]) -> None:
+    """Calibrate the detector of the oldest due model version the ingester asked for."""
+    from monitor.calibrate import run_due_calibrations
+
+    detail["calibrations"] = run_due_calibrations(context.db, context.registry, context.settings)
+
+
 # -- importable references for APScheduler ----------------------------------------------------
 
 
@@ -294,6 +304,30 @@ def _has_due_notifications(db: Database) -> bool:
                 .where(
                     NotificationOutbox.delivered_at.is_(None),
                     NotificationOutbox.next_attempt_at <= utcnow(),
+                )
+                .limit(1)
+            )
+            is not None
+        )
+
+
+def calibration_job() -> dict[str, Any]:
+    context = current()
+    if not _has_due_calibration(context.db):
+        return {"status": "idle"}
+    return recorded("detector-calibration", calibrate_detectors, context)
+
+
+def _has_due_calibration(db: Database) -> bool:
+    from monitor.db.models import CalibrationRequest
+
+    with db.session() as s:
+        return (
+            s.scalar(
+                select(CalibrationRequest.model_name)
+                .where(
+                    CalibrationRequest.status.in_(("pending", "failed", "running")),
+                    CalibrationRequest.next_attempt_at <= utcnow(),
                 )
                 .limit(1)
             )

@@ -35,6 +35,12 @@ RECORDS_FLAGGED = Counter(
     ["model"],
     registry=REGISTRY,
 )
+RECORDS_UNCALIBRATED = Counter(
+    "robmon_records_uncalibrated_total",
+    "Records scored without flags because their model version had no detector calibration yet.",
+    ["model"],
+    registry=REGISTRY,
+)
 INGEST_LAG = Gauge(
     "robmon_ingest_lag_seconds",
     "Age of the oldest record in the last committed batch when it was committed "

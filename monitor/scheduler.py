@@ -35,7 +35,9 @@ JOB_DESCRIPTIONS = {
     "audit-queue": "run queued audits in this process",
     "alert-evaluation": "run the alert rules over newly ingested inputs",
     "notifications": "deliver webhook notifications from the outbox",
+    "detector-calibration": "calibrate detectors of versions the ingester met uncalibrated",
 }
+CALIBRATION_INTERVAL = 30.0
 NOTIFY_INTERVAL = 10.0
 
 
@@ -45,21 +47,24 @@ def worker_name(kind: str = "scheduler") -> str:
 
 
 def run_once(context: JobContext, sweep: bool = False) -> dict[str, Any]:
-    """One registry poll (and the sweep), every queued audit, one alert evaluation and the due
-    notifications; for cron-driven setups."""
+    """One registry poll (and the sweep), every queued audit, one due detector calibration,
+    one alert evaluation and the due notifications; for cron-driven setups."""
     queue.recover_stale(context.db, context.worker.split("#")[0] + "#")
     result = {"registry-poll": jobs.recorded("registry-poll", jobs.poll_registry, context)}
     if sweep:
         result["nightly-sweep"] = jobs.recorded("nightly-sweep", jobs.nightly_sweep, context)
     if context.watch.run_audits:
         result["audit-queue"] = jobs.recorded("audit-queue", jobs.run_audit_queue, context)
+    result["detector-calibration"] = jobs.recorded(
+        "detector-calibration", jobs.calibrate_detectors, context
+    )
     result["alert-evaluation"] = jobs.recorded("alert-evaluation", jobs.evaluate_alerts, context)
     result["notifications"] = jobs.recorded("notifications", jobs.deliver_notifications, context)
     return result
 
 
 def build_scheduler(context: JobContext, poll_interval: float | None = None) -> Any:
-    """A BackgroundScheduler with the three jobs in the database job store (not started)."""
+    """A BackgroundScheduler with the jobs in the database job store (not started)."""
     from apscheduler.executors.pool import ThreadPoolExecutor
     from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
     from apscheduler.schedulers.background import BackgroundScheduler
@@ -71,7 +76,7 @@ def build_scheduler(context: JobContext, poll_interval: float | None = None) -> 
                 engine=context.db.engine, tablename=SchedulerJob.__tablename__
             )
         },
-        executors={"default": ThreadPoolExecutor(3)},
+        executors={"default": ThreadPoolExecutor(4)},
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 24 * 3600},
     )
     scheduler.add_job(
@@ -97,6 +102,13 @@ def build_scheduler(context: JobContext, poll_interval: float | None = None) -> 
             id="audit-queue",
             replace_existing=True,
         )
+    scheduler.add_job(
+        "monitor.jobs:calibration_job",
+        "interval",
+        seconds=CALIBRATION_INTERVAL,
+        id="detector-calibration",
+        replace_existing=True,
+    )
     evaluation = context.evaluator().settings.evaluation_interval
     scheduler.add_job(
         "monitor.jobs:alert_evaluation_job",

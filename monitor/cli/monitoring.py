@@ -221,6 +221,7 @@ def ingest(
         "scored": summary.scored,
         "dead_letters": summary.dead_letters,
         "flagged": summary.flagged,
+        "uncalibrated": summary.uncalibrated,
         "duplicates": summary.duplicates,
         "seconds": round(summary.seconds, 3),
         "notes": summary.notes,
@@ -232,8 +233,9 @@ def ingest(
         note(f"note: {line}")
     rate = summary.records / summary.seconds if summary.seconds else 0.0
     say(
-        f"{summary.records} records: {summary.scored} scored ({summary.flagged} flagged), "
-        f"{summary.dead_letters} dead letters, {summary.duplicates} duplicates, "
+        f"{summary.records} records: {summary.scored} scored ({summary.flagged} flagged"
+        + (f", {summary.uncalibrated} without a calibration" if summary.uncalibrated else "")
+        + f"), {summary.dead_letters} dead letters, {summary.duplicates} duplicates, "
         f"{summary.seconds:.1f} s ({rate:.0f} records/s)"
     )
 

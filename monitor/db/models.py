@@ -210,6 +210,25 @@ class DetectorCalibration(Base):
     )
 
 
+class CalibrationRequest(Base):
+    """A model version the ingester met without a detector calibration: the calibration job
+    (scheduler) runs it; a failure is kept with its error and retried with backoff."""
+
+    __tablename__ = "calibration_requests"
+
+    model_name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # running, done, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    calibration_id: Mapped[int | None]
+
+    __table_args__ = (Index("ix_calibration_requests_due", "status", "next_attempt_at"),)
+
+
 class InputScore(Base):
     """One scored production input (the input itself is not kept; its SHA-256 is)."""
 

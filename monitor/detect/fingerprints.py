@@ -1,7 +1,9 @@
 """Compact input fingerprints for stateful detection of query attacks (Blacklight, Li et al.,
 USENIX Security 2022): near-identical queries share most of their fingerprint.
 
-Recipe: quantize pixels to steps of 50/255, slide a window of 20 values over the flattened image,
+Recipe: view the image at most 32×32 (area averages: a 224×224 or 512×512 image costs about as
+much as a 32×32 one, and a query's small perturbation averages out), quantize pixels to steps
+of 50/255, slide a window of 20 values over the flattened image,
 hash every window, keep the ``top`` largest distinct hashes. Where Blacklight hashes each window
 with SHA-256, a window of 20 quantized values (each 0–5) is encoded exactly as a 20-digit base-6
 number (< 2^52) and mixed with splitmix64: the same "equal windows give equal hashes, different
@@ -11,8 +13,11 @@ stored, never the input.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 STEP = 50 / 255
 WINDOW = 20
@@ -20,6 +25,7 @@ TOP = 50
 _LEVELS = int(1 // STEP) + 1  # 6 quantization levels for values in [0, 1]
 _POWERS = _LEVELS ** np.arange(WINDOW, dtype=np.int64)
 STOP_SHARE = 0.02
+VIEW = 32  # the largest side hashed; larger images are area-averaged down to it
 
 
 def _splitmix64(values: np.ndarray) -> np.ndarray:
@@ -50,13 +56,22 @@ def fingerprint_bytes(
 
 def _window_hashes(x: torch.Tensor) -> np.ndarray:
     """Every window's hash, per image (N × windows), sorted ascending."""
-    flat = np.floor(x.reshape(len(x), -1).cpu().numpy() / STEP + 1e-6).clip(0, _LEVELS - 1)
+    flat = np.floor(view(x).reshape(len(x), -1).cpu().numpy() / STEP + 1e-6)
+    flat = flat.clip(0, _LEVELS - 1)
     flat = flat.astype(np.int64)
     if flat.shape[1] < WINDOW:
         flat = np.pad(flat, ((0, 0), (0, WINDOW - flat.shape[1])))
     windows = np.lib.stride_tricks.sliding_window_view(flat, WINDOW, axis=1)
     with np.errstate(over="ignore"):
         return np.sort(_splitmix64(windows @ _POWERS), axis=1)
+
+
+def view(x: torch.Tensor) -> torch.Tensor:
+    """The image as hashed: sides above ``VIEW`` area-averaged down to ``VIEW``."""
+    h, w = x.shape[-2:]
+    if max(h, w) <= VIEW:
+        return x
+    return F.adaptive_avg_pool2d(x.float(), (min(h, VIEW), min(w, VIEW)))
 
 
 def _kept_hashes(
@@ -90,11 +105,17 @@ def shared(a: np.ndarray, b: np.ndarray) -> int:
 def stop_hashes(x: torch.Tensor, share: float = STOP_SHARE, max_images: int = 2000) -> np.ndarray:
     """The window hashes found in more than ``share`` of the images (sorted uint64)."""
     x = _sample(x, max_images)
-    hashes = _window_hashes(x)
+    hashes = np.concatenate([_window_hashes(part) for part in _batches(x)])
     first = np.ones(hashes.shape, dtype=bool)
     first[:, 1:] = hashes[:, 1:] != hashes[:, :-1]
     values, counts = np.unique(hashes[first], return_counts=True)
     return values[counts > share * len(x)]
+
+
+def _batches(x: torch.Tensor, size: int = 128) -> Iterator[torch.Tensor]:
+    """Float batches of images stored as float or uint8 (0–255), converted one at a time."""
+    for i in range(0, len(x), size):
+        yield x[i : i + size].float() / 255 if x.dtype == torch.uint8 else x[i : i + size]
 
 
 def _sample(x: torch.Tensor, max_images: int, seed: int = 0) -> torch.Tensor:
@@ -117,7 +138,7 @@ def benign_min_shared(
     import scipy.sparse as sp
 
     x = _sample(x, max_images)
-    prints = fingerprints(x, stop=stop)
+    prints = [p for part in _batches(x) for p in fingerprints(part, stop=stop)]
     unique, columns = np.unique(np.concatenate(prints), return_inverse=True)
     rows = np.repeat(np.arange(len(prints)), [len(p) for p in prints])
     member = sp.csr_matrix(

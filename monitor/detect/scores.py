@@ -15,7 +15,7 @@ measures it without the model; the combined detector learns how much to trust it
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -36,6 +36,8 @@ class ScoreBatch:
     entropy: torch.Tensor
     divergences: dict[str, torch.Tensor]
     roughness: torch.Tensor
+    # the class predicted on each squeezed input (what the squeezer costs clean accuracy)
+    squeezed: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.confidence)
@@ -67,6 +69,21 @@ class ScoreBatch:
             self.entropy[index],
             {k: v[index] for k, v in self.divergences.items()},
             self.roughness[index],
+            {k: v[index] for k, v in self.squeezed.items()},
+        )
+
+    @staticmethod
+    def empty(names: Sequence[str]) -> ScoreBatch:
+        """No inputs, with a (zero-length) divergence for each named squeezer."""
+        nothing = torch.zeros(0)
+        return ScoreBatch(
+            torch.zeros(0, dtype=torch.long),
+            nothing,
+            nothing,
+            nothing,
+            {n: nothing for n in names},
+            nothing,
+            {n: torch.zeros(0, dtype=torch.long) for n in names},
         )
 
     @staticmethod
@@ -79,6 +96,11 @@ class ScoreBatch:
             torch.cat([b.entropy for b in batches]),
             {n: torch.cat([b.divergences[n] for b in batches]) for n in names},
             torch.cat([b.roughness for b in batches]),
+            {
+                n: torch.cat([b.squeezed[n] for b in batches])
+                for n in batches[0].squeezed
+                if all(n in b.squeezed for b in batches)
+            },
         )
 
 
@@ -87,17 +109,22 @@ def score_inputs(
 ) -> ScoreBatch:
     """Scores of a batch: one model call on the inputs and all their squeezed versions."""
     n = len(x)
+    if n == 0:
+        return ScoreBatch.empty([s.name for s in squeezers])
     probs = probabilities(torch.cat([x, *(s(x) for s in squeezers)])).float()
     base = probs[:n]
     top = base.topk(min(2, base.shape[1]), dim=1).values
     margin = top[:, 0] - top[:, 1] if top.shape[1] > 1 else top[:, 0]
     entropy = -(base * torch.log(base.clamp_min(1e-12))).sum(dim=1)
-    divergences = {
-        s.name: (base - probs[(i + 1) * n : (i + 2) * n]).abs().sum(dim=1)
-        for i, s in enumerate(squeezers)
-    }
+    squeezed = {s.name: probs[(i + 1) * n : (i + 2) * n] for i, s in enumerate(squeezers)}
     return ScoreBatch(
-        base.argmax(dim=1), top[:, 0], margin, entropy, divergences, roughness(x.float())
+        base.argmax(dim=1).cpu(),
+        top[:, 0].cpu(),
+        margin.cpu(),
+        entropy.cpu(),
+        {name: (base - p).abs().sum(dim=1).cpu() for name, p in squeezed.items()},
+        roughness(x.float()),
+        {name: p.argmax(dim=1).cpu() for name, p in squeezed.items()},
     )
 
 

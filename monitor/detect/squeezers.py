@@ -1,9 +1,12 @@
 """Feature squeezers (Xu, Evans & Qi, "Feature Squeezing: Detecting Adversarial Examples in
-Deep Neural Networks", NDSS 2018): bit-depth reduction and k×k median smoothing.
+Deep Neural Networks", NDSS 2018): bit-depth reduction, k×k median smoothing and non-local
+means.
 
 Each squeezer maps pixel-space images (N×C×H×W in [0, 1]) to squeezed images of the same shape.
-Names are ``bits:N`` and ``median:K``; the paper's recipe is bits:1 + median:2 for grey images
-and bits:5 + median:2 for colour images.
+Names are ``bits:N``, ``median:K`` and ``nlm:S-P-H`` (search window S, patch P, strength H on
+the 0–255 scale, as the paper's 11-3-4 and 13-3-2); the paper's recipe is bits:1 + median:2 for
+grey images and bits:5 + median:2 + non-local means for colour images. Calibration chooses among
+the candidates of the input kind (``candidates_for``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,23 @@ import torch
 import torch.nn.functional as F
 
 _NAME = re.compile(r"^(bits|median):(\d+)$")
+_NLM = re.compile(r"^nlm:(\d+)-(\d+)-(\d+)$")
 CANDIDATES = ("bits:1", "bits:2", "bits:3", "bits:4", "bits:5", "bits:6", "median:2", "median:3")
+COLOUR_CANDIDATES = (
+    "bits:4",
+    "bits:5",
+    "bits:6",
+    "median:2",
+    "median:3",
+    "nlm:11-3-4",
+    "nlm:13-3-2",
+)
+
+
+def candidates_for(channels: int) -> tuple[str, ...]:
+    """The squeezers calibration tries: grey images bits 1–6 and medians; colour images the
+    paper's colour squeezers (bit depth 4–6, medians, non-local means)."""
+    return CANDIDATES if channels == 1 else COLOUR_CANDIDATES
 
 
 def bit_depth(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -53,6 +72,28 @@ def _symmetric_pad(x: torch.Tensor, before: int, after: int) -> torch.Tensor:
     return torch.cat([top, x, bottom], dim=-2)
 
 
+def non_local_means(x: torch.Tensor, search: int, patch: int, strength: float) -> torch.Tensor:
+    """Non-local means (Buades et al. 2005): each pixel becomes the average of the pixels in its
+    ``search``×``search`` window, weighted by exp(−d²/h²) where d² is the mean squared
+    difference of the ``patch``×``patch`` neighbourhoods (over channels) and h = strength/255.
+    Memory stays at a few copies of the batch: the offsets are visited one at a time."""
+    n, c, h, w = x.shape
+    r, p = search // 2, patch // 2
+    padded = F.pad(x, (r,) * 4, mode="reflect" if r < min(h, w) else "replicate")
+    scale = (strength / 255.0) ** 2
+    total = torch.zeros_like(x)
+    weights = torch.zeros(n, 1, h, w, dtype=x.dtype, device=x.device)
+    for dy in range(2 * r + 1):
+        for dx in range(2 * r + 1):
+            shifted = padded[..., dy : dy + h, dx : dx + w]
+            d2 = (x - shifted).square().mean(dim=1, keepdim=True)
+            d2 = F.avg_pool2d(d2, patch, stride=1, padding=p, count_include_pad=False)
+            weight = torch.exp(-d2 / scale)
+            total += weight * shifted
+            weights += weight
+    return total / weights
+
+
 @dataclass(frozen=True)
 class Squeezer:
     name: str
@@ -70,10 +111,22 @@ _LIMITS = {"bits": (1, 8), "median": (2, 7)}
 
 
 def parse_squeezer(name: str) -> Squeezer:
-    """``bits:N`` (1–8) or ``median:K`` (2–7) to a Squeezer; ValueError otherwise."""
+    """``bits:N`` (1–8), ``median:K`` (2–7) or ``nlm:S-P-H`` (odd S 3–21, odd P 1–7 below S,
+    H 1–64) to a Squeezer; ValueError otherwise."""
+    nlm = _NLM.match(name.strip())
+    if nlm:
+        search, patch, strength = (int(v) for v in nlm.groups())
+        if not (search % 2 and patch % 2 and 3 <= search <= 21 and patch < search <= 21):
+            raise ValueError(f"{name}: search and patch must be odd, 3 ≤ patch < search ≤ 21")
+        if not 1 <= strength <= 64 or patch > 7:
+            raise ValueError(f"{name}: strength must be 1–64 and patch at most 7")
+        return Squeezer(
+            f"nlm:{search}-{patch}-{strength}",
+            lambda x: non_local_means(x, search, patch, strength),
+        )
     match = _NAME.match(name.strip())
     if not match:
-        raise ValueError(f"a squeezer is bits:N or median:K, not {name!r}")
+        raise ValueError(f"a squeezer is bits:N, median:K or nlm:S-P-H, not {name!r}")
     kind, value = match[1], int(match[2])
     low, high = _LIMITS[kind]
     if not low <= value <= high:

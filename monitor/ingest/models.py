@@ -1,5 +1,10 @@
 """The models the ingester scores with: references resolved (briefly cached, aliases move),
-classifiers loaded once, and each version's detector thresholds."""
+classifiers loaded once, and each version's detector thresholds.
+
+The ingester never calibrates: a version without a calibration is scored without flags (noted
+once, counted in ``robmon_records_uncalibrated_total``), a calibration request is left for the
+scheduler's calibration job (or ``robmon calibrate``), and the stored calibration is picked up
+within ``CALIBRATION_RECHECK_SECONDS`` of landing."""
 
 from __future__ import annotations
 
@@ -14,21 +19,22 @@ import torch
 from monitor.calibrate import (
     DetectSettings,
     StoredCalibration,
-    calibrate_model,
     current_calibration,
     dataset_for,
     probability_fn,
+    request_calibration,
 )
 from monitor.classifiers import Classifier
 from monitor.config import Settings
 from monitor.db.session import Database
 from monitor.detect.scores import ProbabilityFn
 from monitor.detect.squeezers import Squeezer, default_squeezers, parse_squeezer
-from monitor.errors import BadRecord, DatasetError, ModelIncompatible, ModelNotFound
+from monitor.errors import BadRecord, ModelIncompatible, ModelNotFound
 from monitor.registry import ModelVersionRef, Registry
 
 log = logging.getLogger(__name__)
 RESOLVE_TTL_SECONDS = 60.0
+CALIBRATION_RECHECK_SECONDS = 30.0
 
 
 @dataclass
@@ -40,6 +46,7 @@ class ScoringModel:
     calibration: StoredCalibration | None
     # the calibration's uninformative fingerprint hashes, left out of every fingerprint
     stop_hashes: np.ndarray | None = None
+    checked_at: float = 0.0  # when the store was last asked for a calibration (monotonic)
 
     @property
     def input_shape(self) -> tuple[int, ...] | None:
@@ -78,33 +85,45 @@ class ModelCache:
 
     def get(self, ref: ModelVersionRef) -> ScoringModel:
         """The loaded model with its squeezers and thresholds (LRU cached)."""
-        if ref in self._models:
+        model = self._models.get(ref)
+        if model is not None:
             self._models.move_to_end(ref)
-            return self._models[ref]
+            if model.calibration is None and (
+                time.monotonic() - model.checked_at > CALIBRATION_RECHECK_SECONDS
+            ):
+                self._use(model, self._calibration(ref))
+            return model
         try:
             classifier = self.registry.load(ref, self.device)
         except ModelIncompatible as err:
             raise BadRecord(str(err)) from None
-        calibration = self._calibration(ref)
-        if calibration is not None:
-            names = list(calibration.thresholds.squeezers)
-        else:
-            channels = classifier.input_shape[0] if classifier.input_shape else 1
-            names = list(default_squeezers(channels))
-        model = ScoringModel(
-            ref,
-            classifier,
-            probability_fn(classifier),
-            [parse_squeezer(n) for n in names],
-            calibration,
-            _stop_hashes(calibration),
-        )
+        model = ScoringModel(ref, classifier, probability_fn(classifier), [], None)
+        self._use(model, self._calibration(ref))
         self._models[ref] = model
         if len(self._models) > self.capacity:
             self._models.popitem(last=False)
         return model
 
+    def _use(self, model: ScoringModel, calibration: StoredCalibration | None) -> None:
+        """Score with ``calibration``'s squeezers and thresholds (none: the paper's squeezers,
+        no flags)."""
+        model.checked_at = time.monotonic()
+        if calibration is not None:
+            names = list(calibration.thresholds.squeezers)
+            if model.calibration is None and model.squeezers:
+                self._note(f"{model.ref}: calibration {calibration.id} found; flags from now on.")
+        elif model.squeezers:
+            return
+        else:
+            shape = model.classifier.input_shape
+            names = list(default_squeezers(shape[0] if shape else 1))
+        model.squeezers = [parse_squeezer(n) for n in names]
+        model.calibration = calibration
+        model.stop_hashes = _stop_hashes(calibration)
+
     def _calibration(self, ref: ModelVersionRef) -> StoredCalibration | None:
+        """The stored calibration; without one, a request for the calibration job (never a
+        calibration here: it takes minutes and may fail, and ingestion must go on)."""
         stored = current_calibration(self.db, ref.name, ref.version)
         if stored is not None:
             return stored
@@ -112,20 +131,16 @@ class ModelCache:
         if dataset_for(self.registry, ref, detect) is None:
             self._note(
                 f"{ref} has no detector calibration and no dataset to calibrate on: "
-                "its inputs are scored without flags (run `robmon calibrate`)."
+                f"its inputs are scored without flags (run `robmon calibrate {ref.uri} "
+                "--dataset DATA`)."
             )
             return None
-        log.info("calibrating the detector of %s before scoring its inputs", ref)
-        try:
-            stored = calibrate_model(self.db, self.registry, self.settings, ref, device=self.device)
-        except DatasetError as err:
-            self._note(f"{ref} could not be calibrated ({err}); scored without flags.")
-            return None
+        request_calibration(self.db, ref)
         self._note(
-            f"calibrated the detector of {ref} on {stored.dataset} "
-            f"(squeezers {', '.join(stored.thresholds.squeezers) or 'none'})."
+            f"{ref} has no detector calibration yet: its inputs are scored without flags until "
+            f"the scheduler's calibration job (or `robmon calibrate {ref.uri}`) stores one."
         )
-        return stored
+        return None
 
     def _note(self, message: str) -> None:
         if message not in self.notes:

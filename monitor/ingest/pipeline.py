@@ -48,6 +48,7 @@ class IngestSummary:
     scored: int = 0
     dead_letters: int = 0
     flagged: int = 0
+    uncalibrated: int = 0  # scored without flags: the version had no calibration yet
     duplicates: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -219,6 +220,7 @@ class Ingester:
         self.summary.duplicates += prepared.repeats
         flagged = scores.columns.get("flagged", [])
         self.summary.flagged += sum(flagged)
+        self.summary.uncalibrated += scores.column("calibration_id").count(None)
         _count(scores, dead)
         return ids
 
@@ -334,12 +336,19 @@ class Ingester:
 
 def _count(scores: ScoreTable, dead: list[dict[str, Any]]) -> None:
     """Prometheus counters of committed work."""
-    for (model, flagged), n in Counter(
-        zip(scores.column("model_name"), scores.column("flagged"), strict=True)
+    for (model, flagged, calibration), n in Counter(
+        zip(
+            scores.column("model_name"),
+            scores.column("flagged"),
+            scores.column("calibration_id"),
+            strict=True,
+        )
     ).items():
         metrics.RECORDS_SCORED.labels(model).inc(n)
         if flagged:
             metrics.RECORDS_FLAGGED.labels(model).inc(n)
+        if calibration is None:
+            metrics.RECORDS_UNCALIBRATED.labels(model).inc(n)
     metrics.RECORDS_DEAD.inc(len(dead))
 
 

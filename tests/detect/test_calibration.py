@@ -79,3 +79,77 @@ def test_benign_corruptions_stay_in_range(digits) -> None:
         assert x.shape == digits.x[:20].shape, name
         assert x.min() >= 0 and x.max() <= 1, name
         assert not torch.equal(x, digits.x[:20]), name
+
+
+def test_held_out_benign_rates_stay_near_the_target(calibration) -> None:
+    """Thresholds sit 1.645 standard errors under the target on the calibration split; on 268
+    held-out images one benign group may still land a standard error (1.3 points) above it."""
+    result, _ = calibration
+    for report in result.detectors:
+        assert report.fpr_clean <= 0.05, report.detector
+        assert max(report.fpr_benign.values()) <= 0.05 + 0.0133, (report.detector, report.fpr_benign)
+    rates = [r for d in result.detectors for r in (d.fpr_clean, *d.fpr_benign.values())]
+    assert sum(rates) / len(rates) <= 0.03
+
+
+def test_detection_is_reported_per_attack_with_counts(calibration) -> None:
+    result, _ = calibration
+    squeezing = next(d for d in result.detectors if d.detector == "squeezing")
+    hits, total = squeezing.detected["fgsm"]
+    assert total == result.n_adversarial["fgsm_B"] and 0 < hits <= total
+    assert squeezing.detection_rate["fgsm"] == pytest.approx(hits / total)
+    assert all(c.cost >= 1.0 for c in result.candidates)
+
+
+def test_no_successful_attack_still_calibrates_from_the_benign_side(trained_cnn, digits) -> None:
+    """A model no attack fools (here: attacks that change nothing, as on a robust model at a
+    tiny eps) gives thresholds from benign inputs and detection 0 of 0, no crash."""
+
+    def probabilities(x):
+        with torch.no_grad():
+            return torch.softmax(trained_cnn(x), 1)
+
+    result = calibrate_detector(
+        probabilities,
+        lambda x, y, attack: x.clone(),
+        (digits.x[:200] * 255).round().to(torch.uint8),  # stored as uint8: read per batch
+        digits.y[:200],
+        eps=0.01,
+        batch_size=32,
+    )
+    assert result.n_adversarial == {"fgsm_A": 0, "pgd_A": 0, "fgsm_B": 0, "pgd_B": 0}
+    assert "no attack fooled the model" in result.reason and "0 of 0" in result.reason
+    assert result.thresholds.combined is None
+    for report in result.detectors:
+        assert report.detected == {"fgsm": [0, 0], "pgd": [0, 0]}
+        assert report.fpr_clean <= 0.05
+    # neither of the paper's grey squeezers keeps accuracy on this model: the mildest does
+    candidates = {c.squeezer: c for c in result.candidates}
+    assert not candidates["bits:1"].kept and not candidates["median:2"].kept
+    (chosen,) = result.thresholds.squeezers
+    assert candidates[chosen].kept
+    assert candidates[chosen].clean_accuracy == max(c.clean_accuracy for c in candidates.values())
+    assert math.isfinite(result.thresholds.squeeze) and math.isfinite(result.thresholds.confidence)
+
+
+def test_squeezers_too_costly_are_reported_and_excluded(trained_cnn, digits) -> None:
+    def probabilities(x):
+        with torch.no_grad():
+            return torch.softmax(trained_cnn(x), 1)
+
+    def craft(x, y, attack):
+        return fgsm(trained_cnn, x, y, 0.2)
+
+    result = calibrate_detector(
+        probabilities,
+        craft,
+        digits.x[:200],
+        digits.y[:200],
+        eps=0.2,
+        attacks=("fgsm",),
+        candidates=("bits:1", "nlm:11-3-4"),
+        max_cost=2.0,
+    )
+    nlm = next(c for c in result.candidates if c.squeezer == "nlm:11-3-4")
+    assert nlm.cost > 2.0 and not nlm.kept and "forward passes per input (limit 2" in nlm.reason
+    assert "nlm:11-3-4" not in result.thresholds.squeezers

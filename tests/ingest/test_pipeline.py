@@ -119,17 +119,67 @@ def test_flagged_inputs_are_kept_as_png(demo_home, demo_registry, digits, robmon
     assert sorted(paths) == [str(p) for p in kept]
 
 
-def test_missing_calibration_is_made_from_the_version_dataset(
-    demo_home, digits, robmon, tmp_path
+def test_uncalibrated_version_is_scored_unflagged_and_left_to_the_calibration_job(
+    demo_home, demo_registry, digits, robmon, tmp_path
 ) -> None:
+    from monitor.calibrate import run_due_calibrations
+    from monitor.config import load_settings
+    from monitor.db.models import CalibrationRequest
+
     db = _db()
     with db.session() as s:
-        s.execute(delete(DetectorCalibration))
-    log = write_lines(tmp_path / "a.jsonl", [record(digits.x[i]) for i in range(5)])
-    summary = robmon("ingest", str(log), "--json").json()
-    assert summary["scored"] == 5
-    assert any("calibrated the detector of digits-cnn/1" in n for n in summary["notes"])
-    assert _count(db, DetectorCalibration) == 1
+        s.execute(delete(DetectorCalibration).where(DetectorCalibration.model_name == "digits-cnn"))
+    model = demo_registry.load(demo_registry.resolve("digits-cnn")).module
+    adversarial = fgsm(model, digits.x[:30], digits.y[:30], 0.3)
+    lines = [record(x, source="bad", rid=f"a{i}") for i, x in enumerate(adversarial)]
+    summary = robmon("ingest", str(write_lines(tmp_path / "a.jsonl", lines)), "--json").json()
+    # scored at once, without flags, and no calibration ran in the ingester
+    assert (summary["scored"], summary["flagged"], summary["uncalibrated"]) == (30, 0, 30)
+    assert any("no detector calibration yet" in n for n in summary["notes"])
+    assert _count(db, DetectorCalibration) == 1  # digits-logreg's only: none was made
+    with db.session() as s:
+        request = s.get_one(CalibrationRequest, ("digits-cnn", "1"))
+        assert (request.status, request.attempts) == ("pending", 0)
+
+    # the scheduler's job calibrates it; the next ingest flags with the new thresholds
+    done = run_due_calibrations(db, demo_registry, load_settings())
+    assert len(done) == 1 and "digits-cnn/1 calibrated" in done[0]
+    with db.session() as s:
+        assert s.get_one(CalibrationRequest, ("digits-cnn", "1")).status == "done"
+    more = [record(x, source="bad", rid=f"b{i}") for i, x in enumerate(adversarial)]
+    again = robmon("ingest", str(write_lines(tmp_path / "b.jsonl", more)), "--json").json()
+    assert again["uncalibrated"] == 0 and again["flagged"] >= 8  # measured: 11 of 30
+
+
+def test_failed_calibration_is_recorded_and_retried_with_backoff(
+    demo_home, demo_registry, digits, robmon, tmp_path
+) -> None:
+    from monitor.architectures import digits_cnn
+    from monitor.calibrate import retry_delay, run_due_calibrations
+    from monitor.config import load_settings
+    from monitor.db.models import CalibrationRequest
+    from monitor.db.types import utcnow
+
+    missing = str(tmp_path / "gone.npz")
+    ref = demo_registry.register_torch(
+        digits_cnn(), "broken-data", torch.rand(2, 1, 8, 8), tags={"robustness.dataset": missing}
+    )
+    log = write_lines(tmp_path / "a.jsonl", [record(digits.x[i], model=ref.name) for i in range(4)])
+    assert robmon("ingest", str(log), "--json").json()["scored"] == 4
+    db = _db()
+    before = utcnow()
+    done = run_due_calibrations(db, demo_registry, load_settings())
+    assert "broken-data/1 failed" in done[0] and "gone.npz" in done[0]
+    with db.session() as s:
+        request = s.get_one(CalibrationRequest, ("broken-data", "1"))
+        assert (request.status, request.attempts) == ("failed", 1)
+        assert "gone.npz" in request.error
+        assert request.next_attempt_at >= before + retry_delay(1)
+    assert run_due_calibrations(db, demo_registry, load_settings()) == []  # not due yet
+    assert [retry_delay(n).total_seconds() for n in (1, 2, 3, 30)] == [60, 120, 240, 6 * 3600]
+    # ingestion goes on, unflagged
+    more = write_lines(tmp_path / "b.jsonl", [record(digits.x[i], model=ref.name) for i in range(3)])
+    assert robmon("ingest", str(more), "--json").json()["uncalibrated"] == 3
 
 
 def test_model_without_dataset_is_scored_without_flags(
