@@ -2,9 +2,9 @@
 
 scikit-learn ships two photographs (``load_sample_images``: a temple in China and a flower,
 427×640 RGB). Each image here is a random crop of one of them, resized to the requested size,
-with one of scikit-learn's handwritten digits (28×28, upscaled) painted over it in a random
-colour. The label is the digit. Natural textures, JPEG history and colour statistics come from
-the photographs; the class signal from the digit. Saved as ``.npz`` with uint8 ``x`` (N×3×H×W),
+with one of scikit-learn's handwritten digits (28×28, upscaled) painted over it in a colour
+that stands out from the crop. The label is the digit. Natural textures, JPEG history and
+colour statistics come from the photographs; the class signal from the digit. Saved as ``.npz`` with uint8 ``x`` (N×3×H×W),
 so robmon reads it as a dataset path.
 """
 
@@ -19,11 +19,16 @@ import torch.nn.functional as F
 from monitor.datasets import load_dataset
 
 
-def digit_photos(n: int, size: int, seed: int = 0, split: str = "all") -> tuple[np.ndarray, np.ndarray]:
+def digit_photos(
+    n: int, size: int, seed: int = 0, split: str = "all"
+) -> tuple[np.ndarray, np.ndarray]:
     """``n`` images (uint8 N×3×size×size) and their digit labels."""
     from sklearn.datasets import load_sample_images
 
-    photos = [torch.from_numpy(p).permute(2, 0, 1).float() / 255 for p in load_sample_images().images]
+    photos = [
+        torch.from_numpy(p.copy()).permute(2, 0, 1).float() / 255
+        for p in load_sample_images().images
+    ]
     digits = load_dataset("digits28", split)
     gen = torch.Generator().manual_seed(seed)
     pick = torch.randint(len(digits), (n,), generator=gen)
@@ -40,9 +45,11 @@ def digit_photos(n: int, size: int, seed: int = 0, split: str = "all") -> tuple[
             crops.append(F.interpolate(crop, (size, size), mode="bilinear", antialias=True))
         background = torch.cat(crops)
         mask = F.interpolate(digits.x[idx], (size, size), mode="bilinear", align_corners=False)
-        colour = torch.rand(len(idx), 3, 1, 1, generator=gen)
-        alpha = 0.6 + 0.4 * torch.rand(len(idx), 1, 1, 1, generator=gen)
-        image = background * (1 - alpha * mask) + colour * alpha * mask
+        # a colour that stands out from the crop: dark on bright backgrounds, bright on dark
+        bright = background.mean(dim=(1, 2, 3), keepdim=True) < 0.5
+        shade = 0.3 * torch.rand(len(idx), 3, 1, 1, generator=gen)
+        colour = torch.where(bright, 1 - shade, shade)
+        image = background * (1 - mask) + colour * mask
         x[start : start + len(idx)] = (image.clamp(0, 1) * 255).round().byte().numpy()
     return x, digits.y[pick].numpy()
 

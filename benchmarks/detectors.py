@@ -39,8 +39,8 @@ from monitor.training import accuracy, train_classifier
 MODELS = {
     "digits-cnn": ("digits-cnn", "digits", "digits", 10, None),
     "cnn28": ("cnn28", "digits28", "digits28", 4, None),
-    "resnet18": ("resnet18", "photos32-train", "photos32-test", 3, 200),
-    "small224": ("small-cnn-rgb", "photos224-train", "photos224-test", 4, 200),
+    "resnet18": ("resnet18", "photos32-train", "photos32-test", 4, 200),
+    "small224": ("small-cnn-rgb", "photos224-train", "photos224-test", 15, 200),
 }
 PHOTOS = {  # name: (images, side, seed, digit split)
     "photos32-train": (1500, 32, 1, "train"),
@@ -61,7 +61,9 @@ def register(registry, name: str, folder: Path):
     from monitor.registry import DATASET_TAG
 
     arch, train_name, test_name, epochs, _ = MODELS[name]
-    train = load_dataset(dataset_spec(train_name, folder), "test" if train_name in PHOTOS else "train")
+    train = load_dataset(
+        dataset_spec(train_name, folder), "test" if train_name in PHOTOS else "train"
+    )
     test_spec = dataset_spec(test_name, folder)
     test = load_dataset(test_spec)
     torch.manual_seed(0)
@@ -89,7 +91,9 @@ def calibrate(home: Path, ref, *extra: str) -> tuple[dict, float, float]:
 
 
 def describe(name: str, acc: float, result: dict, seconds: float, peak: float) -> None:
-    print(f"\n== {name}: clean accuracy {acc:.3f}; calibration {seconds:.0f} s, peak {peak:,.0f} MB")
+    print(
+        f"\n== {name}: clean accuracy {acc:.3f}; calibration {seconds:.0f} s, peak {peak:,.0f} MB"
+    )
     print(f"squeezers: {', '.join(result['squeezers']) or 'none'} ({result['reason']})")
     print(
         table(

@@ -7,8 +7,9 @@ calibrated squeezers, fingerprints), and committing scores, rollups, fingerprint
 position in one transaction per batch. The floor is the model
 work alone: (1 + number of squeezers) batched forward passes per batch, measured in this run on
 the same model, batch size and squeezers. Printed: records per second for both and their ratio,
-for the 8×8 demo CNN and a 28×28 CNN (medians of --repeats runs), on SQLite and (with --postgres
-or ROBMON_TEST_POSTGRES_URL) PostgreSQL.
+for the 8×8 demo CNN and a 28×28 CNN (records carry nested-list arrays) and a small CNN on
+3×224×224 colour images (records carry PNG files, base64: ``png_b64``) (medians of --repeats
+runs), on SQLite and (with --postgres or ROBMON_TEST_POSTGRES_URL) PostgreSQL.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._colour_data import write_npz
 from benchmarks._timing import median_seconds, table
 from monitor import architectures
 from monitor.datasets import load_dataset
@@ -40,22 +42,52 @@ def prepare_registry(home: Path):
     settings = load_settings({"ROBMON_HOME": str(home)})
     registry = Registry(settings)
     refs = {}
-    for name, dataset, epochs in (("digits-cnn", "digits", 10), ("cnn28", "digits28", 2)):
-        train = load_dataset(dataset, "train")
+    for name, (arch, dataset, epochs) in MODELS.items():
+        train = load_dataset(dataset_path(home, dataset), "train")
         torch.manual_seed(0)
-        model = architectures.ARCHITECTURES[name]()
-        train_classifier(model, train.x, train.y, epochs=epochs, lr=2e-3)
+        model = architectures.ARCHITECTURES[arch]()
+        train_classifier(model, train.x[:512], train.y[:512], epochs=epochs, lr=2e-3)
         refs[name] = registry.register_torch(
-            model, f"bench-{name}", train.x[:2], tags={DATASET_TAG: dataset}
+            model, f"bench-{name}", train.x[:2], tags={DATASET_TAG: dataset_path(home, dataset)}
         )
     return settings, registry, refs
 
 
+# name: (architecture, dataset, training epochs)
+MODELS = {
+    "digits-cnn": ("digits-cnn", "digits", 10),
+    "cnn28": ("cnn28", "digits28", 2),
+    "small224": ("small-cnn-rgb", "photos224", 2),
+}
+
+
+def dataset_path(home: Path, dataset: str) -> str:
+    """Built-in digits, or 600 colour photos at 224×224 (benchmarks/_colour_data.py)."""
+    if dataset != "photos224":
+        return dataset
+    return str(write_npz(home.parent / "photos224.npz", 600, 224, 0, "test"))
+
+
+def _input(image: torch.Tensor) -> dict:
+    """Grey images as nested lists; colour images as PNG (what a 224×224 client sends)."""
+    if image.shape[0] == 1:
+        return {"array": image[0].tolist()}
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    array = (image * 255).round().byte().permute(1, 2, 0).numpy()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return {"png_b64": base64.b64encode(buffer.getvalue()).decode()}
+
+
 def write_log(path: Path, model: str, dataset: str, n: int) -> Path:
     data = load_dataset(dataset)
+    inputs = [_input(data.x[i]) for i in range(min(n, len(data)))]
     with path.open("w") as handle:
         for i in range(n):
-            image = data.x[i % len(data)][0].tolist()
             handle.write(
                 json.dumps(
                     {
@@ -63,7 +95,7 @@ def write_log(path: Path, model: str, dataset: str, n: int) -> Path:
                         "ts": "2026-11-24T19:00:00Z",
                         "source": f"10.0.{i % 50}.{i % 7}",
                         "model": model,
-                        "input": {"array": image},
+                        "input": inputs[i % len(inputs)],
                     }
                 )
                 + "\n"
@@ -92,9 +124,9 @@ def run(
     settings = replace(settings, db_url=db_url, embedded_db=True)
     db = open_database(settings)
     rows = []
-    for name, dataset in (("digits-cnn", "digits"), ("cnn28", "digits28")):
-        ref = refs[name]
-        calibrate_model(db, registry, settings, ref)
+    for name, (_, dataset, _) in MODELS.items():
+        ref, dataset = refs[name], dataset_path(home, dataset)
+        calibrate_model(db, registry, settings, ref, limit=200)
         ingester = Ingester(db, registry, settings, batch_size=batch)
         warm = write_log(home / f"warm-{name}-{label}.jsonl", ref.name, dataset, batch)
         ingester.ingest_files([str(warm)])  # model loaded, caches warm
@@ -141,11 +173,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--records", type=int, default=10240, help="for the 8×8 CNN")
     parser.add_argument("--records28", type=int, default=4096, help="for the 28×28 CNN")
+    parser.add_argument("--records224", type=int, default=1024, help="for the 224×224 CNN")
     parser.add_argument("--postgres", default=os.environ.get("ROBMON_TEST_POSTGRES_URL"))
     parser.add_argument("--repeats", type=int, default=3, help="runs per row (medians shown)")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    n = {"digits-cnn": args.records, "cnn28": args.records28}
+    n = {"digits-cnn": args.records, "cnn28": args.records28, "small224": args.records224}
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / ".robmon"
         settings, registry, refs = prepare_registry(home)

@@ -177,9 +177,18 @@ def eps_grid(
     eps: float | Sequence[float] | None, image_shape: tuple[int, ...]
 ) -> tuple[float, ...]:
     """The strengths to calibrate against: as given, else by input kind (channels)."""
+    from monitor.audit.config import parse_eps
+
     if eps is None:
         return GRAYSCALE_EPS if image_shape[0] == 1 else COLOUR_EPS
-    grid = (float(eps),) if isinstance(eps, int | float) else tuple(float(e) for e in eps)
+    values = [eps] if isinstance(eps, int | float | str) else list(eps)
+    try:  # numbers, or text as on the command line ("8/255")
+        grid = tuple(v for e in values for v in parse_eps(str(e)))
+    except RobmonError:
+        raise ConfigError(
+            "the calibration eps takes numbers such as 0.1,0.2 or 8/255, "
+            f"not {', '.join(map(str, values))}."
+        ) from None
     if not grid or not all(0 < e <= 1 for e in grid):
         raise ConfigError("the calibration eps must be in (0, 1], e.g. 0.1,0.2 or 8/255.")
     return grid
@@ -310,8 +319,10 @@ def run_due_calibrations(
                 retry = request.next_attempt_at
             done.append(f"{ref} failed: {text} (retry after {retry:%Y-%m-%d %H:%M} UTC)")
             continue
-        done.append(f"{ref} calibrated (id {stored.id}, squeezers "
-                    f"{', '.join(stored.thresholds.squeezers) or 'none'})")
+        done.append(
+            f"{ref} calibrated (id {stored.id}, squeezers "
+            f"{', '.join(stored.thresholds.squeezers) or 'none'})"
+        )
     return done
 
 

@@ -33,7 +33,8 @@ DEMO_DATASET = "digits"
 # few strong adversarial inputs mixed into clean traffic stay under its noisy cameras' own flag
 # rate, and a transfer attack is caught in some streams and not in others: the 28×28 digits
 # show both, see tests/alerts/test_simulation.py and benchmarks/alerts.py)
-DEMO_EPS = 0.2  # L∞, on 8×8 digits (at 0.1 an FGSM input fools the demo CNN only 4 times in 10)
+DEMO_EPS = 0.3  # L∞, on 8×8 digits: at 0.1 an FGSM input fools the demo CNN only 4 times in 10;
+# at 0.2 the held-out-safe thresholds (issue 16) flag too few of a burst's inputs on 8×8 images
 DEMO_ATTACKERS = (
     "fgsm-burst",
     "pgd-slow40s",
@@ -206,6 +207,7 @@ def demo_traffic(
     from monitor.alerts.evaluate import Evaluator
     from monitor.alerts.queries import get_alert, list_alerts
     from monitor.alerts.settings import AlertSettings
+    from monitor.calibrate import calibrate_model, current_calibration
     from monitor.ingest.pipeline import Ingester
     from monitor.simulate import simulate
 
@@ -226,6 +228,12 @@ def demo_traffic(
         partial = log.with_suffix(".partial")
         partial.write_text("".join(line + "\n" for line in traffic.lines()))
         partial.rename(log)
+    champion = registry.resolve("models:/digits-cnn@champion")
+    if current_calibration(db, champion.name, champion.version) is None:
+        # the ingester never calibrates (it would score without flags): the demo runs the job
+        report("calibrating the detector", 0, 1)
+        calibrate_model(db, registry, settings, champion)
+        report("calibrating the detector", 1, 1)
     summary = Ingester(db, registry, settings).ingest_files([str(log)])
     Evaluator(db, AlertSettings.from_settings(settings), "demo").evaluate()
     alerts = list_alerts(db, limit=200)

@@ -307,3 +307,21 @@ def test_watch_configuration_errors_name_the_key(demo_home, robmon) -> None:
     )
     Path("robmon.toml").write_text("[watch.config.digits-cnn]\nattack = ['pgd']\n")
     assert "watch.config.digits-cnn.attack" in robmon("scheduler", "--once").stderr
+
+
+def test_once_calibrates_a_version_the_ingester_met_uncalibrated(context, robmon) -> None:
+    from monitor.calibrate import current_calibration, request_calibration
+    from monitor.registry import ModelVersionRef
+    from monitor.scheduler import run_once
+
+    ref = context.registry.register_torch(
+        digits_cnn(), "fresh", torch.rand(2, 1, 8, 8), tags={"robustness.dataset": "digits"}
+    )
+    assert request_calibration(context.db, ModelVersionRef(ref.name, ref.version))
+    assert not request_calibration(context.db, ModelVersionRef(ref.name, ref.version))
+    result = run_once(context)["detector-calibration"]
+    assert result["status"] == "ok" and result["calibrations"][0].startswith("fresh/1 calibrated")
+    assert current_calibration(context.db, "fresh", "1") is not None
+    assert run_once(context)["detector-calibration"]["calibrations"] == []  # done: not again
+    last = {j["job"]: j for j in robmon("jobs", "list", "--json").json()["jobs"]}
+    assert last["detector-calibration"]["last_status"] == "ok"

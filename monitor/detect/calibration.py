@@ -289,9 +289,7 @@ def calibrate_detector(
     costs = _costs(probabilities, _as_float(x[a[:size]]), squeezers)
     affordable = [s for s in squeezers if max_cost is None or costs[s.name] <= max_cost]
     split_a = _split(probabilities, craft, x, y, a, attacks, affordable, seed, size, tick)
-    report = _choose_squeezers(
-        split_a, affordable, costs, accuracy_margin, max_squeezers, channels
-    )
+    report = _choose_squeezers(split_a, affordable, costs, accuracy_margin, max_squeezers, channels)
     report += [  # too slow to be worth scoring the data with
         CandidateReport(
             s.name,
@@ -481,17 +479,23 @@ def _choose_squeezers(
         gains = {}
         for n in options:
             auc = roc_auc(neg.max_over([*chosen, n]), pos.max_over([*chosen, n]))
-            gains[n] = (-math.inf if math.isnan(auc) else auc - best_auc) / reports[n].cost
+            gains[n] = (-math.inf if math.isnan(auc) else auc - best_auc) / _weight(reports[n])
         name = max(gains, key=gains.__getitem__)
         if not gains[name] > 0.005:
             break
         chosen.append(name)
-        best_auc += gains[name] * reports[name].cost
+        best_auc += gains[name] * _weight(reports[name])
         reports[name].reason = f"chosen (joint ROC AUC {best_auc:.3f})"
     for name, report in reports.items():
         if report.kept and name not in chosen:
             report.reason = "eligible but did not raise the joint ROC AUC enough for its cost"
     return list(reports.values())
+
+
+def _weight(report: CandidateReport) -> float:
+    """A squeezer's cost in whole forward passes: timing noise does not change the choice
+    between squeezers that cost about one pass."""
+    return max(1.0, float(round(report.cost)))
 
 
 def _quantile(values: torch.Tensor, q: float) -> float:

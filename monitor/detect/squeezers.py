@@ -77,7 +77,7 @@ def non_local_means(x: torch.Tensor, search: int, patch: int, strength: float) -
     ``search``×``search`` window, weighted by exp(−d²/h²) where d² is the mean squared
     difference of the ``patch``×``patch`` neighbourhoods (over channels) and h = strength/255.
     Memory stays at a few copies of the batch: the offsets are visited one at a time."""
-    n, c, h, w = x.shape
+    n, _, h, w = x.shape
     r, p = search // 2, patch // 2
     padded = F.pad(x, (r,) * 4, mode="reflect" if r < min(h, w) else "replicate")
     scale = (strength / 255.0) ** 2

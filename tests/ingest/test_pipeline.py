@@ -178,7 +178,9 @@ def test_failed_calibration_is_recorded_and_retried_with_backoff(
     assert run_due_calibrations(db, demo_registry, load_settings()) == []  # not due yet
     assert [retry_delay(n).total_seconds() for n in (1, 2, 3, 30)] == [60, 120, 240, 6 * 3600]
     # ingestion goes on, unflagged
-    more = write_lines(tmp_path / "b.jsonl", [record(digits.x[i], model=ref.name) for i in range(3)])
+    more = write_lines(
+        tmp_path / "b.jsonl", [record(digits.x[i], model=ref.name) for i in range(3)]
+    )
     assert robmon("ingest", str(more), "--json").json()["uncalibrated"] == 3
 
 
