@@ -4,8 +4,8 @@ scikit-learn ships two photographs (``load_sample_images``: a temple in China an
 427×640 RGB). Each image here is a random crop of one of them, resized to the requested size,
 with one of scikit-learn's handwritten digits (28×28, upscaled) painted over it in a colour
 that stands out from the crop. The label is the digit. Natural textures, JPEG history and
-colour statistics come from the photographs; the class signal from the digit. Saved as ``.npz`` with uint8 ``x`` (N×3×H×W),
-so robmon reads it as a dataset path.
+colour statistics come from the photographs; the class signal from the digit. Saved as
+``.npz`` with uint8 ``x`` (N×3×H×W), so robmon reads it as a dataset path.
 """
 
 from __future__ import annotations
