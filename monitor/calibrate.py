@@ -350,13 +350,3 @@ def _claim_due(db: Database) -> ModelVersionRef | None:
             return None
         request.status, request.updated_at = "running", now
         return ModelVersionRef(request.model_name, request.model_version)
-
-
-def calibration_requests(db: Database) -> list[CalibrationRequest]:
-    """Every request, newest first (for ``robmon calibrate --requests`` and the dashboard)."""
-    with db.session() as s:
-        rows = s.scalars(
-            select(CalibrationRequest).order_by(CalibrationRequest.requested_at.desc())
-        ).all()
-        s.expunge_all()
-        return list(rows)
