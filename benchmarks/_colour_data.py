@@ -45,6 +45,7 @@ def digit_photos(
             crops.append(F.interpolate(crop, (size, size), mode="bilinear", antialias=True))
         background = torch.cat(crops)
         mask = F.interpolate(digits.x[idx], (size, size), mode="bilinear", align_corners=False)
+        mask = ((mask - 0.25) * 3).clamp(0, 1)  # bold strokes, not the 8×8 digits' soft blobs
         # a colour that stands out from the crop: dark on bright backgrounds, bright on dark
         bright = background.mean(dim=(1, 2, 3), keepdim=True) < 0.5
         shade = 0.3 * torch.rand(len(idx), 3, 1, 1, generator=gen)
