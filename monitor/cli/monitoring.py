@@ -104,38 +104,62 @@ def calibrate(
     say(f"chosen {data['reason']}")
     print_table(
         "squeezer candidates (calibration split)",
-        ("squeezer", "clean accuracy", "ROC AUC", "decision"),
+        ("squeezer", "clean accuracy", "ROC AUC", "cost (forward passes)", "decision"),
         [
-            (c["squeezer"], fmt(c["clean_accuracy"]), fmt(c["roc_auc"]), c["reason"])
+            (
+                c["squeezer"],
+                fmt(c["clean_accuracy"]),
+                fmt(c["roc_auc"]),
+                fmt(c.get("cost")),
+                c["reason"],
+            )
             for c in data["candidates"]
         ],
     )
     rows = []
     for d in data["detectors"]:
-        worst = max(d["fpr_benign"].items(), key=lambda kv: kv[1])
+        worst = max(d["fpr_benign"].items(), key=lambda kv: kv[1] or 0.0)
+        aucs = [v for v in d["roc_auc"].values() if v is not None]
+        by_eps = d.get("by_eps") or {}
+        counts = _counts_by_eps(d.get("detected") or {})
         rows.append(
             (
                 d["detector"],
-                *(fmt(d["detection_rate"].get(a)) for a in ("fgsm", "pgd")),
-                *(fmt(d["roc_auc"].get(a)) for a in ("fgsm", "pgd")),
+                ", ".join(
+                    f"{_eps_text(e)}: {fmt(rate)} ({counts.get(e, '0 of 0')})"
+                    for e, rate in by_eps.items()
+                ),
+                fmt(sum(aucs) / len(aucs) if aucs else None),
                 fmt(d["fpr_clean"]),
                 f"{fmt(worst[1])} ({worst[0]})",
             )
         )
     print_table(
-        "detection on the held-out split (successful adversarial inputs)",
-        (
-            "detector",
-            "FGSM rate",
-            "PGD rate",
-            "FGSM AUC",
-            "PGD AUC",
-            "FPR clean",
-            "worst benign FPR",
-        ),
+        "detection on the held-out split (successful adversarial inputs, all attacks per eps)",
+        ("detector", "detection per eps", "mean ROC AUC", "FPR clean", "worst benign FPR"),
         rows,
     )
     say(f"best detector for this model: {data['best_detector']}")
+
+
+def _counts_by_eps(detected: dict[str, list[int]]) -> dict[str, str]:
+    """``{"fgsm@0.1": [3, 10], "pgd@0.1": [5, 9]}`` -> ``{"0.1": "8 of 19"}``."""
+    totals: dict[str, list[int]] = {}
+    for attack, (hits, n) in detected.items():
+        total = totals.setdefault(attack.partition("@")[2] or "-", [0, 0])
+        total[0] += hits
+        total[1] += n
+    return {e: f"{h} of {n}" for e, (h, n) in totals.items()}
+
+
+def _eps_text(eps: str) -> str:
+    """``0.0313725`` -> ``8/255`` (colour strengths read as pixel steps); others as given."""
+    try:
+        value = float(eps)
+    except ValueError:
+        return eps
+    steps = value * 255
+    return f"{round(steps)}/255" if value < 0.1 and abs(steps - round(steps)) < 1e-3 else eps
 
 
 def _stopper() -> threading.Event:
