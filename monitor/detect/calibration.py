@@ -15,10 +15,11 @@ finishes: thresholds come from the benign side and detection is reported as 0 of
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -243,20 +244,29 @@ class _Split:
         return ScoreBatch.concat(list(self.adversarial.values()))
 
 
-def steady_heap() -> None:
-    """Ask glibc to serve every allocation above 128 KiB with its own mapping, returned to the
-    system when freed. By default glibc raises that threshold after the first large frees and
-    then carves batch-sized tensors out of its heap, which fragments: calibrating a 224×224
-    model on 300 images peaked at 2.35 GB that way, 1.26 GB with the fixed threshold. (No-op
-    where the C library is not glibc.)"""
+@contextlib.contextmanager
+def steady_heap() -> Iterator[None]:
+    """While calibrating, ask glibc to serve every allocation above 128 KiB with its own
+    mapping, returned to the system when freed. By default glibc raises that threshold after
+    the first large frees and then carves batch-sized tensors out of its heap, which fragments:
+    calibrating a 224×224 model on 300 images peaked at 2.35 GB that way, 1.26 GB with the
+    fixed threshold. Afterwards the threshold goes to 32 MiB (where glibc's own adjustment
+    ends), so that scoring in the same process reuses its heap instead of mapping fresh,
+    zeroed pages for every tensor. (No-op where the C library is not glibc.)"""
     import ctypes
     import ctypes.util
 
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+        mallopt = libc.mallopt
     except (OSError, AttributeError):
-        pass
+        yield
+        return
+    mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    try:
+        yield
+    finally:
+        mallopt(-3, 32 * 1024 * 1024)
 
 
 def batch_size_for(image_shape: Sequence[int], budget: int = 2**21) -> int:
@@ -290,7 +300,42 @@ def calibrate_detector(
     before the data is scored with them."""
     if not 0 < fpr < 0.5:
         raise ValueError("fpr must be between 0 and 0.5")
-    steady_heap()
+    with steady_heap():
+        return _calibrate(
+            probabilities,
+            craft,
+            x,
+            y,
+            eps=eps,
+            fpr=fpr,
+            attacks=attacks,
+            candidates=candidates,
+            accuracy_margin=accuracy_margin,
+            max_squeezers=max_squeezers,
+            max_cost=max_cost,
+            seed=seed,
+            batch_size=batch_size,
+            progress=progress,
+        )
+
+
+def _calibrate(
+    probabilities: ProbabilityFn,
+    craft: Crafter,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    fpr: float,
+    attacks: Sequence[str],
+    candidates: Sequence[str] | None,
+    accuracy_margin: float,
+    max_squeezers: int,
+    max_cost: float | None,
+    seed: int,
+    batch_size: int | None,
+    progress: Callable[[int, int], None] | None,
+) -> Calibration:
     started = time.perf_counter()
     channels = x.shape[1]
     squeezers = [parse_squeezer(c) for c in (candidates or candidates_for(channels))]

@@ -41,7 +41,7 @@ def candidates_for(channels: int) -> tuple[str, ...]:
 def bit_depth(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Reduce each pixel to ``bits`` bits: round(x·(2^bits − 1)) / (2^bits − 1)."""
     levels = 2**bits - 1
-    return torch.round(x * levels) / levels
+    return (x * levels).round_().div_(levels)
 
 
 def median_filter(x: torch.Tensor, k: int) -> torch.Tensor:

@@ -149,7 +149,7 @@ def _npy(data: bytes) -> np.ndarray:
     except (ValueError, OSError, EOFError) as err:
         raise BadRecord(f"input.npy_b64 is not a .npy array: {err}.") from None
     if array.dtype == np.uint8:
-        return array.astype(np.float32) / 255.0
+        return array  # 0–255: ``_to_chw`` scales it
     if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
         raise BadRecord(f"input.npy_b64 holds {array.dtype}, not numbers.")
     return array.astype(np.float32)
@@ -168,10 +168,11 @@ def _image_bytes(data: bytes, limits: Limits) -> np.ndarray:
                     f"{limits.max_pixels} pixels."
                 )
             img.load()
+            # uint8 until the tensor: converted once, in torch, with no range to check
             if img.mode in ("1", "L", "I;16", "I", "F"):
-                array = np.asarray(img.convert("L"), dtype=np.float32)[None] / 255.0
+                array = np.asarray(img.convert("L"), dtype=np.uint8)[None]
             else:
-                array = np.asarray(img.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255
+                array = np.asarray(img.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
     except BadRecord:
         raise
     except Image.DecompressionBombError:
@@ -210,6 +211,8 @@ def _to_chw(array: np.ndarray, limits: Limits) -> torch.Tensor:
         raise BadRecord("the input image is empty.")
     if array.shape[1] * array.shape[2] > limits.max_pixels:
         raise BadRecord(f"image of {array.shape[2]}×{array.shape[1]} pixels is over the limit.")
+    if array.dtype == np.uint8:  # decoded image bytes: 0–255 by construction
+        return torch.from_numpy(np.ascontiguousarray(array)).float().div_(255.0)
     low, high = float(array.min()), float(array.max())
     if not (low >= 0.0 and high <= 1.0):  # also False for NaN
         if not np.isfinite(array).all():
