@@ -82,15 +82,19 @@ def test_benign_corruptions_stay_in_range(digits) -> None:
 
 
 def test_held_out_benign_rates_stay_near_the_target(calibration) -> None:
-    """Thresholds sit at each benign group's quantile on the calibration split (HOLD_OUT_Z 0):
-    on 268 held-out images a group can land several points above the target (measured: the
-    resize group at 9% for squeezing), while the rates over all groups stay under it."""
+    """Thresholds sit 1.645 standard errors under the target on the calibration split (the
+    combined detector's on out-of-fold scores); on 268 held-out images a group may still land
+    a standard error (1.3 points) above the target, and the rates over all groups stay well
+    under it."""
     result, _ = calibration
     for report in result.detectors:
-        assert report.fpr_clean <= 0.05 + 2 * 0.0133, report.detector
-        assert max(report.fpr_benign.values()) <= 0.10, (report.detector, report.fpr_benign)
+        assert report.fpr_clean <= 0.05 + 0.0133, report.detector
+        assert max(report.fpr_benign.values()) <= 0.05 + 0.0133, (
+            report.detector,
+            report.fpr_benign,
+        )
     rates = [r for d in result.detectors for r in (d.fpr_clean, *d.fpr_benign.values())]
-    assert sum(rates) / len(rates) <= 0.05
+    assert sum(rates) / len(rates) <= 0.03
 
 
 def test_detection_is_reported_per_attack_with_counts(calibration) -> None:
