@@ -65,6 +65,16 @@ class Prepared:
 
 
 @dataclass
+class _Batch:
+    """Parsed lines of one batch, grouped by model version (``Ingester.parse``)."""
+
+    lines: int
+    groups: dict[Any, list[_Parsed]]
+    dead: list[dict[str, Any]]
+    repeats: int
+
+
+@dataclass
 class _Parsed:
     line: RawLine
     record: Record
@@ -169,14 +179,25 @@ class Ingester:
         return self.store_prepared(self.prepare(lines, keys), position)
 
     def _pipelined(self, batches: Iterator[tuple[list[RawLine], Position]]) -> None:
-        """Process batches in order, committing each on a writer thread while this thread
-        parses and scores the next (the database's waits overlap the model's work). Commits
-        stay in order, and a failed commit stops the run before any later batch is committed."""
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-commit") as writer:
+        """Process batches in order, three at a time in flight: the next batch is parsed and
+        decoded on a parser thread while this thread scores the current one (torch releases
+        the GIL), and the one before is committed on a writer thread (the database's waits
+        overlap the model's work). Commits stay in order, and a failed commit stops the run
+        before any later batch is committed."""
+        with (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-commit") as writer,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-parse") as parser,
+        ):
             pending: Future | None = None
+            upcoming = next(batches, None)
+            parsing = parser.submit(self.parse, upcoming[0], None) if upcoming else None
             try:
-                for lines, position in batches:
-                    prepared = self.prepare(lines, None)
+                while upcoming is not None and parsing is not None:
+                    position = upcoming[1]
+                    parsed = parsing.result()
+                    upcoming = next(batches, None)
+                    parsing = parser.submit(self.parse, upcoming[0], None) if upcoming else None
+                    prepared = self.score(parsed)
                     if pending is not None:
                         pending.result()
                     pending = writer.submit(self.store_prepared, prepared, position)
@@ -186,6 +207,11 @@ class Ingester:
 
     def prepare(self, lines: list[RawLine], keys: list[str] | None) -> Prepared:
         """Parse, drop repeats, score per model version (no database writes)."""
+        return self.score(self.parse(lines, keys))
+
+    def parse(self, lines: list[RawLine], keys: list[str] | None) -> _Batch:
+        """Parse and decode ``lines``, drop repeats, group by model version (no model work,
+        no database writes: it runs on the parser thread)."""
         parsed, dead = self._parse(lines, keys or [None] * len(lines))
         parsed, repeats = _drop_repeats(parsed)
         groups: dict[Any, list[_Parsed]] = defaultdict(list)
@@ -196,15 +222,19 @@ class Ingester:
                 dead.append(_dead(item.line, item.key, str(err), item.record))
                 continue
             groups[ref].append(item)
-        scores = ScoreTable()
-        for ref, items in groups.items():
+        return _Batch(len(lines), groups, dead, repeats)
+
+    def score(self, batch: _Batch) -> Prepared:
+        """Score each model version's records of a parsed batch."""
+        scores, dead = ScoreTable(), batch.dead
+        for ref, items in batch.groups.items():
             try:
                 model = self.models.get(ref)
             except BadRecord as err:
                 dead.extend(_dead(i.line, i.key, str(err), i.record) for i in items)
                 continue
             scores.extend(self._score(model, items, dead))
-        return Prepared(len(lines), scores, dead, repeats)
+        return Prepared(batch.lines, scores, dead, batch.repeats)
 
     def store_prepared(self, prepared: Prepared, position: Position | None) -> list[int]:
         """Commit one prepared batch and count it (the totals change only here)."""

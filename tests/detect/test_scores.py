@@ -31,3 +31,29 @@ def test_roc_auc_matches_scikit_learn_with_ties() -> None:
     labels = [0] * 300 + [1] * 200
     expected = roc_auc_score(labels, torch.cat([neg, pos]).numpy())
     assert abs(roc_auc(neg, pos) - expected) < 1e-9
+
+
+def test_large_batches_are_scored_in_chunks_with_the_same_result(monkeypatch) -> None:
+    import monitor.detect.scores as scores
+
+    weights = torch.randn(3 * 16 * 16, 5, generator=torch.Generator().manual_seed(0))
+    calls = []
+
+    def probabilities(x: torch.Tensor) -> torch.Tensor:
+        calls.append(len(x))
+        return torch.softmax(x.flatten(1) @ weights, dim=1)
+
+    x = torch.rand(10, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    squeezers = [parse_squeezer("bits:3"), parse_squeezer("median:2")]
+    whole = score_inputs(probabilities, x, squeezers)
+    assert calls == [30]  # one call: the inputs and both squeezed versions
+    monkeypatch.setattr(scores, "CHUNK_VALUES", 4 * 3 * 16 * 16)
+    calls.clear()
+    chunked = score_inputs(probabilities, x, squeezers)
+    assert calls == [12, 12, 6]  # 4 + 4 + 2 inputs, each with its squeezed versions
+    assert torch.equal(whole.predicted, chunked.predicted)
+    for name in ("confidence", "margin", "entropy", "roughness"):
+        assert torch.allclose(getattr(whole, name), getattr(chunked, name))
+    for name in whole.divergences:
+        assert torch.allclose(whole.divergences[name], chunked.divergences[name])
+        assert torch.equal(whole.squeezed[name], chunked.squeezed[name])
