@@ -210,3 +210,29 @@ def test_a_policy_can_require_apgd(demo_home, robmon, tmp_path) -> None:
     assert criterion["passed"] is False and 0.3 < criterion["actual"] < 0.6
     shown = robmon("audits", "show", str(result.json()["audit_id"]), "--json").json()
     assert {r["attack"] for r in shown["results"]} == {"pgd", "apgd"}
+
+
+def test_a_detection_floor_reads_the_calibration_pooled_over_strengths(
+    demo_home, robmon, tmp_path
+) -> None:
+    from monitor.calibrate import current_calibration
+    from monitor.config import load_settings
+    from monitor.db.session import open_database
+
+    report = current_calibration(open_database(load_settings()), "digits-cnn", "1").report
+    combined = next(d for d in report["detectors"] if d["detector"] == "combined")
+    pgd = [counts for name, counts in combined["detected"].items() if name.startswith("pgd@")]
+    rate = sum(h for h, _ in pgd) / sum(n for _, n in pgd)  # pgd@0.1, pgd@0.2, pgd@0.3 pooled
+    below = (
+        f'min_detection_rate = {{detector = "combined", attack = "pgd", value = {rate - 0.01:.4f}}}'
+    )
+    above = (
+        f'min_detection_rate = {{detector = "combined", attack = "pgd", value = {rate + 0.01:.4f}}}'
+    )
+    passed = gate(robmon, "models:/digits-cnn/1", policy(tmp_path, below, name="a.toml"))
+    failed = gate(robmon, "models:/digits-cnn/1", policy(tmp_path, above, name="b.toml"))
+    assert (passed.code, failed.code) == (0, 1), (passed.stderr, failed.stderr)
+    criterion = next(
+        c for c in failed.json()["criteria"] if c["name"] == "min_detection_rate[combined pgd]"
+    )
+    assert criterion["passed"] is False and criterion["actual"] == pytest.approx(rate, abs=1e-6)

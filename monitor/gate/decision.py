@@ -279,7 +279,7 @@ def _detection(run, policy, ref, audit, baseline, baseline_audit) -> list[Criter
         raise GateUndecided(f"{ref} has no detector calibration; run `robmon calibrate {ref.uri}`.")
     rate = next(
         (
-            d["detection_rate"].get(floor.attack)
+            _attack_rate(d, floor.attack)
             for d in calibration.report["detectors"]
             if d["detector"] == floor.detector
         ),
@@ -292,6 +292,21 @@ def _detection(run, policy, ref, audit, baseline, baseline_audit) -> list[Criter
         f"{floor.detector} detection of {floor.attack.upper()} at FPR {calibration.fpr:.0%}",
     )
     return [criterion]
+
+
+def _attack_rate(detector: dict[str, Any], attack: str) -> float | None:
+    """One attack's detection rate, pooled over the calibration's strengths (``pgd@0.1``,
+    ``pgd@0.2``, ...: flagged of all successful examples); calibrations before the strength
+    grid name the attack alone."""
+    counts = [
+        hits_of
+        for name, hits_of in (detector.get("detected") or {}).items()
+        if name.partition("@")[0] == attack
+    ]
+    if counts:
+        total = sum(n for _, n in counts)
+        return sum(h for h, _ in counts) / total if total else None
+    return detector["detection_rate"].get(attack)
 
 
 def _drops(run, policy, ref, audit, baseline, baseline_audit) -> list[Criterion]:

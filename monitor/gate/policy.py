@@ -209,8 +209,8 @@ def _detection_floor(item: Any) -> DetectionFloor:
         raise PolicyError(f"policy: {key} needs exactly detector, attack and value.")
     if item["detector"] not in DETECTORS:
         raise PolicyError(f"policy: {key}.detector must be one of {', '.join(DETECTORS)}.")
-    if item["attack"] not in ("fgsm", "pgd"):
-        raise PolicyError(f"policy: {key}.attack must be fgsm or pgd.")
+    if item["attack"] not in ("fgsm", "pgd", "pgd+"):
+        raise PolicyError(f"policy: {key}.attack must be fgsm, pgd or pgd+.")
     return DetectionFloor(
         item["detector"], item["attack"], _number(item["value"], f"{key}.value", 0, 1)
     )
