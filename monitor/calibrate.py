@@ -28,7 +28,7 @@ from monitor.datasets import load_dataset
 from monitor.db.models import CalibrationRequest, DetectorCalibration
 from monitor.db.session import Database
 from monitor.db.types import utcnow
-from monitor.detect.calibration import Calibration, Thresholds, calibrate_detector
+from monitor.detect.calibration import FPR_MARGIN, Calibration, Thresholds, calibrate_detector
 from monitor.detect.fingerprints import benign_min_shared, stop_hashes
 from monitor.errors import ConfigError, DatasetError, RobmonError
 from monitor.progress import Reporter, silent
@@ -45,6 +45,7 @@ _DETECT_KEYS = {
     "candidates",
     "max_squeezers",
     "max_cost",
+    "fpr_margin",
     "limit",
 }
 
@@ -74,6 +75,7 @@ class DetectSettings:
     candidates: tuple[str, ...] | None = None  # None: the candidates of the input kind
     max_squeezers: int = 2
     max_cost: float = 10.0  # forward passes per input a squeezer may cost (its own included)
+    fpr_margin: float = FPR_MARGIN  # standard errors each benign rate stays under the target
     limit: int | None = None
 
     @staticmethod
@@ -149,6 +151,7 @@ def calibrate_model(
         accuracy_margin=detect.accuracy_margin,
         max_squeezers=detect.max_squeezers,
         max_cost=detect.max_cost,
+        fpr_margin=detect.fpr_margin,
         progress=lambda done, total: report("calibrating detector", done, total + 1),
     )
     stop = stop_hashes(data.pixels)

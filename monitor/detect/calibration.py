@@ -32,8 +32,9 @@ from monitor.detect.squeezers import Squeezer, candidates_for, default_squeezers
 
 DETECTORS = ("confidence", "squeezing", "combined")
 STRONG_QUANTILE = 0.999
+MIN_GAIN = 0.005  # joint ROC AUC a squeezer must add per forward pass it costs
 OUT_OF_FOLD = 5  # folds for the combined detector's thresholds
-HOLD_OUT_Z = 1.645  # thresholds keep each benign rate this many standard errors under the target
+FPR_MARGIN = 1.0  # thresholds keep each benign rate this many standard errors under the target
 # (x, y, attack name) -> adversarial x, crafted by whoever can (white-box or a surrogate)
 Crafter = Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor]
 
@@ -287,6 +288,7 @@ def calibrate_detector(
     accuracy_margin: float = 0.05,
     max_squeezers: int = 2,
     max_cost: float | None = None,
+    fpr_margin: float = FPR_MARGIN,
     seed: int = 0,
     batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -297,7 +299,10 @@ def calibrate_detector(
     benign corruptions and adversarial inputs are made, scored and dropped, so memory holds the
     scores and one batch, whatever the size of the data. ``max_cost`` (model forward passes per
     input, the squeezed pass included; timed on the first batch) excludes slower squeezers
-    before the data is scored with them."""
+    before the data is scored with them. ``fpr_margin`` (standard errors of a benign group's
+    rate) keeps thresholds under the target on the calibration split, so that held-out rates
+    stay near it: 0 sets them at the plain quantile, 1.645 holds a group at or under the
+    target on new data 95% of the time, at a price in detection on small data sets."""
     if not 0 < fpr < 0.5:
         raise ValueError("fpr must be between 0 and 0.5")
     with steady_heap():
@@ -313,6 +318,7 @@ def calibrate_detector(
             accuracy_margin=accuracy_margin,
             max_squeezers=max_squeezers,
             max_cost=max_cost,
+            fpr_margin=fpr_margin,
             seed=seed,
             batch_size=batch_size,
             progress=progress,
@@ -332,6 +338,7 @@ def _calibrate(
     accuracy_margin: float,
     max_squeezers: int,
     max_cost: float | None,
+    fpr_margin: float,
     seed: int,
     batch_size: int | None,
     progress: Callable[[int, int], None] | None,
@@ -367,7 +374,7 @@ def _calibrate(
         if s not in affordable
     ]
     chosen = tuple(r.squeezer for r in report if r.reason.startswith("chosen"))
-    thresholds = _thresholds(split_a, chosen, fpr)
+    thresholds = _thresholds(split_a, chosen, fpr, fpr_margin)
     kept = [s for s in squeezers if s.name in chosen]  # the held-out split needs only these
     split_b = _split(probabilities, craft, x, y, b, attacks, kept, seed + 1, size, tick)
     n_adv = {
@@ -508,11 +515,11 @@ def _choose_squeezers(
     max_squeezers: int,
     channels: int,
 ) -> list[CandidateReport]:
-    """Greedy forward selection by ROC AUC among squeezers that keep clean accuracy: a
-    squeezer is added while its gain in joint ROC AUC is worth its cost (at least 0.005 per
-    forward pass it costs). With no adversarial input to compare against,
-    the paper's recipe for the input kind where it keeps accuracy, else the eligible squeezer
-    that keeps the most."""
+    """Greedy forward selection by ROC AUC among squeezers that keep clean accuracy: of the
+    squeezers whose gain in joint ROC AUC is worth their cost (at least ``MIN_GAIN`` per
+    forward pass they cost), the one with the largest gain is added, while there is one. With
+    no adversarial input to compare against, the paper's recipe for the input kind where it
+    keeps accuracy, else the eligible squeezer that keeps the most."""
     clean = split.clean
     base = float(split.correct.float().mean()) if len(clean) else 0.0
     neg, pos = split.negatives(), split.positives()
@@ -542,12 +549,14 @@ def _choose_squeezers(
         gains = {}
         for n in options:
             auc = roc_auc(neg.max_over([*chosen, n]), pos.max_over([*chosen, n]))
-            gains[n] = (-math.inf if math.isnan(auc) else auc - best_auc) / _weight(reports[n])
-        name = max(gains, key=gains.__getitem__)
-        if not gains[name] > 0.005:
+            gain = -math.inf if math.isnan(auc) else auc - best_auc
+            if gain > MIN_GAIN * _weight(reports[n]):  # worth what it costs
+                gains[n] = gain
+        if not gains:
             break
+        name = max(gains, key=gains.__getitem__)  # the largest gain among those worth it
         chosen.append(name)
-        best_auc += gains[name] * _weight(reports[name])
+        best_auc += gains[name]
         reports[name].reason = f"chosen (joint ROC AUC {best_auc:.3f})"
     for name, report in reports.items():
         if report.kept and name not in chosen:
@@ -566,37 +575,39 @@ def _quantile(values: torch.Tensor, q: float) -> float:
 
 
 def _worst_group_threshold(
-    split: _Split, score: Callable[[ScoreBatch], torch.Tensor], fpr: float
+    split: _Split, score: Callable[[ScoreBatch], torch.Tensor], fpr: float, margin: float
 ) -> float:
-    return _worst_threshold([score(group) for group in split.groups()], fpr)
+    return _worst_threshold([score(group) for group in split.groups()], fpr, margin)
 
 
-def _worst_threshold(groups: Sequence[torch.Tensor], fpr: float) -> float:
+def _worst_threshold(groups: Sequence[torch.Tensor], fpr: float, margin: float) -> float:
     """The smallest threshold that flags at most ``fpr`` of every benign group (score > t),
-    with a margin of ``HOLD_OUT_Z`` standard errors of the rate, so that held-out data stays
+    with a margin of ``margin`` standard errors of the rate, so that held-out data stays
     at or under ``fpr`` (a threshold at the plain quantile exceeds it on new data half the
     time)."""
     return max(
-        _quantile(g, 1 - fpr + HOLD_OUT_Z * math.sqrt(fpr * (1 - fpr) / len(g)))
+        _quantile(g, 1 - fpr + margin * math.sqrt(fpr * (1 - fpr) / len(g)))
         for g in groups
         if len(g)
     )
 
 
-def _thresholds(split: _Split, chosen: tuple[str, ...], fpr: float) -> Thresholds:
+def _thresholds(split: _Split, chosen: tuple[str, ...], fpr: float, margin: float) -> Thresholds:
     thresholds = Thresholds(
         squeezers=chosen,
         fpr=fpr,
-        confidence=-_worst_group_threshold(split, lambda b: -b.confidence, fpr),
-        squeeze=_worst_group_threshold(split, lambda b: b.max_over(chosen), fpr)
+        confidence=-_worst_group_threshold(split, lambda b: -b.confidence, fpr, margin),
+        squeeze=_worst_group_threshold(split, lambda b: b.max_over(chosen), fpr, margin)
         if chosen
         else math.inf,
     )
-    thresholds.combined = _train_combined(split, chosen, fpr)
+    thresholds.combined = _train_combined(split, chosen, fpr, margin)
     return thresholds
 
 
-def _train_combined(split: _Split, chosen: tuple[str, ...], fpr: float) -> CombinedDetector | None:
+def _train_combined(
+    split: _Split, chosen: tuple[str, ...], fpr: float, margin: float
+) -> CombinedDetector | None:
     """Logistic regression on the calibration split; its thresholds come from out-of-fold
     scores (each input scored by a model fitted without it), since a model scores the inputs it
     was fitted on as more benign than new ones (measured on 8×8 digits: thresholds set on the
@@ -626,10 +637,10 @@ def _train_combined(split: _Split, chosen: tuple[str, ...], fpr: float) -> Combi
         held[~fit] = fold_model.decision_function((rows[~fit] - m) / sd)
     scores = torch.sigmoid(torch.from_numpy(held[: len(neg)])).float()
     groups = list(scores.split([len(g) for g in split.groups()]))
-    detector.threshold = _worst_threshold(groups, fpr)
+    detector.threshold = _worst_threshold(groups, fpr, margin)
     # strong evidence: above 99.9% of every benign group (a noisy camera included), not of
     # the pool, where the noisiest group's tail hides among the clean majority
-    detector.strong = max(detector.threshold, _worst_threshold(groups, 1 - STRONG_QUANTILE))
+    detector.strong = max(detector.threshold, _worst_threshold(groups, 1 - STRONG_QUANTILE, margin))
     return detector
 
 

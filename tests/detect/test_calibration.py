@@ -82,14 +82,14 @@ def test_benign_corruptions_stay_in_range(digits) -> None:
 
 
 def test_held_out_benign_rates_stay_near_the_target(calibration) -> None:
-    """Thresholds sit 1.645 standard errors under the target on the calibration split (the
+    """Thresholds sit one standard error under the target on the calibration split (the
     combined detector's on out-of-fold scores); on 268 held-out images a group may still land
-    a standard error (1.3 points) above the target, and the rates over all groups stay well
-    under it."""
+    up to two standard errors (2.7 points) above the target, and the rates over all groups stay
+    well under it."""
     result, _ = calibration
     for report in result.detectors:
-        assert report.fpr_clean <= 0.05 + 0.0133, report.detector
-        assert max(report.fpr_benign.values()) <= 0.05 + 0.0133, (
+        assert report.fpr_clean <= 0.05 + 2 * 0.0133, report.detector
+        assert max(report.fpr_benign.values()) <= 0.05 + 2 * 0.0133, (
             report.detector,
             report.fpr_benign,
         )
