@@ -329,22 +329,25 @@ def run_due_calibrations(
     return done
 
 
+def is_due(now: datetime) -> Any:
+    """The requests the calibration job should run now: pending or failed ones whose time
+    has come, and running ones whose process died (no update for ``RUNNING_STALE``)."""
+    return (
+        CalibrationRequest.status.in_(("pending", "failed"))
+        & (CalibrationRequest.next_attempt_at <= now)
+    ) | (
+        (CalibrationRequest.status == "running")
+        & (CalibrationRequest.updated_at < now - RUNNING_STALE)
+    )
+
+
 def _claim_due(db: Database) -> ModelVersionRef | None:
     """Mark the oldest due request running and return its model version."""
     now = utcnow()
     with db.session() as s:
         request = s.scalar(
             select(CalibrationRequest)
-            .where(
-                (
-                    CalibrationRequest.status.in_(("pending", "failed"))
-                    & (CalibrationRequest.next_attempt_at <= now)
-                )
-                | (
-                    (CalibrationRequest.status == "running")
-                    & (CalibrationRequest.updated_at < now - RUNNING_STALE)
-                )
-            )
+            .where(is_due(now))
             .order_by(CalibrationRequest.next_attempt_at)
             .limit(1)
             .with_for_update(skip_locked=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from monitor.detect.scores import as_float
 from monitor.errors import DatasetError
 
 BUILTIN = ("digits", "digits28")
@@ -82,11 +83,6 @@ def load_dataset(spec: str, split: str = "test") -> Dataset:
     if path.suffix == ".npz":
         return _npz(path)
     raise DatasetError(f"{path} is not a .npz file or an image folder.")
-
-
-def as_float(pixels: torch.Tensor) -> torch.Tensor:
-    """Pixel-space float32 in [0, 1] from float32 or uint8 (0–255) images."""
-    return pixels.float().div_(255.0) if pixels.dtype == torch.uint8 else pixels
 
 
 @lru_cache(maxsize=4)

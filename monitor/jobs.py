@@ -319,20 +319,12 @@ def calibration_job() -> dict[str, Any]:
 
 
 def _has_due_calibration(db: Database) -> bool:
+    from monitor.calibrate import is_due
     from monitor.db.models import CalibrationRequest
 
     with db.session() as s:
-        return (
-            s.scalar(
-                select(CalibrationRequest.model_name)
-                .where(
-                    CalibrationRequest.status.in_(("pending", "failed", "running")),
-                    CalibrationRequest.next_attempt_at <= utcnow(),
-                )
-                .limit(1)
-            )
-            is not None
-        )
+        query = select(CalibrationRequest.model_name).where(is_due(utcnow())).limit(1)
+        return s.scalar(query) is not None
 
 
 def audit_queue_job() -> dict[str, Any]:

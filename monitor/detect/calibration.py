@@ -27,7 +27,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from monitor.detect.scores import BASE_FEATURES, ProbabilityFn, ScoreBatch, roc_auc, score_inputs
+from monitor.detect.scores import (
+    BASE_FEATURES,
+    ProbabilityFn,
+    ScoreBatch,
+    as_float,
+    roc_auc,
+    score_inputs,
+)
 from monitor.detect.squeezers import Squeezer, candidates_for, default_squeezers, parse_squeezer
 
 DETECTORS = ("confidence", "squeezing", "combined")
@@ -275,6 +282,7 @@ def batch_size_for(image_shape: Sequence[int], budget: int = 2**21) -> int:
     return max(1, min(128, budget // max(1, math.prod(image_shape))))
 
 
+@steady_heap()
 def calibrate_detector(
     probabilities: ProbabilityFn,
     craft: Crafter,
@@ -305,44 +313,6 @@ def calibrate_detector(
     target on new data 95% of the time, at a price in detection on small data sets."""
     if not 0 < fpr < 0.5:
         raise ValueError("fpr must be between 0 and 0.5")
-    with steady_heap():
-        return _calibrate(
-            probabilities,
-            craft,
-            x,
-            y,
-            eps=eps,
-            fpr=fpr,
-            attacks=attacks,
-            candidates=candidates,
-            accuracy_margin=accuracy_margin,
-            max_squeezers=max_squeezers,
-            max_cost=max_cost,
-            fpr_margin=fpr_margin,
-            seed=seed,
-            batch_size=batch_size,
-            progress=progress,
-        )
-
-
-def _calibrate(
-    probabilities: ProbabilityFn,
-    craft: Crafter,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    eps: float,
-    fpr: float,
-    attacks: Sequence[str],
-    candidates: Sequence[str] | None,
-    accuracy_margin: float,
-    max_squeezers: int,
-    max_cost: float | None,
-    fpr_margin: float,
-    seed: int,
-    batch_size: int | None,
-    progress: Callable[[int, int], None] | None,
-) -> Calibration:
     started = time.perf_counter()
     channels = x.shape[1]
     squeezers = [parse_squeezer(c) for c in (candidates or candidates_for(channels))]
@@ -356,7 +326,7 @@ def _calibrate(
             progress(steps[0], steps[1])
 
     timed = max(1, min(size, 2**19 // math.prod(x.shape[1:])))  # large images: a few suffice
-    costs = _costs(probabilities, _as_float(x[a[:timed]]), squeezers)
+    costs = _costs(probabilities, as_float(x[a[:timed]]), squeezers)
     affordable = [s for s in squeezers if max_cost is None or costs[s.name] <= max_cost]
     split_a = _split(probabilities, craft, x, y, a, attacks, affordable, seed, size, tick)
     report = _choose_squeezers(split_a, affordable, costs, accuracy_margin, max_squeezers, channels)
@@ -421,10 +391,6 @@ def _reason(chosen: tuple[str, ...], split: _Split, margin: float, accuracy: flo
     )
 
 
-def _as_float(x: torch.Tensor) -> torch.Tensor:
-    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
-
-
 def _costs(
     probabilities: ProbabilityFn, x: torch.Tensor, squeezers: Sequence[Squeezer]
 ) -> dict[str, float]:
@@ -462,7 +428,7 @@ def _split(
     adversarial: dict[str, list[ScoreBatch]] = {a: [] for a in attacks}
     for i, start in enumerate(range(0, len(index), size)):
         part = index[start : start + size]
-        xb, yb = _as_float(x[part]), y[part]
+        xb, yb = as_float(x[part]), y[part]
         scores = score_inputs(probabilities, xb, squeezers)
         clean.append(scores)
         right = scores.predicted == yb

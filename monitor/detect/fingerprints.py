@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from monitor.detect.scores import as_float
+
 STEP = 50 / 255
 WINDOW = 20
 TOP = 50
@@ -115,7 +117,7 @@ def stop_hashes(x: torch.Tensor, share: float = STOP_SHARE, max_images: int = 20
 def _batches(x: torch.Tensor, size: int = 128) -> Iterator[torch.Tensor]:
     """Float batches of images stored as float or uint8 (0–255), converted one at a time."""
     for i in range(0, len(x), size):
-        yield x[i : i + size].float() / 255 if x.dtype == torch.uint8 else x[i : i + size]
+        yield as_float(x[i : i + size])
 
 
 def _sample(x: torch.Tensor, max_images: int, seed: int = 0) -> torch.Tensor:

@@ -105,6 +105,11 @@ class ScoreBatch:
         )
 
 
+def as_float(pixels: torch.Tensor) -> torch.Tensor:
+    """Pixel-space float32 in [0, 1] from float32 or uint8 (0–255) images."""
+    return pixels.float().div_(255.0) if pixels.dtype == torch.uint8 else pixels
+
+
 def score_inputs(
     probabilities: ProbabilityFn, x: torch.Tensor, squeezers: Sequence[Squeezer]
 ) -> ScoreBatch:
