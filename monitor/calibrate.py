@@ -28,8 +28,9 @@ from monitor.datasets import load_dataset
 from monitor.db.models import CalibrationRequest, DetectorCalibration
 from monitor.db.session import Database
 from monitor.db.types import utcnow
-from monitor.detect.calibration import FPR_MARGIN, Calibration, Thresholds, calibrate_detector
+from monitor.detect.calibration import FPR_MARGIN, Calibration, calibrate_detector
 from monitor.detect.fingerprints import benign_min_shared, stop_hashes
+from monitor.detect.thresholds import Thresholds
 from monitor.errors import ConfigError, DatasetError, RobmonError
 from monitor.progress import Reporter, silent
 from monitor.registry import DATASET_TAG, ModelVersionRef, Registry

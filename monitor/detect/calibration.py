@@ -16,7 +16,6 @@ finishes: thresholds come from the benign side and detection is reported as 0 of
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,8 +24,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from monitor.detect.corruptions import benign_corruptions
 from monitor.detect.scores import (
     BASE_FEATURES,
     ProbabilityFn,
@@ -36,6 +35,7 @@ from monitor.detect.scores import (
     score_inputs,
 )
 from monitor.detect.squeezers import Squeezer, candidates_for, default_squeezers, parse_squeezer
+from monitor.detect.thresholds import CombinedDetector, Thresholds, feature_value
 
 DETECTORS = ("confidence", "squeezing", "combined")
 STRONG_QUANTILE = 0.999
@@ -44,128 +44,6 @@ OUT_OF_FOLD = 5  # folds for the combined detector's thresholds
 FPR_MARGIN = 1.0  # thresholds keep each benign rate this many standard errors under the target
 # (x, y, attack name) -> adversarial x, crafted by whoever can (white-box or a surrogate)
 Crafter = Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor]
-
-
-# -- thresholds, as stored and as used by the ingester --------------------------------------
-
-
-def _feature_value(batch: ScoreBatch, name: str) -> torch.Tensor:
-    value = batch.feature(name).double()
-    if name == "confidence":
-        return torch.log(1.0 - value + 1e-6)
-    if name.startswith("div:"):
-        return torch.log(value + 1e-6)
-    if name == "roughness":
-        return torch.log(value + 1e-4)
-    return value
-
-
-@dataclass
-class CombinedDetector:
-    """Logistic regression over standardised per-input features (scikit-learn-trained)."""
-
-    features: list[str]
-    mean: list[float]
-    scale: list[float]
-    coef: list[float]
-    intercept: float
-    threshold: float
-    strong: float | None = None  # strong evidence: above 99.9% of every benign group
-
-    def score(self, batch: ScoreBatch) -> torch.Tensor:
-        """Probability-like score in (0, 1): higher means more likely adversarial."""
-        x = torch.stack([_feature_value(batch, f) for f in self.features], dim=1)
-        z = (x - torch.tensor(self.mean, dtype=torch.float64)) / torch.tensor(
-            self.scale, dtype=torch.float64
-        )
-        logits = z @ torch.tensor(self.coef, dtype=torch.float64) + self.intercept
-        return torch.sigmoid(logits).float()
-
-
-@dataclass
-class Thresholds:
-    """What the ingester flags: confidence below, divergence above, combined score above."""
-
-    squeezers: tuple[str, ...]
-    fpr: float
-    confidence: float
-    squeeze: float
-    combined: CombinedDetector | None = None
-
-    def flags(self, batch: ScoreBatch) -> dict[str, torch.Tensor]:
-        flags = {
-            "low_confidence": batch.confidence < self.confidence,
-            "squeeze_suspicious": batch.max_over(self.squeezers) > self.squeeze,
-        }
-        if self.combined is not None:
-            score = self.combined.score(batch)
-            flags["combined_suspicious"] = score > self.combined.threshold
-            if self.combined.strong is not None:
-                flags["strong_suspicious"] = score > self.combined.strong
-        return flags
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @staticmethod
-    def from_dict(data: dict[str, Any]) -> Thresholds:
-        combined = data.get("combined")
-        return Thresholds(
-            squeezers=tuple(data["squeezers"]),
-            fpr=float(data["fpr"]),
-            confidence=float(data["confidence"]),
-            squeeze=float(data["squeeze"]),
-            combined=CombinedDetector(**combined) if combined else None,
-        )
-
-
-# -- benign corruptions ----------------------------------------------------------------------
-
-
-def _gaussian_blur(x: torch.Tensor, sigma: float = 0.6) -> torch.Tensor:
-    radius = 1
-    grid = torch.arange(-radius, radius + 1, dtype=x.dtype)
-    kernel1d = torch.exp(-(grid**2) / (2 * sigma**2))
-    kernel1d /= kernel1d.sum()
-    kernel = (kernel1d[:, None] * kernel1d[None, :]).expand(x.shape[1], 1, -1, -1)
-    padded = F.pad(x, (radius,) * 4, mode="replicate")
-    return F.conv2d(padded, kernel.contiguous(), groups=x.shape[1]).clamp(0, 1)
-
-
-def _jpeg(x: torch.Tensor, quality: int = 75) -> torch.Tensor:
-    from PIL import Image
-
-    out = []
-    for image in x:
-        array = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        pil = Image.fromarray(array[..., 0] if array.shape[2] == 1 else array)
-        buffer = io.BytesIO()
-        pil.save(buffer, format="JPEG", quality=quality)
-        decoded = np.asarray(Image.open(buffer), dtype=np.float32) / 255.0
-        decoded = decoded[..., None] if decoded.ndim == 2 else decoded
-        out.append(torch.from_numpy(decoded).permute(2, 0, 1))
-    return torch.stack(out)
-
-
-def benign_corruptions(x: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
-    """What cameras and transport do to natural images: light noise, blur, JPEG, a brightness
-    shift, a palette of 8 levels, and a resize down and back up. None is adversarial; each is
-    one benign group of the calibration, whose rates every threshold must hold. (Heavier noise
-    and poorer JPEG as groups cost the detector the strong PGD inputs a stealthy attacker mixes
-    into clean traffic: measured on 28×28 digits, the alert rules handle such cameras instead.)"""
-    gen = torch.Generator().manual_seed(seed)
-    h, w = x.shape[-2:]
-    small = (max(4, round(0.6 * h)), max(4, round(0.6 * w)))
-    return {
-        "noise": (x + 0.03 * torch.randn(x.shape, generator=gen)).clamp(0, 1),
-        "blur": _gaussian_blur(x),
-        "jpeg": _jpeg(x),
-        "brightness": (x + 0.1).clamp(0, 1),
-        "palette": torch.round(x * 7) / 7,
-        "resized": F.interpolate(
-            F.interpolate(x, small, mode="bilinear", antialias=True), (h, w), mode="bilinear"
-        ).clamp(0, 1),
-    }
 
 
 # -- calibration -----------------------------------------------------------------------------
@@ -583,7 +461,7 @@ def _train_combined(
         return None
     features = [*BASE_FEATURES, *(f"div:{n}" for n in chosen)]
     rows = torch.cat(
-        [torch.stack([_feature_value(b, f) for f in features], dim=1) for b in (neg, pos)]
+        [torch.stack([feature_value(b, f) for f in features], dim=1) for b in (neg, pos)]
     ).numpy()
     labels = np.r_[np.zeros(len(neg)), np.ones(len(pos))]
     mean, scale, model = _fit_logistic(rows, labels)

@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from monitor.attacks import fgsm, pgd
-from monitor.detect.calibration import Thresholds, benign_corruptions, calibrate_detector
+from monitor.detect.calibration import calibrate_detector
+from monitor.detect.corruptions import benign_corruptions
 from monitor.detect.scores import score_inputs
 from monitor.detect.squeezers import parse_squeezer
+from monitor.detect.thresholds import Thresholds
 
 
 @pytest.fixture(scope="module")
