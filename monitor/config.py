@@ -13,6 +13,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from monitor.errors import ConfigError
 
@@ -81,7 +82,8 @@ class Settings:
 
 
 def mask_secrets(value: Any, key: str = "") -> Any:
-    """Replace passwords in URLs and values of secret-looking keys with ``***``."""
+    """Replace passwords in URLs and values of secret-looking keys with ``***``; values of
+    ``url`` keys (webhooks, which carry tokens in their path or query) go through ``mask_url``."""
     if isinstance(value, dict):
         return {k: mask_secrets(v, k) for k, v in value.items()}
     if isinstance(value, list):
@@ -89,8 +91,31 @@ def mask_secrets(value: Any, key: str = "") -> Any:
     if isinstance(value, str):
         if _SECRET_KEY.search(key) and value:
             return "***"
+        if key == "url":
+            return mask_url(value)
         return _URL_PASSWORD.sub(r"\1***\3", value)
     return value
+
+
+def mask_url(url: str) -> str:
+    """A URL with whatever may be a token masked, simply: the user info, every path segment
+    after the first, every query value and the fragment become ``***``
+    (https://hooks.slack.com/services/T0/B0/X?token=t -> https://hooks.slack.com/services/***?token=***)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:  # not a URL one can take apart: nothing of it is shown
+        return "***"
+    netloc = ("***@" if "@" in parts.netloc else "") + (f"[{host}]" if ":" in host else host)
+    netloc += f":{port}" if port is not None else ""
+    segments = parts.path.split("/")  # "/services/T0/B0" -> ["", "services", "T0", "B0"]
+    path = "/".join([*segments[:2], "***"]) if any(segments[2:]) else parts.path
+    query = "&".join(
+        f"{item.split('=', 1)[0]}=***" if "=" in item else item for item in parts.query.split("&")
+    )
+    fragment = "***" if parts.fragment else ""
+    return urlunsplit((parts.scheme, netloc, path, query, fragment))
 
 
 def load_settings(environ: dict[str, str] | None = None) -> Settings:

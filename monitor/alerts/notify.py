@@ -6,6 +6,12 @@ crash or a receiver that is down loses nothing. Delivery claims due rows, POSTs 
 is sent as ``X-Robmon-Delivery`` so a receiver can drop repeats), marks the row delivered on a
 2xx answer, and otherwise retries with exponential backoff up to ``max_attempts``. A delivered
 row is never sent again.
+
+Only http and https URLs are sent to (``[alerts.webhook] url`` is checked when the configuration
+is read, and again here), and redirects are never followed: a 3xx answer is a failed delivery,
+so a receiver cannot bounce the signed request to an internal address. Every failure (an answer
+other than 2xx, a timeout, a refused connection, a broken answer, any exception) is counted in
+the row's ``attempts`` and in ``robmon_webhook_failures_total``; the notifier itself never fails.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import urllib.request
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -89,16 +96,11 @@ def deliver_due(db: Database, settings: AlertSettings) -> Delivery:
         row = _claim(db, hook.max_attempts)
         if row is None:
             return result
-        body = json.dumps(row["payload"], sort_keys=True, default=str).encode()
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": "robmon",
-            "X-Robmon-Delivery": str(row["id"]),
-            "X-Robmon-Event": row["event"],
-        }
-        if hook.secret:
-            headers["X-Robmon-Signature"] = signature(hook.secret, body)
-        error = _post(hook.url, body, headers, hook.timeout)
+        try:
+            error = _send(hook.url, hook.secret, row, hook.timeout)
+        except Exception as err:  # whatever goes wrong is a failed delivery, never a crash
+            log.exception("webhook: notification %s failed", row["id"])
+            error = f"{type(err).__name__}: {err}"
         now = utcnow()
         with db.session() as s:
             item = s.get_one(NotificationOutbox, row["id"])
@@ -156,15 +158,51 @@ def _claim(db: Database, max_attempts: int) -> dict[str, Any] | None:
     return None
 
 
+def _send(url: str, secret: str | None, row: dict[str, Any], timeout: float) -> str | None:
+    """POST one claimed notification; None when delivered, else why not."""
+    body = json.dumps(row["payload"], sort_keys=True, default=str).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "robmon",
+        "X-Robmon-Delivery": str(row["id"]),
+        "X-Robmon-Event": row["event"],
+    }
+    if secret:
+        headers["X-Robmon-Signature"] = signature(secret, body)
+    return _post(url, body, headers, timeout)
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    """http and https only, no redirect handler: a 3xx answer arrives as an HTTPError."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (
+        urllib.request.ProxyHandler(),
+        urllib.request.HTTPHandler(),
+        urllib.request.HTTPSHandler(),
+        urllib.request.HTTPDefaultErrorHandler(),
+        urllib.request.HTTPErrorProcessor(),
+    ):
+        opener.add_handler(handler)
+    return opener
+
+
 def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> str | None:
-    """None on a 2xx answer, else why not."""
+    """None on a 2xx answer, else why not (never raises)."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in ("http", "https"):
+        return f"only http and https URLs are sent to, not {scheme}://"
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _opener().open(request, timeout=timeout) as response:
             if 200 <= response.status < 300:
                 return None
             return f"HTTP {response.status}"
     except urllib.error.HTTPError as err:
+        err.close()
+        if 300 <= err.code < 400:
+            return f"HTTP {err.code} (redirects are not followed)"
         return f"HTTP {err.code}"
-    except (urllib.error.URLError, OSError) as err:
-        return f"{type(err).__name__}: {getattr(err, 'reason', err)}"
+    except urllib.error.URLError as err:
+        return f"{type(err).__name__}: {err.reason}"
+    except Exception as err:  # timeouts, resets, answers that are not HTTP (BadStatusLine)
+        return f"{type(err).__name__}: {err}"

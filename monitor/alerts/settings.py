@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from monitor.config import Settings
 from monitor.errors import ConfigError, RobmonError
@@ -64,6 +65,8 @@ class AlertSettings:
             raise ConfigError(f"robmon.toml: unknown key alerts.webhook.{bad[0]}.")
         if "backoff" in webhook:
             webhook["backoff"] = _duration(webhook["backoff"], "alerts.webhook.backoff")
+        if webhook.get("url") not in (None, ""):  # empty: no webhook
+            _check_webhook_url(webhook["url"])
         try:
             result = AlertSettings(**table, webhook=WebhookSettings(**webhook))
         except TypeError as err:
@@ -77,6 +80,20 @@ class AlertSettings:
         if not 0 < result.probe_min_density <= 1:
             raise ConfigError("robmon.toml: alerts.probe_min_density must be in (0, 1].")
         return result
+
+
+def _check_webhook_url(url: Any) -> None:
+    """http or https with a host: nothing else is ever sent to (file://, gopher://, ...)."""
+    try:
+        parts = urlsplit(url) if isinstance(url, str) else None
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        parts = None
+    if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        given = f"{parts.scheme}://" if parts and parts.scheme else "no scheme"
+        raise ConfigError(
+            "robmon.toml: alerts.webhook.url must be an http:// or https:// URL with a host "
+            f"(it has {given})."
+        )
 
 
 def _duration(value: Any, key: str) -> timedelta:

@@ -14,7 +14,12 @@ app.add_typer(db_app, name="db")
 
 @app.command("config")
 def show_config(as_json: bool = JSON_OPTION) -> None:
-    """Print the effective settings (passwords masked) and where each came from."""
+    """Print the effective settings (passwords and URL tokens masked) and where each came
+    from; a robmon.toml with an invalid [alerts] table (e.g. a webhook that is not http or
+    https) is refused with one sentence."""
+    from monitor.alerts.settings import AlertSettings
+
+    AlertSettings.from_settings(state.settings())  # validated as every service reads it
     settings = state.settings().public_dict()
     if as_json:
         emit_json(settings)
@@ -25,6 +30,9 @@ def show_config(as_json: bool = JSON_OPTION) -> None:
     ]
     rows.append(("config_file", settings["config_file"] or "(none)", ""))
     rows.append(("mlflow_telemetry", settings["mlflow_telemetry"], ""))
+    webhook = settings["tables"].get("alerts", {}).get("webhook", {}).get("url")
+    if webhook:
+        rows.append(("alerts.webhook.url", webhook, "robmon.toml"))
     print_table("robmon settings", ("setting", "value", "from"), rows)
 
 

@@ -1,0 +1,253 @@
+"""Webhook URLs: http/https only (checked when the configuration is read), redirects never
+followed, every failure counted (in the outbox row and the metric) without the notifier
+crashing, and tokens in the URL masked by `robmon config`. Real receivers on loopback."""
+
+import socket
+import threading
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from monitor.errors import ConfigError
+
+# fixed record times: nothing here depends on the date (CI runs tests/alerts a year ahead)
+WINDOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+
+
+class Internal(BaseHTTPRequestHandler):
+    """An internal admin endpoint a redirect points at: it must never be reached."""
+
+    received: ClassVar[list] = []
+
+    def do_GET(self) -> None:
+        Internal.received.append(("GET", self.path, dict(self.headers)))
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"admin")
+
+    def do_POST(self) -> None:
+        Internal.received.append(("POST", self.path, dict(self.headers)))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+class Redirecting(BaseHTTPRequestHandler):
+    """A receiver answering every POST with 302 to the internal endpoint."""
+
+    target = ""
+    received: ClassVar[list] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        Redirecting.received.append(self.path)
+        self.send_response(302)
+        self.send_header("Location", Redirecting.target)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def _serve(handler) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def receivers():
+    Internal.received, Redirecting.received = [], []
+    internal, redirecting = _serve(Internal), _serve(Redirecting)
+    Redirecting.target = f"http://127.0.0.1:{internal.server_address[1]}/internal-admin"
+    yield redirecting.server_address[1], internal.server_address[1]
+    for server in (internal, redirecting):
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def garbage_port():
+    """A TCP server that answers every connection with bytes that are not HTTP."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def answer() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"\x00\x01 this is not HTTP\r\n\r\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    yield listener.getsockname()[1]
+    stop.set()
+    listener.close()
+
+
+def _outbox_with_one_notification(url: str):
+    """The settings of ``url`` (written to robmon.toml) and a database holding one incident
+    with its notification queued."""
+    from monitor.alerts.notify import enqueue
+    from monitor.alerts.settings import AlertSettings
+    from monitor.config import load_settings
+    from monitor.db.models import Alert
+    from monitor.db.session import open_database
+
+    Path("robmon.toml").write_text(
+        f'[alerts.webhook]\nurl = "{url}"\nsecret = "s3cret"\nbackoff = "0s"\n'
+    )
+    settings = load_settings()
+    alert_settings = AlertSettings.from_settings(settings)
+    db = open_database(settings)
+    with db.session() as s:
+        alert = Alert(
+            rule="flagged-rate",
+            rules="flagged-rate",
+            source="10.6.6.6",
+            model_name="digits-cnn",
+            model_version="1",
+            severity="high",
+            summary="source 10.6.6.6: 30 of 40 inputs flagged",
+            evidence={"sources": ["10.6.6.6"]},
+            window_start=WINDOW,
+            window_end=WINDOW + timedelta(minutes=10),
+        )
+        s.add(alert)
+        s.flush()
+        enqueue(s, alert, "new", alert_settings)
+    return db, alert_settings
+
+
+def _outbox(db) -> list:
+    from sqlalchemy import select
+
+    from monitor.db.models import NotificationOutbox
+
+    with db.session() as s:
+        return [
+            (r.attempts, r.delivered_at, r.last_error, r.claimed_until)
+            for r in s.scalars(select(NotificationOutbox))
+        ]
+
+
+def _failures() -> float:
+    from monitor.metrics import REGISTRY
+
+    return REGISTRY.get_sample_value("robmon_webhook_failures_total") or 0.0
+
+
+def test_a_redirect_is_a_failed_delivery_and_is_never_followed(home, receivers) -> None:
+    from monitor.alerts.notify import deliver_due
+
+    redirecting, _internal = receivers
+    db, settings = _outbox_with_one_notification(f"http://127.0.0.1:{redirecting}/hook")
+    before = _failures()
+    result = deliver_due(db, settings)
+    assert Redirecting.received == ["/hook"]  # the receiver was asked once ...
+    assert Internal.received == []  # ... and its redirect led nowhere
+    assert (result.delivered, result.failed) == (0, 1)
+    [(attempts, delivered_at, error, claimed_until)] = _outbox(db)
+    assert attempts == 1 and delivered_at is None and claimed_until is None
+    assert error == "HTTP 302 (redirects are not followed)"
+    assert _failures() == before + 1
+    # retried like any failure: the next run asks the receiver again, still in vain
+    assert deliver_due(db, settings).failed == 1
+    assert len(Redirecting.received) == 2 and Internal.received == []
+    assert _outbox(db)[0][0] == 2 and _failures() == before + 2
+
+
+def test_a_receiver_answering_garbage_is_a_counted_failure(home, garbage_port) -> None:
+    from monitor.alerts.notify import deliver_due
+
+    db, settings = _outbox_with_one_notification(f"http://127.0.0.1:{garbage_port}/hook")
+    before = _failures()
+    result = deliver_due(db, settings)  # http.client's BadStatusLine: not an OSError
+    assert (result.delivered, result.failed) == (0, 1)
+    [(attempts, delivered_at, error, claimed_until)] = _outbox(db)
+    assert attempts == 1 and delivered_at is None and claimed_until is None
+    assert error.startswith("BadStatusLine")
+    assert _failures() == before + 1
+
+
+def test_a_file_url_that_bypassed_the_configuration_is_refused_at_send_time(home) -> None:
+    """Settings built in code skip the configuration's check: the sender refuses too."""
+    from monitor.alerts.notify import deliver_due
+
+    db, settings = _outbox_with_one_notification("http://127.0.0.1:9/hook")
+    object.__setattr__(settings.webhook, "url", "file:///etc/passwd")
+    before = _failures()
+    result = deliver_due(db, settings)
+    assert (result.delivered, result.failed) == (0, 1)
+    [(attempts, delivered_at, error, _)] = _outbox(db)
+    assert attempts == 1 and delivered_at is None
+    assert error == "only http and https URLs are sent to, not file://"
+    assert _failures() == before + 1
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file:///etc/passwd",
+        "ftp://example.com/hook",
+        "gopher://127.0.0.1:6379/_INFO",
+        "hooks.example.com/robmon",
+        "https:///no-host",
+    ],
+)
+def test_only_http_and_https_webhooks_are_accepted_at_config_load(home, robmon, url) -> None:
+    from monitor.alerts.settings import AlertSettings
+    from monitor.config import load_settings
+
+    Path("robmon.toml").write_text(f'[alerts.webhook]\nurl = "{url}"\n')
+    with pytest.raises(ConfigError, match=r"alerts\.webhook\.url must be an http:// or https://"):
+        AlertSettings.from_settings(load_settings())
+    for command in (("config",), ("alerts", "evaluate")):
+        result = robmon(*command)
+        assert result.code == 1
+        [line] = result.stderr.strip().splitlines()  # one sentence, no traceback
+        assert line.startswith("error: robmon.toml: alerts.webhook.url must be an http://")
+
+
+def test_config_masks_tokens_in_the_webhook_url(home, robmon) -> None:
+    Path("robmon.toml").write_text(
+        "[alerts.webhook]\n"
+        'url = "https://bot:pa55@hooks.slack.com/services/T000/B000/XXXX?token=abc&channel=sec"\n'
+        'secret = "s3cret"\n'
+    )
+    shown = robmon("config", "--json")
+    assert shown.code == 0, shown.stderr
+    webhook = shown.json()["tables"]["alerts"]["webhook"]
+    assert webhook == {
+        "url": "https://***@hooks.slack.com/services/***?token=***&channel=***",
+        "secret": "***",
+    }
+    table = robmon("config")
+    assert "https://***@hooks.slack.com/services/***?token=***&channel=***" in table.stdout
+    for secret in ("T000", "B000", "XXXX", "abc", "pa55", "s3cret"):
+        assert secret not in shown.stdout + table.stdout
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("https://hooks.example.com/robmon", "https://hooks.example.com/robmon"),
+        ("https://hooks.example.com/", "https://hooks.example.com/"),
+        ("http://127.0.0.1:8080/a/b?x=1", "http://127.0.0.1:8080/a/***?x=***"),
+        ("https://h.example/?token=t0k&flag", "https://h.example/?token=***&flag"),
+        ("https://tok3n@h.example/hook#frag", "https://***@h.example/hook#***"),
+    ],
+)
+def test_mask_url(url: str, masked: str) -> None:
+    from monitor.config import mask_url
+
+    assert mask_url(url) == masked
