@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from monitor.cli.base import JSON_OPTION, app, emit_json, print_table, say, state
+from monitor.errors import NotFound, RobmonError
 
 alerts_app = typer.Typer(
     help="Per-source incidents (every rule's findings about one source) and their triage.",
@@ -13,6 +14,15 @@ alerts_app = typer.Typer(
 app.add_typer(alerts_app, name="alerts")
 
 STATUSES = "open, acknowledged, resolved, false-positive or active (open + acknowledged)"
+# the values each filter accepts (anything else is refused, not answered with an empty list)
+CHOICES = {
+    "--status": ("open", "acknowledged", "resolved", "false-positive", "active"),
+    "--severity": ("critical", "high", "medium", "low"),
+    # flagged-rate and low-confidence: monitor.alerts.sequential; probing: monitor.alerts.families
+    "--rule": ("flagged-rate", "low-confidence", "probing", "probing-distributed"),
+}
+ALIASES = {"false_positive": "false-positive"}  # the stored spelling works too
+MAX_ID = 2**63 - 1  # the largest BIGINT: no database holds an id beyond it
 
 
 @alerts_app.command("list")
@@ -25,7 +35,7 @@ def list_alerts(
         help="Incidents holding this rule: flagged-rate, low-confidence, probing or "
         "probing-distributed.",
     ),
-    severity: str | None = typer.Option(None, help="medium, high or critical."),
+    severity: str | None = typer.Option(None, help="critical, high, medium or low."),
     since: str | None = typer.Option(None, help="Last seen after: ISO time or 30m, 24h, 7d."),
     limit: int = typer.Option(100, help="At most this many, most recent first."),
     as_json: bool = JSON_OPTION,
@@ -34,6 +44,10 @@ def list_alerts(
     from monitor.alerts.queries import list_alerts as query
     from monitor.times import parse_since
 
+    for option, value in (("--status", status), ("--severity", severity), ("--rule", rule)):
+        _check_choice(option, value)
+    if limit < 1:
+        raise RobmonError(f"--limit must be at least 1, not {limit}.")
     alerts = query(
         state.database(),
         status=status,
@@ -69,6 +83,19 @@ def list_alerts(
     )
 
 
+def _check_choice(option: str, value: str | None) -> None:
+    """Refuse a filter value that matches nothing, naming the accepted ones."""
+    if value is not None and ALIASES.get(value, value) not in CHOICES[option]:
+        raise RobmonError(f"{option} must be one of {', '.join(CHOICES[option])}, not {value!r}.")
+
+
+def _check_id(alert_id: int) -> int:
+    """An id no database can hold is simply not there (rather than a database error)."""
+    if not 0 < alert_id <= MAX_ID:
+        raise NotFound(f"there is no alert {alert_id} (see `robmon alerts list`).")
+    return alert_id
+
+
 @alerts_app.command("show")
 def show_alert(
     alert_id: int = typer.Argument(..., help="Alert id (see `robmon alerts list`)."),
@@ -77,7 +104,7 @@ def show_alert(
     """One alert: evidence, history, and its source's recent activity."""
     from monitor.alerts.queries import get_alert
 
-    alert = get_alert(state.database(), alert_id)
+    alert = get_alert(state.database(), _check_id(alert_id))
     if as_json:
         emit_json(alert)
         return
@@ -164,7 +191,7 @@ def _triage(action: str, alert_id: int, by: str, note: str | None, as_json: bool
     from monitor.alerts.queries import get_alert
 
     db = state.database()
-    transition(db, alert_id, action, by, note)
+    transition(db, _check_id(alert_id), action, by, note)
     alert = get_alert(db, alert_id)
     if as_json:
         emit_json(alert)
