@@ -16,7 +16,8 @@ from monitor.db.session import Database, open_database
 
 def create_app(settings: Settings, db: Database | None = None) -> Dash:
     """The dashboard for ``settings`` (its database is opened here, not at import)."""
-    install(DashboardContext(settings, db or open_database(settings)))
+    db = db or open_database(settings)
+    install(DashboardContext(settings, db))
     app = Dash(
         __name__,
         use_pages=True,
@@ -28,8 +29,9 @@ def create_app(settings: Settings, db: Database | None = None) -> Dash:
         update_title=None,
     )
     routes.install(app.server)
-    auth.install(app.server, settings)
+    auth.install(app.server, settings, db)
     app.layout = shell
+    routes.install_security(app.server, app.csp_hashes())
     return app
 
 

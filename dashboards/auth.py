@@ -1,12 +1,16 @@
 """Who may do what on the dashboard: viewing is open (the server binds to 127.0.0.1 unless told
-otherwise); every write (alert triage) needs a signed-in user with the ``triager`` role.
+otherwise, and refuses a wider address while nobody can sign in); every write (alert triage)
+needs a signed-in user whose role is ``triager`` now, in the users file, not at sign-in.
 
 Users come from the configuration: ``[dashboard.users.NAME]`` tables in robmon.toml and the file
 ``$ROBMON_HOME/dashboard-users.toml`` that ``robmon users add`` (and the demo) write, each with a
-``password_hash`` (werkzeug's scrypt) and a ``role`` (``viewer`` or ``triager``). Sessions are
-signed cookies (HttpOnly, SameSite=Strict). CSRF: a per-session token is set as the
-``_csrf_token`` cookie, which Dash's renderer echoes as the ``X-CSRFToken`` header on every
-callback; a signed-in session's callbacks without the matching header are refused, and the
+``password_hash`` (werkzeug's scrypt) and a ``role`` (``viewer`` or ``triager``); the file is
+re-read when it changes. Sessions live in the database (dashboards.sessions): the signed cookie
+(HttpOnly, SameSite=Strict, Secure over HTTPS) carries only a random token, and a session ends
+on sign-out, at its idle or absolute limit, or as soon as its user is removed or the user's
+password or role changes. Sign-in is throttled (dashboards.signin). CSRF: a per-session token is
+set as the ``_csrf_token`` cookie, which Dash's renderer echoes as the ``X-CSRFToken`` header on
+every callback; a signed-in session's callbacks without the matching header are refused, and the
 sign-in form carries the token too.
 """
 
@@ -14,20 +18,43 @@ from __future__ import annotations
 
 import hmac
 import html
+import ipaddress
+import logging
+import os
 import secrets
+import threading
 import tomllib
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
-from flask import Flask, abort, redirect, request, session
-from werkzeug.security import check_password_hash, generate_password_hash
+from flask import Flask, abort, current_app, g, has_request_context, redirect, request, session
+from flask.sessions import SecureCookieSessionInterface
+from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.security import generate_password_hash
 
+from dashboards.sessions import (
+    SessionLimits,
+    resolve_session,
+    revoke_session,
+    start_session,
+    user_stamp,
+)
+from dashboards.signin import Backoff, PasswordChecks, SignIn, SignInBusy, TooManyAttempts
 from monitor.config import Settings
-from monitor.errors import ConfigError
+from monitor.db.session import Database
+from monitor.errors import ConfigError, RobmonError
+from monitor.times import parse_duration
+
+log = logging.getLogger(__name__)
 
 ROLES = ("viewer", "triager")
 USERS_FILE = "dashboard-users.toml"
 CSRF_COOKIE = "_csrf_token"
+SESSION_TOKEN = "sid"  # the key of the session token in the signed cookie
+EXTENSION = "robmon.auth"
 
 
 @dataclass(frozen=True)
@@ -37,6 +64,57 @@ class User:
     password_hash: str
 
 
+@dataclass(frozen=True)
+class DashboardSettings:
+    """The ``[dashboard]`` table of robmon.toml (besides ``users`` and ``secret_key``)."""
+
+    https: bool = False  # cookies are Secure (served over HTTPS, e.g. behind a TLS proxy)
+    trust_proxy: bool = False  # X-Forwarded-For / -Proto of one proxy in front are believed
+    session_idle: timedelta = timedelta(hours=1)
+    session_lifetime: timedelta = timedelta(hours=12)
+    signin_free_failures: int = 5  # wrong passwords in a row before a user is locked out
+    signin_max_lockout: timedelta = timedelta(minutes=5)
+    signin_concurrent_checks: int = 1  # password hashes checked at once
+    signin_queue: int = 4  # sign-ins waiting for a check; more are refused with 503
+
+    @staticmethod
+    def from_settings(settings: Settings) -> DashboardSettings:
+        table = dict(settings.section("dashboard"))
+        for key in ("users", "secret_key"):
+            table.pop(key, None)
+        known = set(DashboardSettings.__dataclass_fields__)
+        for key in sorted(set(table) - known):
+            log.warning("robmon.toml: dashboard.%s is not a dashboard setting (ignored)", key)
+            table.pop(key)
+        for key in ("session_idle", "session_lifetime", "signin_max_lockout"):
+            if key in table:
+                table[key] = _duration(table[key], key)
+        for key in ("https", "trust_proxy"):
+            if not isinstance(table.get(key, False), bool):
+                raise ConfigError(f"robmon.toml: dashboard.{key} must be true or false.")
+        result = DashboardSettings(**table)
+        counts = ("signin_free_failures", "signin_concurrent_checks", "signin_queue")
+        for key in counts:
+            value = getattr(result, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"robmon.toml: dashboard.{key} must be a whole number >= 1.")
+        return result
+
+    @property
+    def limits(self) -> SessionLimits:
+        return SessionLimits(self.session_idle, self.session_lifetime)
+
+
+def _duration(value: Any, key: str) -> timedelta:
+    try:
+        duration = parse_duration(str(value))
+    except RobmonError:
+        raise ConfigError(f"robmon.toml: dashboard.{key} must be a duration such as 30m.") from None
+    if duration <= timedelta(0):
+        raise ConfigError(f"robmon.toml: dashboard.{key} must be longer than 0.")
+    return duration
+
+
 def users_file(settings: Settings) -> Path:
     return settings.home / USERS_FILE
 
@@ -44,12 +122,7 @@ def users_file(settings: Settings) -> Path:
 def load_users(settings: Settings) -> dict[str, User]:
     """Users from robmon.toml and from $ROBMON_HOME/dashboard-users.toml (the file wins)."""
     tables = dict(settings.section("dashboard").get("users", {}))
-    path = users_file(settings)
-    if path.exists():
-        try:
-            tables.update(tomllib.loads(path.read_text(encoding="utf-8")).get("users", {}))
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"{path} is not valid TOML: {err}.") from None
+    tables.update(_users_file_tables(users_file(settings)))
     users = {}
     for name, entry in tables.items():
         if not isinstance(entry, dict) or "password_hash" not in entry:
@@ -62,16 +135,42 @@ def load_users(settings: Settings) -> dict[str, User]:
 
 
 def save_user(settings: Settings, name: str, password: str, role: str) -> Path:
-    """Add or replace a user in $ROBMON_HOME/dashboard-users.toml (hashed password)."""
+    """Add or replace a user in $ROBMON_HOME/dashboard-users.toml (hashed password); the user's
+    open sessions end at their next request (their password stamp no longer matches)."""
     if role not in ROLES:
         raise ConfigError(f"role must be viewer or triager, not {role!r}.")
     if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise ConfigError("a user name is letters, digits, '-', '_' and '.'.")
     path = users_file(settings)
-    entries = {}
-    if path.exists():
-        entries = tomllib.loads(path.read_text(encoding="utf-8")).get("users", {})
+    entries = _users_file_tables(path)
     entries[name] = {"password_hash": generate_password_hash(password), "role": role}
+    _write_users_file(path, entries)
+    return path
+
+
+def remove_user(settings: Settings, name: str) -> Path:
+    """Remove a user from $ROBMON_HOME/dashboard-users.toml; the user's sessions end with it."""
+    path = users_file(settings)
+    entries = _users_file_tables(path)
+    if name not in entries:
+        raise ConfigError(f"{name!r} is not a user in {path}.")
+    del entries[name]
+    _write_users_file(path, entries)
+    return path
+
+
+def _users_file_tables(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        return dict(tomllib.loads(path.read_text(encoding="utf-8")).get("users", {}))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path} is not valid TOML: {err}.") from None
+
+
+def _write_users_file(path: Path, entries: dict[str, Any]) -> None:
+    """Written beside and renamed over the old file: a reader never sees half a file, and the
+    dashboard's cache (keyed by the file's identity) always sees the change."""
     lines = []
     for user, entry in sorted(entries.items()):
         lines += [
@@ -81,9 +180,43 @@ def save_user(settings: Settings, name: str, password: str, role: str) -> Path:
             "",
         ]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines), encoding="utf-8")
-    path.chmod(0o600)
-    return path
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    temporary.touch(mode=0o600)
+    temporary.write_text("\n".join(lines), encoding="utf-8")
+    os.replace(temporary, path)
+
+
+class UserDirectory:
+    """The users, re-read only when the users file changes (its inode, size or mtime), so that
+    every request can afford to ask for a user's current role."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int, int] | bool | None = False
+        self._users: dict[str, User] = {}
+
+    def users(self) -> dict[str, User]:
+        path = users_file(self.settings)
+        try:
+            stat = path.stat()
+            stamp: tuple[int, int, int] | None = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        except FileNotFoundError:
+            stamp = None
+        with self._lock:
+            if stamp != self._stamp:
+                self._users, self._stamp = load_users(self.settings), stamp
+            return self._users
+
+
+@dataclass
+class AuthState:
+    """What the request handlers of one app share (kept in ``server.extensions``)."""
+
+    settings: DashboardSettings
+    db: Database
+    directory: UserDirectory
+    signin: SignIn
 
 
 def secret_key(settings: Settings) -> str:
@@ -99,10 +232,35 @@ def secret_key(settings: Settings) -> str:
     return path.read_text().strip()
 
 
+def refuse_anonymous_exposure(settings: Settings, host: str, allow_anonymous_view: bool) -> None:
+    """Raises ConfigError for an address beyond this machine while no user is configured: every
+    alert and source address would be shown to whoever reaches it."""
+    if allow_anonymous_view or is_loopback(host) or load_users(settings):
+        return
+    raise ConfigError(
+        f"refusing to serve the dashboard on {host} with no users: anyone who can reach it would "
+        "see every alert and source address; add one with `robmon users add`, bind to "
+        "127.0.0.1, or pass --allow-anonymous-view."
+    )
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def current_user() -> dict[str, str] | None:
-    """The signed-in user of this request ({"name", "role"}) or None."""
-    user = session.get("user")
-    return dict(user) if isinstance(user, dict) else None
+    """The signed-in user of this request ({"name", "role"}, the role as configured now) or
+    None: no session, or one that ended (signed out, expired, user removed or changed)."""
+    if not has_request_context():
+        return None
+    if "robmon_user" not in g:
+        g.robmon_user = _signed_in_user()
+    return dict(g.robmon_user) if g.robmon_user else None
 
 
 def can_triage() -> tuple[bool, str]:
@@ -115,10 +273,59 @@ def can_triage() -> tuple[bool, str]:
     return True, ""
 
 
-def install(server: Flask, settings: Settings) -> None:
+def _signed_in_user() -> dict[str, str] | None:
+    token = session.get(SESSION_TOKEN)
+    if not isinstance(token, str) or not token:
+        return None
+    state = _state()
+    live = resolve_session(state.db, token, state.settings.limits)
+    if live is None:
+        session.pop(SESSION_TOKEN, None)
+        return None
+    try:
+        user = state.directory.users().get(live.user_name)
+    except ConfigError as err:  # a users file being edited: nobody may write until it is valid
+        log.warning("dashboard users cannot be read, treating the request as signed out: %s", err)
+        return None
+    if user is None or user_stamp(user.password_hash, user.role) != live.user_stamp:
+        reason = "user removed" if user is None else "password or role changed"
+        revoke_session(state.db, token, reason)
+        log.info("dashboard session of %s ended: %s", live.user_name, reason)
+        session.pop(SESSION_TOKEN, None)
+        return None
+    return {"name": user.name, "role": user.role}
+
+
+def _state() -> AuthState:
+    return current_app.extensions[EXTENSION]
+
+
+def cookies_secure() -> bool:
+    """Cookies get the Secure flag when the dashboard is served over HTTPS."""
+    settings = _state().settings
+    return settings.https or (settings.trust_proxy and request.is_secure)
+
+
+class _SessionCookies(SecureCookieSessionInterface):
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return cookies_secure()
+
+
+def install(server: Flask, settings: Settings, db: Database) -> None:
     """Sessions, the CSRF check on callbacks, and the /login and /logout routes."""
+    config = DashboardSettings.from_settings(settings)
+    directory = UserDirectory(settings)
+    directory.users()  # a broken users file stops the start, not the first sign-in
+    backoff = Backoff(
+        free=config.signin_free_failures, cap=config.signin_max_lockout.total_seconds()
+    )
+    checks = PasswordChecks(config.signin_concurrent_checks, config.signin_queue)
+    server.extensions[EXTENSION] = AuthState(config, db, directory, SignIn(backoff, checks))
     server.secret_key = secret_key(settings)
     server.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict")
+    server.session_interface = _SessionCookies()
+    if config.trust_proxy:
+        server.wsgi_app = ProxyFix(server.wsgi_app, x_for=1, x_proto=1)  # type: ignore[method-assign]
 
     @server.before_request
     def _csrf() -> None:
@@ -131,34 +338,65 @@ def install(server: Flask, settings: Settings) -> None:
     def _csrf_cookie(response):
         if "csrf" not in session:
             session["csrf"] = secrets.token_urlsafe(32)
-        response.set_cookie(CSRF_COOKIE, session["csrf"], samesite="Strict", httponly=False)
+        response.set_cookie(
+            CSRF_COOKIE,
+            session["csrf"],
+            samesite="Strict",
+            httponly=False,
+            secure=cookies_secure(),
+        )
         return response
 
-    @server.route("/login", methods=["GET", "POST"])
-    def login():
-        error = ""
-        if request.method == "POST":
-            if not _token_ok(request.form.get("csrf", "")):
-                abort(403)
-            name = request.form.get("user", "")
-            user = load_users(settings).get(name)
-            if user and check_password_hash(user.password_hash, request.form.get("password", "")):
-                session["user"] = {"name": user.name, "role": user.role}
-                session["csrf"] = secrets.token_urlsafe(32)  # a fresh token per sign-in
-                return redirect(_safe_next(request.form.get("next", "/")))
-            error = "Unknown user or wrong password."
-        return _login_page(
-            error,
-            request.args.get("next", "/"),
-            session.setdefault("csrf", secrets.token_urlsafe(32)),
-        )
+    server.add_url_rule("/login", "login", _login, methods=["GET", "POST"])
+    server.add_url_rule("/logout", "logout", _logout, methods=["POST"])
 
-    @server.route("/logout", methods=["POST"])
-    def logout():
-        if not _token_ok(request.form.get("csrf", "")):
-            abort(403)
-        session.clear()
-        return redirect("/")
+
+def _login():
+    next_url = safe_next(request.values.get("next", "/"))
+    if request.method == "GET":
+        return _login_page("", next_url, _csrf_token())
+    if not _token_ok(request.form.get("csrf", "")):
+        abort(403)
+    state = _state()
+    name, address = request.form.get("user", "")[:255], request.remote_addr or "unknown"
+    user = state.directory.users().get(name)
+    try:
+        right = state.signin.verify(
+            name, user.password_hash if user else None, request.form.get("password", ""), address
+        )
+    except (TooManyAttempts, SignInBusy) as refusal:
+        log.warning("dashboard sign-in refused for %r from %s: %s", name, address, refusal)
+        status = 429 if isinstance(refusal, TooManyAttempts) else 503
+        page = _login_page(str(refusal), next_url, _csrf_token())
+        return page, status, {"Retry-After": str(refusal.retry_after)}
+    if not right or user is None:
+        log.warning("dashboard sign-in failed for %r from %s", name, address)
+        return _login_page("Unknown user or wrong password.", next_url, _csrf_token())
+    previous = session.get(SESSION_TOKEN)
+    if isinstance(previous, str):
+        revoke_session(state.db, previous, "signed in again")
+    session.clear()  # a new token and a new CSRF token: nothing of the anonymous session stays
+    stamp = user_stamp(user.password_hash, user.role)
+    session[SESSION_TOKEN] = start_session(
+        state.db, user.name, stamp, address, state.settings.limits
+    )
+    session["csrf"] = secrets.token_urlsafe(32)
+    log.info("dashboard sign-in: %s (%s) from %s", user.name, user.role, address)
+    return redirect(next_url)
+
+
+def _logout():
+    if not _token_ok(request.form.get("csrf", "")):
+        abort(403)
+    token = session.get(SESSION_TOKEN)
+    if isinstance(token, str):
+        revoke_session(_state().db, token, "signed out")
+    session.clear()
+    return redirect("/")
+
+
+def _csrf_token() -> str:
+    return session.setdefault("csrf", secrets.token_urlsafe(32))
 
 
 def _token_ok(sent: str) -> bool:
@@ -167,8 +405,24 @@ def _token_ok(sent: str) -> bool:
     return bool(sent) and bool(expected) and hmac.compare_digest(sent, expected)
 
 
-def _safe_next(target: str) -> str:
-    return target if target.startswith("/") and not target.startswith("//") else "/"
+def safe_next(target: object) -> str:
+    """``target`` if it is a path on this site, else "/": no scheme or host, no backslash, no
+    control character or whitespace (browsers drop tabs and newlines, so ``/\\t/evil.example``
+    would become ``//evil.example``), no leading ``//``, also once percent-decoded."""
+    if not isinstance(target, str) or not target.startswith("/") or len(target) > 2048:
+        return "/"
+    for text in (target, unquote(target)):
+        if "\\" in text or any(c.isspace() or not c.isprintable() for c in text):
+            return "/"
+        if text.startswith("//"):
+            return "/"
+    try:
+        parts = urlsplit(target)
+    except ValueError:
+        return "/"
+    if parts.scheme or parts.netloc or not parts.path.startswith("/"):
+        return "/"
+    return target
 
 
 def _login_page(error: str, next_url: str, csrf: str) -> str:
@@ -179,12 +433,12 @@ def _login_page(error: str, next_url: str, csrf: str) -> str:
 <h1 class="h4 mb-3">Robustness Monitor</h1><p class="text-muted">Sign in to triage alerts.</p>
 {alert}<form method="post" action="/login">
 <input type="hidden" name="csrf" value="{html.escape(csrf)}">
-<input type="hidden" name="next" value="{html.escape(_safe_next(next_url))}">
+<input type="hidden" name="next" value="{html.escape(safe_next(next_url))}">
 <div class="mb-3"><label class="form-label" for="user">User</label>
 <input class="form-control" id="user" name="user" autocomplete="username" required></div>
 <div class="mb-3"><label class="form-label" for="password">Password</label>
 <input class="form-control" id="password" name="password" type="password"
  autocomplete="current-password" required></div>
 <button class="btn btn-primary" id="sign-in" type="submit">Sign in</button>
-<a class="btn btn-link" href="{html.escape(_safe_next(next_url))}">Back</a></form></main>
+<a class="btn btn-link" href="{html.escape(safe_next(next_url))}">Back</a></form></main>
 </body></html>"""

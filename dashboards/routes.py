@@ -1,15 +1,29 @@
 """Files the app serves itself (nothing is fetched from a CDN): Bootstrap 5's stylesheet from
 the installed Bootstrap-Flask package, audit plots from the database, kept flagged inputs; and
-``/healthz`` and ``/metrics`` like every robmon service."""
+``/healthz`` and ``/metrics`` like every robmon service. Also what every response carries
+(security headers) and how bad requests are answered (400/404 with one log line, no traceback).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 
-from flask import Flask, Response, abort, send_file
+from dash.exceptions import DependencyException
+from flask import Flask, Response, abort, request, send_file
+from sqlalchemy.exc import DataError
+from werkzeug.exceptions import HTTPException
 
 from dashboards.context import current
+from monitor.errors import first_line
+
+log = logging.getLogger(__name__)
+
+# What a callback raises when the browser sent something no page produces (a text where an id
+# goes, a page number beyond any integer column): the request's fault, answered with 400.
+BAD_CALLBACK_INPUT = (ValueError, TypeError, KeyError, IndexError, OverflowError, DataError)
 
 
 def bootstrap_css() -> Path:
@@ -63,3 +77,61 @@ def install(server: Flask) -> None:
         if not path or not Path(path).is_file():
             abort(404)
         return send_file(path, mimetype="image/png", max_age=3600)
+
+
+def content_security_policy(inline_script_hashes: Sequence[str]) -> str:
+    """Everything from this server only. Scripts: the app's files plus the hashes of Dash's
+    inline scripts (the renderer's start), no 'unsafe-inline' and no 'unsafe-eval'. Styles need
+    'unsafe-inline': React and Plotly set style attributes and inject <style> elements."""
+    return "; ".join(
+        [
+            "default-src 'self'",
+            "script-src 'self' " + " ".join(inline_script_hashes),
+            "style-src 'self' 'unsafe-inline'",
+            "img-src 'self' data:",
+            "font-src 'self' data:",
+            "connect-src 'self'",
+            "object-src 'none'",
+            "base-uri 'self'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ]
+    )
+
+
+def install_security(server: Flask, inline_script_hashes: Sequence[str]) -> None:
+    """Security headers on every response, and 400/404 for bad requests instead of 500."""
+    headers = {
+        "Content-Security-Policy": content_security_policy(inline_script_hashes),
+        "X-Frame-Options": "DENY",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "same-origin",
+    }
+
+    @server.after_request
+    def _headers(response: Response) -> Response:
+        for name, value in headers.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    @server.errorhandler(DependencyException)
+    def _unknown_component_file(_err: DependencyException) -> Response:
+        log.warning("404 %s: not a file of a registered component", request.path)
+        return Response("not found\n", status=404, mimetype="text/plain")
+
+    def _bad_callback_input(err: Exception) -> Response | HTTPException:
+        if isinstance(err, HTTPException):  # werkzeug's BadRequestKeyError is a KeyError too
+            return err
+        if not request.path.endswith("/_dash-update-component"):
+            raise err  # anywhere else it is a bug: 500 with its traceback
+        body = request.get_json(silent=True)
+        output = body.get("output", "?") if isinstance(body, dict) else "?"
+        log.warning(
+            "400 callback %s: %s: %s", str(output)[:200], type(err).__name__, first_line(err)
+        )
+        return Response(
+            json.dumps({"error": "invalid input"}), status=400, mimetype="application/json"
+        )
+
+    for error in BAD_CALLBACK_INPUT:
+        server.register_error_handler(error, _bad_callback_input)

@@ -1,4 +1,4 @@
-"""`robmon dashboard` (the Dash app alone) and `robmon users add|list` (who may triage)."""
+"""`robmon dashboard` (the Dash app alone) and `robmon users add|remove|list` (who may triage)."""
 
 from __future__ import annotations
 
@@ -13,33 +13,45 @@ app.add_typer(users_app, name="users")
 
 HOST = typer.Option("127.0.0.1", help="Address to bind (127.0.0.1: this machine only).")
 PORT = typer.Option(8050, help="Port to listen on.")
+ALLOW_ANONYMOUS_VIEW = typer.Option(
+    False,
+    "--allow-anonymous-view",
+    help="Serve beyond this machine (--host) even with no dashboard users: anyone who reaches "
+    "it sees every alert and source address.",
+)
 
 
-def serve_dashboard(host: str, port: int) -> None:
+def serve_dashboard(host: str, port: int, allow_anonymous_view: bool = False) -> None:
     """Run the dashboard until interrupted, with waitress (a production WSGI server)."""
     from waitress import serve
 
     from dashboards.app import create_app
+    from dashboards.auth import refuse_anonymous_exposure
 
+    refuse_anonymous_exposure(state.settings(), host, allow_anonymous_view)
     dash_app = create_app(state.settings(), state.database())
     note(f"dashboard on http://{host}:{port}/ (Ctrl-C stops it)")
     serve(dash_app.server, host=host, port=port, threads=8, _quiet=True)
 
 
-def dashboard_server(host: str, port: int):
+def dashboard_server(host: str, port: int, allow_anonymous_view: bool = False):
     """A dashboard server to run in a thread and stop with ``shutdown()`` (robmon serve)."""
     from werkzeug.serving import make_server
 
     from dashboards.app import create_app
+    from dashboards.auth import refuse_anonymous_exposure
 
+    refuse_anonymous_exposure(state.settings(), host, allow_anonymous_view)
     dash_app = create_app(state.settings(), state.database())
     return make_server(host, port, dash_app.server, threaded=True)
 
 
 @app.command("dashboard")
-def dashboard(host: str = HOST, port: int = PORT) -> None:
+def dashboard(
+    host: str = HOST, port: int = PORT, allow_anonymous_view: bool = ALLOW_ANONYMOUS_VIEW
+) -> None:
     """Serve the security team's dashboard (audits, sources, alert triage)."""
-    serve_dashboard(host, port)
+    serve_dashboard(host, port, allow_anonymous_view)
 
 
 @users_app.command("add")
@@ -61,6 +73,15 @@ def add_user(
         raise typer.BadParameter("use at least 8 characters", param_hint="--password")
     path = save_user(state.settings(), name, password, role)
     say(f"{name} ({role}) saved in {path}")
+
+
+@users_app.command("remove")
+def remove_user(name: str = typer.Argument(..., help="User name.")) -> None:
+    """Remove a dashboard user; their signed-in sessions end at their next request."""
+    from dashboards.auth import remove_user as remove
+
+    path = remove(state.settings(), name)
+    say(f"{name} removed from {path}")
 
 
 @users_app.command("list")

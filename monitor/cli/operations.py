@@ -234,6 +234,11 @@ def serve(
     no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Do not serve the dashboard."),
     host: str = typer.Option("127.0.0.1", help="Dashboard address (127.0.0.1: this machine)."),
     port: int = typer.Option(8050, help="Dashboard port."),
+    allow_anonymous_view: bool = typer.Option(
+        False,
+        "--allow-anonymous-view",
+        help="Serve the dashboard beyond this machine even with no dashboard users.",
+    ),
     metrics_port: int | None = METRICS_PORT,
     metrics_host: str = METRICS_HOST,
 ) -> None:
@@ -272,7 +277,7 @@ def serve(
     if not no_dashboard:
         from monitor.cli.dashboard import dashboard_server
 
-        web = dashboard_server(host, port)
+        web = dashboard_server(host, port, allow_anonymous_view)
         threads.append(threading.Thread(target=web.serve_forever, name="dashboard"))
         note(f"dashboard on http://{host}:{port}/")
     for thread in threads:

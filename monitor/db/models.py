@@ -573,3 +573,31 @@ class ModelRollup(Base):
     max_divergence: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (Index("ix_model_rollups_bucket", "bucket"),)
+
+
+# -- dashboard -----------------------------------------------------------------------------------
+
+
+class DashboardSession(Base):
+    """A signed-in dashboard session. The cookie carries a random id; only its SHA-256 is kept
+    here, so a copy of the database signs nobody in. It ends at ``expires_at`` (absolute limit),
+    after the idle limit without requests (``last_seen``), when revoked (sign-out: ``revoked_at``
+    and ``revoked_reason``), or when its user's password or role no longer matches
+    ``user_stamp``."""
+
+    __tablename__ = "dashboard_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_name: Mapped[str] = mapped_column(String(255))
+    user_stamp: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+    revoked_reason: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (
+        Index("ix_dashboard_sessions_user", "user_name"),
+        Index("ix_dashboard_sessions_expires", "expires_at"),
+    )
