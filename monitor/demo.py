@@ -6,7 +6,9 @@ with attackers, alerts, the dashboard) build on the models seeded here.
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 DEMO_TAG = "robmon.demo"
 DEMO_DATASET = "digits"
+DEMO_PORT = 8050  # the dashboard's; a free one when it is taken (unless --port asks for it)
 # the demo's attackers: the kinds the detector of an 8×8 digits model sees in every stream (a
 # few strong adversarial inputs mixed into clean traffic stay under its noisy cameras' own flag
 # rate, and a transfer attack is caught in some streams and not in others: the 28×28 digits
@@ -244,6 +247,42 @@ def demo_traffic(
     return DemoTraffic(
         log, traffic.attacker_addresses(), traffic.benign_addresses(), summary, alerts, alerted
     )
+
+
+def dashboard_port(host: str, requested: int | None, default: int = DEMO_PORT) -> int:
+    """The port the demo will serve its dashboard on, checked before the demo does any work: a
+    requested port must be free (RobmonError naming it otherwise); with none requested, the
+    default, or a free port the system picks when the default is taken."""
+    from monitor.errors import RobmonError
+
+    if requested is not None:
+        reason = _port_problem(host, requested)
+        if reason == "in use":
+            raise RobmonError(f"port {requested} on {host} is in use; choose another with --port.")
+        if reason:
+            raise RobmonError(f"cannot serve on {host}:{requested}: {reason}.")
+        return requested
+    if _port_problem(host, default) is None:
+        return default
+    with socket.create_server((host, 0), family=_family(host)) as probe:
+        return probe.getsockname()[1]
+
+
+def _port_problem(host: str, port: int) -> str | None:
+    """None when a server could listen on (host, port) now, else why not."""
+    if not 0 < port < 65536:
+        return "ports are 1 to 65535"
+    try:
+        with socket.create_server((host, port), family=_family(host)):
+            return None
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            return "in use"
+        return (err.strerror or str(err)).lower()
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def demo_user(settings: Settings) -> tuple[str, str]:

@@ -9,6 +9,7 @@ from monitor.cli.base import (
     app,
     emit_json,
     fmt,
+    note,
     print_table,
     progress_bars,
     say,
@@ -85,13 +86,29 @@ def demo(
         True, "--serve/--no-serve", help="Serve the dashboard at the end (--no-serve stops before)."
     ),
     host: str = typer.Option("127.0.0.1", help="Dashboard address (127.0.0.1: this machine)."),
-    port: int = typer.Option(8050, help="Dashboard port."),
+    port: int | None = typer.Option(
+        None,
+        help="Dashboard port, which must be free (default: 8050, or a free port when 8050 is "
+        "taken).",
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """The main job on the embedded default: seed demo models, audit them, ingest a production
     log with attackers and raise alerts (reusing whatever an earlier run did)."""
-    from monitor.demo import audit_demo_models, demo_traffic, demo_user, seed_demo_models
+    from monitor.demo import (
+        DEMO_PORT,
+        audit_demo_models,
+        dashboard_port,
+        demo_traffic,
+        demo_user,
+        seed_demo_models,
+    )
 
+    if serve:  # before the work: a busy port must not waste it
+        chosen = dashboard_port(host, port)
+        if port is None and chosen != DEMO_PORT:
+            note(f"port {DEMO_PORT} is in use: the dashboard will be served on port {chosen}")
+        port = chosen
     registry, settings = state.registry(), state.settings()
     db = state.database()  # the embedded database migrates itself on first use
     with progress_bars(not as_json) as report:
@@ -146,6 +163,7 @@ def demo(
                 "attackers": traffic.attackers,
                 "benign_sources": sorted(traffic.benign),
                 "dashboard_user": {"name": user, "password": password, "role": "triager"},
+                "dashboard_url": f"http://{host}:{port}/" if serve else None,
             }
         )
     else:
