@@ -1,7 +1,9 @@
-"""Small UI pieces every page uses: badges, tables, empty figures, number formats, URLs."""
+"""Small UI pieces every page uses: badges, tables, empty figures, number formats, URLs, the
+parsing of query parameters, and the escaping of text placed in figures."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -67,9 +69,20 @@ def when(value: datetime | None) -> str:
     return "—" if value is None else value.strftime("%Y-%m-%d %H:%M")
 
 
+def plot_text(value: object) -> str:
+    """``value`` as text that plotly shows literally: titles, axis and tick labels, legend names,
+    hover text and annotations render a subset of HTML (links included), so ``<>&"'`` become
+    entities plotly decodes back (it knows ``&amp; &lt; &gt;`` and numeric ones, not ``&quot;``).
+    Every user-controlled string placed in a figure goes through here."""
+    return str(value).translate(_PLOT_ENTITIES)
+
+
+_PLOT_ENTITIES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&#34;", "'": "&#39;"})
+
+
 def empty_figure(message: str) -> go.Figure:
     figure = go.Figure()
-    figure.add_annotation(text=message, showarrow=False, font={"color": "#6c757d"})
+    figure.add_annotation(text=plot_text(message), showarrow=False, font={"color": "#6c757d"})
     figure.update_layout(
         xaxis={"visible": False},
         yaxis={"visible": False},
@@ -118,8 +131,58 @@ def url(path: str, **params: Any) -> str:
     return f"{path}?{urlencode(kept)}" if kept else path
 
 
-def integer(value: Any, default: int = 0) -> int:
+MAX_PAGE = 1_000_000  # page numbers from URLs stay far below what a database offset holds
+MAX_ID = 2**63 - 1  # the largest BIGINT: ids beyond it exist nowhere
+
+
+def integer(value: Any, default: int = 0, maximum: int = MAX_PAGE) -> int:
+    """A query parameter as an int in [0, maximum]; ``default`` for what is not an integer."""
     try:
-        return max(0, int(value))
-    except (TypeError, ValueError):
+        number = int(str(value).strip()) if value is not None else default
+    except ValueError:  # not a number, or over Python's digit limit for int()
         return default
+    return min(max(0, number), maximum)
+
+
+def record_id(value: Any) -> int | None:
+    """An id from a URL or a callback (client-controlled): a positive integer up to the largest
+    BIGINT, else None (never raised: the page says it is not an id)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 19:
+        number = int(value.strip())
+    else:
+        return None
+    return number if 0 < number <= MAX_ID else None
+
+
+def clicked_id(cell: dict | None, data: list[dict] | None) -> int | None:
+    """The id of the table row a click landed on (cell and data come from the browser)."""
+    try:
+        return record_id(data[cell["row"]]["id"]) if cell and data else None
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
+def fraction(value: Any) -> float | None:
+    """A query parameter as a finite float in [0, 1], else None (no filter)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if 0.0 <= number <= 1.0 else None  # NaN fails both comparisons
+
+
+def paged(
+    fetch: Callable[[int], tuple[list[dict[str, Any]], int]], page: int, size: int
+) -> tuple[list[dict[str, Any]], int, int]:
+    """``fetch(page)`` -> (rows, total), with a page past the end moved to the last page:
+    (rows, total, page shown)."""
+    rows, total = fetch(page)
+    last = max(0, -(-total // size) - 1)
+    if page > last:
+        page = last
+        rows, total = fetch(page)
+    return rows, total, page

@@ -22,6 +22,7 @@ from monitor.db.models import (
     AuditArtifact,
     AuditClassResult,
     AuditResult,
+    DeadLetter,
     DetectorCalibration,
     InputScore,
     ModelRollup,
@@ -33,6 +34,7 @@ from monitor.db.types import utcnow
 
 SEVERITIES = ("critical", "high", "medium", "low")
 HISTOGRAM_INPUTS = 20_000
+REASON_WINDOW = 10_000  # dead letters counted by reason: the newest this many
 
 
 # -- overview --------------------------------------------------------------------------------
@@ -556,3 +558,55 @@ def kept_inputs(db: Database, score_ids: list[int]) -> list[dict[str, Any]]:
 def kept_path(db: Database, score_id: int) -> str | None:
     with db.session() as s:
         return s.scalar(select(InputScore.kept_path).where(InputScore.id == score_id))
+
+
+# -- dead letters ------------------------------------------------------------------------------
+
+
+def dead_letter_page(
+    db: Database, *, reason: str | None = None, page: int = 0, size: int = 25
+) -> tuple[list[dict[str, Any]], int]:
+    """Production records that could not be scored, newest first (of one reason, or all), and
+    how many match."""
+    where = DeadLetter.reason == reason if reason else True
+    with db.session() as s:
+        total = s.scalar(select(func.count()).select_from(DeadLetter).where(where))
+        rows = s.execute(
+            select(
+                DeadLetter.id,
+                DeadLetter.received_at,
+                DeadLetter.source,
+                DeadLetter.model_name,
+                DeadLetter.reason,
+                DeadLetter.excerpt,
+                DeadLetter.origin,
+                DeadLetter.line_number,
+            )
+            .where(where)
+            .order_by(DeadLetter.received_at.desc(), DeadLetter.id.desc())
+            .offset(page * size)
+            .limit(size)
+        ).all()
+    return [dict(r._mapping) for r in rows], int(total or 0)
+
+
+def dead_letter_reasons(
+    db: Database, window: int = REASON_WINDOW, top: int = 20
+) -> list[dict[str, Any]]:
+    """How many of the newest ``window`` dead letters each reason holds, most frequent first
+    (the ``top`` reasons)."""
+    newest = (
+        select(DeadLetter.reason)
+        .order_by(DeadLetter.received_at.desc(), DeadLetter.id.desc())
+        .limit(window)
+        .subquery()
+    )
+    count = func.count().label("count")
+    with db.session() as s:
+        rows = s.execute(
+            select(newest.c.reason, count)
+            .group_by(newest.c.reason)
+            .order_by(count.desc(), newest.c.reason)
+            .limit(top)
+        ).all()
+    return [{"reason": reason, "count": int(n)} for reason, n in rows]

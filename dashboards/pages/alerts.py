@@ -12,9 +12,12 @@ from dash import Input, Output, State, callback, dcc, html
 from dashboards import auth, queries
 from dashboards.components import (
     badge,
+    clicked_id,
     empty_figure,
     integer,
     page_header,
+    paged,
+    record_id,
     server_table,
     url,
     when,
@@ -52,6 +55,7 @@ COLUMNS = [
     ("summary", "why"),
 ]
 STATUSES = ["active", "open", "acknowledged", "resolved", "false_positive"]
+DONE = {target for _, target in TRANSITIONS.values()}  # the ``done`` a triage leaves in the URL
 
 
 def layout(
@@ -66,16 +70,19 @@ def layout(
     **_query: str,
 ) -> html.Div:
     db = current().db
-    page_number = integer(page)
-    rows, total = queries.alert_page(
-        db,
-        status=status or None,
-        severity=severity,
-        rule=rule,
-        model=model,
-        source=q,
-        page=page_number,
-        size=PAGE_SIZE,
+    rows, total, page_number = paged(
+        lambda number: queries.alert_page(
+            db,
+            status=status or None,
+            severity=severity,
+            rule=rule,
+            model=model,
+            source=q,
+            page=number,
+            size=PAGE_SIZE,
+        ),
+        integer(page),
+        PAGE_SIZE,
     )
     for row in rows:
         row["model"] = f"{row.pop('model_name')}/{row.pop('model_version')}"
@@ -106,9 +113,7 @@ def layout(
                 className="mb-2",
             ),
             server_table(TABLE, COLUMNS, rows, total, page_number, PAGE_SIZE),
-            html.Div(
-                _detail(integer(id), done) if id else None, id="alerts-detail", className="mt-4"
-            ),
+            html.Div(_detail(id, done) if id else None, id="alerts-detail", className="mt-4"),
         ]
     )
 
@@ -138,7 +143,7 @@ def _dropdown(component_id: str, label: str, options: list[str], value: str | No
 def navigate(status, severity, rule, model, q, page, cell, data):
     """Filters, page and the selected alert live in the URL (deep links)."""
     restart = dash.ctx.triggered_id in (STATUS, SEVERITY, RULE, MODEL, SEARCH)
-    selected = data[cell["row"]]["id"] if cell and data and not restart else None
+    selected = None if restart else clicked_id(cell, data)
     return url(
         "",
         status=status or "",
@@ -170,13 +175,19 @@ def triage(_ack, _resolve, _false_positive, note, alert_id, search):
     if not allowed:
         return dbc.Alert(f"Refused: {why}.", color="danger", id="alerts-refused"), dash.no_update
     action = ACTIONS[dash.ctx.triggered_id]
+    checked = record_id(alert_id)
+    if checked is None:
+        return (
+            dbc.Alert(f"Refused: {str(alert_id)[:40]!r} is not an alert id.", color="danger"),
+            dash.no_update,
+        )
     user = auth.current_user()
     try:
-        transition(current().db, int(alert_id), action, user["name"], note or None)
+        transition(current().db, checked, action, user["name"], note or None)
     except RobmonError as err:
         return dbc.Alert(str(err), color="warning"), dash.no_update
     kept = dict(p.split("=", 1) for p in (search or "").lstrip("?").split("&") if "=" in p)
-    kept.update(id=str(alert_id), done=TRANSITIONS[action][1])
+    kept.update(id=str(checked), done=TRANSITIONS[action][1])
     return None, url("", **kept)
 
 
@@ -199,7 +210,10 @@ def _findings(findings: dict) -> dbc.Table | None:
     return dbc.Table([head, html.Tbody(rows)], size="sm", id="alerts-findings")
 
 
-def _detail(alert_id: int, done: str | None) -> html.Div:
+def _detail(requested: str, done: str | None) -> html.Div:
+    alert_id = record_id(requested)
+    if alert_id is None:
+        return dbc.Alert(f"{requested[:40]!r} is not an alert id.", color="warning")
     try:
         alert = get_alert(current().db, alert_id)
     except NotFound:
@@ -221,7 +235,7 @@ def _detail(alert_id: int, done: str | None) -> html.Div:
                 className="h5",
             ),
             dbc.Alert(f"Now {done.replace('_', ' ')}.", color="success", id="alerts-done")
-            if done
+            if done in DONE
             else None,
             html.P(alert.summary, className="lead fs-6", id="alerts-summary"),
             html.P(

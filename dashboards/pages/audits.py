@@ -10,9 +10,12 @@ from dashboards import queries
 from dashboards.components import (
     TABLE_STYLE,
     badge,
+    clicked_id,
     integer,
     number,
     page_header,
+    paged,
+    record_id,
     server_table,
     url,
     when,
@@ -48,9 +51,12 @@ def layout(
     **_query: str,
 ) -> html.Div:
     db = current().db
-    page_number = integer(page)
-    rows, total = queries.audit_page(
-        db, model=model, status=status, trigger=trigger, page=page_number, size=PAGE_SIZE
+    rows, total, page_number = paged(
+        lambda number: queries.audit_page(
+            db, model=model, status=status, trigger=trigger, page=number, size=PAGE_SIZE
+        ),
+        integer(page),
+        PAGE_SIZE,
     )
     values = queries.audit_filter_values(db)
     for row in rows:
@@ -70,7 +76,7 @@ def layout(
                 className="mb-2",
             ),
             server_table(TABLE, COLUMNS, rows, total, page_number, PAGE_SIZE),
-            html.Div(_detail(integer(id)) if id else None, id="audits-detail", className="mt-4"),
+            html.Div(_detail(id) if id else None, id="audits-detail", className="mt-4"),
         ]
     )
 
@@ -98,7 +104,7 @@ def _filter(component_id: str, label: str, options: list[str], value: str | None
 def navigate(model, status, trigger, page, cell, data):
     """Every filter, the page and the selected audit live in the URL (deep links)."""
     filters_changed = dash.ctx.triggered_id in (MODEL, STATUS, TRIGGER)
-    selected = data[cell["row"]]["id"] if cell and data and not filters_changed else None
+    selected = None if filters_changed else clicked_id(cell, data)
     return url(
         "",
         model=model,
@@ -109,7 +115,10 @@ def navigate(model, status, trigger, page, cell, data):
     )
 
 
-def _detail(audit_id: int) -> html.Div:
+def _detail(requested: str) -> html.Div:
+    audit_id = record_id(requested)
+    if audit_id is None:
+        return dbc.Alert(f"{requested[:40]!r} is not an audit id.", color="warning")
     try:
         audit = get_audit(current().db, audit_id)
     except NotFound:

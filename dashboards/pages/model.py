@@ -10,7 +10,16 @@ from dash import Input, Output, State, callback, dash_table, dcc, html
 from plotly.subplots import make_subplots
 
 from dashboards import queries
-from dashboards.components import TABLE_STYLE, badge, empty_figure, number, page_header, url, when
+from dashboards.components import (
+    TABLE_STYLE,
+    badge,
+    empty_figure,
+    number,
+    page_header,
+    plot_text,
+    url,
+    when,
+)
 from dashboards.context import current
 from monitor.audit.store import get_audit
 from monitor.gate.record import history
@@ -110,7 +119,7 @@ def curves_figure(curves: list[queries.VersionCurves]) -> go.Figure:
         rows=1,
         cols=max(1, len(attacks)),
         shared_yaxes=True,
-        subplot_titles=[f"{a.upper()} ({n})" for a, n in attacks],
+        subplot_titles=[plot_text(f"{a.upper()} ({n})") for a, n in attacks],
     )
     palette = ["#0d6efd", "#d63384", "#198754", "#fd7e14", "#6f42c1", "#20c997"]
     for i, curve in enumerate(curves):
@@ -130,8 +139,8 @@ def curves_figure(curves: list[queries.VersionCurves]) -> go.Figure:
                     row=1,
                     col=col,
                     mode="lines+markers",
-                    name=f"v{curve.version} {threat}",
-                    legendgroup=f"v{curve.version}{threat}",
+                    name=plot_text(f"v{curve.version} {threat}"),
+                    legendgroup=plot_text(f"v{curve.version}{threat}"),
                     showlegend=col == 1,
                     line={"color": color, "dash": "solid" if threat == "white-box" else "dash"},
                 )
@@ -153,8 +162,8 @@ def class_figure(audit_id: int) -> go.Figure:
     figure = go.Figure(
         go.Heatmap(
             z=matrix["values"],
-            x=matrix["columns"],
-            y=[str(label) for label in matrix["labels"]],
+            x=[plot_text(column) for column in matrix["columns"]],
+            y=[plot_text(label) for label in matrix["labels"]],
             zmin=0,
             zmax=1,
             colorscale="RdYlGn",

@@ -11,7 +11,15 @@ import plotly.graph_objects as go
 from dash import Input, Output, callback, dcc, html
 
 from dashboards import queries
-from dashboards.components import SEVERITY_COLORS, badge, empty_figure, page_header, percent, when
+from dashboards.components import (
+    SEVERITY_COLORS,
+    badge,
+    empty_figure,
+    page_header,
+    percent,
+    plot_text,
+    when,
+)
 from dashboards.context import current
 
 dash.register_page(__name__, path="/", name="Overview", order=0)
@@ -75,14 +83,14 @@ def overview_content() -> html.Div:
             volume.add_bar(
                 x=[p["bucket"] for p in series],
                 y=[p["inputs"] for p in series],
-                name=f"{r.name} inputs",
+                name=plot_text(f"{r.name} inputs"),
                 width=3_600_000,
                 offset=0,
             )
             volume.add_scatter(
                 x=[p["bucket"] for p in series],
                 y=[p["flagged"] / p["inputs"] if p["inputs"] else None for p in series],
-                name=f"{r.name} flagged rate",
+                name=plot_text(f"{r.name} flagged rate"),
                 yaxis="y2",
                 mode="lines+markers",
             )
@@ -125,7 +133,7 @@ def _row(r: queries.ModelOverview) -> html.Tr:
             x=[t[0] for t in r.trend],
             y=[t[1] for t in r.trend],
             mode="lines+markers",
-            text=[f"v{t[2]}" for t in r.trend],
+            text=[plot_text(f"v{t[2]}") for t in r.trend],
             hovertemplate="%{text}: %{y:.1f}<extra></extra>",
         )
     )

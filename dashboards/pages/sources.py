@@ -12,10 +12,13 @@ from plotly.subplots import make_subplots
 from dashboards import queries
 from dashboards.components import (
     empty_figure,
+    fraction,
     integer,
     number,
     page_header,
+    paged,
     percent,
+    plot_text,
     server_table,
     url,
     when,
@@ -56,21 +59,21 @@ def layout(
     **_query: str,
 ) -> html.Div:
     db = current().db
-    page_number = integer(page)
-    try:
-        minimum = float(min_rate) if min_rate else None
-    except ValueError:
-        minimum = None
+    minimum = fraction(min_rate)
     sort = sort if sort in queries.SOURCE_SORTS else "flagged_rate"
-    rows, total = queries.source_page(
-        db,
-        model=model,
-        search=q,
-        min_flagged_rate=minimum,
-        sort=sort,
-        descending=order != "asc",
-        page=page_number,
-        size=PAGE_SIZE,
+    rows, total, page_number = paged(
+        lambda number: queries.source_page(
+            db,
+            model=model,
+            search=q,
+            min_flagged_rate=minimum,
+            sort=sort,
+            descending=order != "asc",
+            page=number,
+            size=PAGE_SIZE,
+        ),
+        integer(page),
+        PAGE_SIZE,
     )
     for row in rows:
         row["id"] = row["source"]
@@ -200,7 +203,7 @@ def _detail(source: str, model: str | None) -> html.Div:
         timeline.update_layout(
             barmode="overlay",
             height=260,
-            title=f"{source}: inputs per minute",
+            title=plot_text(f"{source}: inputs per minute"),
             margin={"l": 40, "r": 10, "t": 40, "b": 30},
             legend={"orientation": "h"},
         )
@@ -252,6 +255,6 @@ def histograms(
         height=280,
         showlegend=False,
         margin={"l": 40, "r": 10, "t": 50, "b": 30},
-        title=f"Newest {len(sample['confidence']):,} of {scope} inputs",
+        title=plot_text(f"Newest {len(sample['confidence']):,} of {scope} inputs"),
     )
     return figure
