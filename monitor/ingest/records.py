@@ -3,6 +3,11 @@
 The format (docs/ARCHITECTURE.md): ``{"id", "ts", "source", "model", "version", "input"}`` with
 ``input`` holding exactly one of ``array`` (nested lists, C×H×W or H×W in [0, 1]), ``npy_b64``,
 ``png_b64`` (PNG/JPEG bytes) or ``path`` (an image under the configured input root).
+
+Hostile input is refused before it costs anything: the pixel limit is checked against the
+declared shape (a list's, a .npy header's, an image header's) before any array is allocated;
+only PNG and JPEG reach an image decoder; ``path`` reads regular files only (a FIFO would block).
+Every problem raises BadRecord, nothing else (a property-based test holds the parser to it).
 """
 
 from __future__ import annotations
@@ -12,6 +17,10 @@ import binascii
 import hashlib
 import io
 import json
+import math
+import os
+import stat
+import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +35,42 @@ from monitor.errors import BadRecord
 INPUT_KINDS = ("array", "npy_b64", "png_b64", "path")
 MAX_LINE_BYTES = 8 * 1024 * 1024
 MAX_PIXELS = 4_000_000
+MAX_CHANNELS = 4  # C of C×H×W: grey, RGB, RGBA
+IMAGE_FORMATS = ("PNG", "JPEG")  # the only decoders an image input reaches
+# record times that every window, retention and cool-down can add to or subtract from
+TS_RANGE = (datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC))
+# magic bytes of formats refused by name (a lookup, not a decoder: nothing else is parsed)
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"%!PS", "EPS"),
+    (b"\xc5\xd0\xd3\xc6", "EPS"),
+    (b"%PDF", "PDF"),
+    (b"8BPS", "PSD"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"P1", "PBM"),
+    (b"P4", "PBM"),
+    (b"P2", "PGM"),
+    (b"P5", "PGM"),
+    (b"P3", "PPM"),
+    (b"P6", "PPM"),
+    (b"qoif", "QOI"),
+    (b"DDS ", "DDS"),
+    (b"icns", "ICNS"),
+)
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a directory"),
+)
 
 
 @dataclass(frozen=True)
@@ -58,12 +103,7 @@ def parse_record(line: bytes | str, limits: Limits) -> Record:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        try:  # the standard library says where and why
-            json.loads(raw)
-            reason = "unparseable"
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            reason = str(err)
-        raise BadRecord(f"not valid JSON: {reason}.") from None
+        raise BadRecord(f"not valid JSON: {_json_error(raw)}.") from None
     if not isinstance(data, dict):
         raise BadRecord(f"a record is a JSON object, not {type(data).__name__}.")
     missing = [k for k in ("ts", "source", "model", "input") if data.get(k) in (None, "")]
@@ -88,6 +128,19 @@ def parse_record(line: bytes | str, limits: Limits) -> Record:
     )
 
 
+def _json_error(raw: bytes) -> str:
+    """Where and why JSON is invalid, in the standard library's words (orjson says less)."""
+    try:
+        json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return str(err).rstrip(".")
+    except RecursionError:
+        return "arrays or objects nested too deeply"
+    except ValueError as err:  # e.g. an integer too long to convert
+        return str(err).splitlines()[0].rstrip(".")
+    return "unparseable"
+
+
 def _text(data: dict[str, Any], key: str) -> str:
     value = data[key]
     if not isinstance(value, str) or len(value) > 255:
@@ -100,9 +153,17 @@ def _timestamp(value: Any) -> datetime:
         raise BadRecord("ts must be an ISO 8601 string such as 2026-11-24T19:00:00Z.")
     try:
         ts = datetime.fromisoformat(value)
+        ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
     except ValueError:
         raise BadRecord(f"ts {value[:40]!r} is not an ISO 8601 time.") from None
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+05:00 is before year 1 in UTC
+        ts = None
+    if ts is None or not TS_RANGE[0] <= ts < TS_RANGE[1]:
+        raise BadRecord(
+            f"ts {value[:40]!r} is out of range: record times lie between "
+            f"{TS_RANGE[0].year} and {TS_RANGE[1].year - 1}."
+        )
+    return ts
 
 
 def decode_input(spec: Any, limits: Limits) -> torch.Tensor:
@@ -114,23 +175,48 @@ def decode_input(spec: Any, limits: Limits) -> torch.Tensor:
         raise BadRecord("input must hold exactly one of " + ", ".join(INPUT_KINDS) + ".")
     kind = kinds[0]
     if kind == "array":
-        array = _nested_list(spec["array"])
+        array = _nested_list(spec["array"], limits)
     elif kind == "npy_b64":
-        array = _npy(_b64(spec["npy_b64"], "npy_b64"))
+        array = _npy(_b64(spec["npy_b64"], "npy_b64"), limits)
     elif kind == "png_b64":
-        array = _image_bytes(_b64(spec["png_b64"], "png_b64"), limits)
+        array = _image_bytes(_b64(spec["png_b64"], "png_b64"), limits, "input.png_b64")
     else:
-        array = _image_bytes(_read_under_root(spec["path"], limits), limits)
+        path = spec["path"]
+        array = _image_bytes(_read_under_root(path, limits), limits, f"input.path {path!r}")
     return _to_chw(array, limits)
 
 
-def _nested_list(value: Any) -> np.ndarray:
+def check_shape(shape: tuple[int, ...], limits: Limits) -> None:
+    """A declared C×H×W or H×W shape within the pixel limit (before anything is allocated)."""
+    if len(shape) not in (2, 3):
+        raise BadRecord(f"an input image is C×H×W or H×W, not {len(shape)}-dimensional.")
+    height, width = shape[-2], shape[-1]
+    if height * width > limits.max_pixels:
+        raise BadRecord(
+            f"image of {width}×{height} pixels is over the limit of {limits.max_pixels} pixels."
+        )
+    if len(shape) == 3 and shape[0] > MAX_CHANNELS:
+        raise BadRecord(f"an input image has at most {MAX_CHANNELS} channels, not {shape[0]}.")
+
+
+def _list_shape(value: list[Any]) -> tuple[int, ...]:
+    """The shape nested lists claim, read along their first elements (at most 4 levels)."""
+    shape = []
+    while isinstance(value, list) and len(shape) < 4:
+        shape.append(len(value))
+        value = value[0] if value else None
+    return tuple(shape)
+
+
+def _nested_list(value: Any, limits: Limits) -> np.ndarray:
     if not isinstance(value, list):
         raise BadRecord("input.array must be nested lists of numbers.")
+    check_shape(_list_shape(value), limits)
     try:
         array = np.asarray(value, dtype=np.float32)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         raise BadRecord("input.array is ragged or holds non-numbers.") from None
+    check_shape(array.shape, limits)  # a ragged list may hide deeper levels
     return array
 
 
@@ -143,25 +229,66 @@ def _b64(value: Any, field: str) -> bytes:
         raise BadRecord(f"input.{field} is not valid base64.") from None
 
 
-def _npy(data: bytes) -> np.ndarray:
+def _npy_header(data: bytes) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, offset of the data) from a .npy header, without reading the array."""
+    readers = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+        (3, 0): np.lib.format.read_array_header_2_0,  # as 2.0, with a UTF-8 header
+    }
+    handle = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(handle)
+        if version not in readers:
+            raise ValueError(f"unsupported .npy version {version[0]}.{version[1]}")
+        shape, _, dtype = readers[version](handle)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError, OverflowError) as err:
+        reason = str(err).splitlines()[0].rstrip(".") if str(err) else type(err).__name__
+        raise BadRecord(f"input.npy_b64 is not a .npy array: {reason}.") from None
+    return tuple(shape), dtype, handle.tell()
+
+
+def _npy(data: bytes, limits: Limits) -> np.ndarray:
+    shape, dtype, offset = _npy_header(data)
+    if dtype.kind not in "iuf":  # bool, complex, strings, objects, times, records
+        raise BadRecord(f"input.npy_b64 holds {dtype}, not numbers.")
+    check_shape(shape, limits)  # before np.load allocates what the header claims
+    needed = math.prod(shape) * dtype.itemsize
+    if needed != len(data) - offset:
+        raise BadRecord(
+            f"input.npy_b64 declares {needed} bytes of data but holds {len(data) - offset}."
+        )
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
-        raise BadRecord(f"input.npy_b64 is not a .npy array: {err}.") from None
+        raise BadRecord(f"input.npy_b64 is not a .npy array: {str(err).rstrip('.')}.") from None
     if array.dtype == np.uint8:
         return array  # 0–255: ``_to_chw`` scales it
-    if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
-        raise BadRecord(f"input.npy_b64 holds {array.dtype}, not numbers.")
     return array.astype(np.float32)
 
 
-def _image_bytes(data: bytes, limits: Limits) -> np.ndarray:
+def image_format(data: bytes) -> str | None:
+    """The image format the bytes start with (by magic bytes only), or None."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for magic, name in _MAGIC if data.startswith(magic)), None)
+
+
+def _image_bytes(data: bytes, limits: Limits, what: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
-    Image.MAX_IMAGE_PIXELS = limits.max_pixels  # PIL's own bomb guard, as a second line
+    found = image_format(data)
+    if found is None:
+        raise BadRecord(
+            f"cannot decode the image: {what} is not a {' or '.join(IMAGE_FORMATS)} image."
+        )
+    if found not in IMAGE_FORMATS:
+        raise BadRecord(
+            f"{what} holds {found}, not an accepted image format ({', '.join(IMAGE_FORMATS)})."
+        )
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
+        with Image.open(io.BytesIO(data), formats=list(IMAGE_FORMATS)) as img:
+            width, height = img.size  # from the header: nothing is decoded yet
             if width * height > limits.max_pixels:
                 raise BadRecord(
                     f"image of {width}×{height} pixels is over the limit of "
@@ -179,38 +306,53 @@ def _image_bytes(data: bytes, limits: Limits) -> np.ndarray:
         raise BadRecord(
             f"the image is over the limit of {limits.max_pixels} pixels (decompression bomb)."
         ) from None
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise BadRecord(f"cannot decode the image: {str(err).rstrip('.')}.") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, struct.error) as err:
+        reason = str(err).splitlines()[0].rstrip(".") if str(err) else type(err).__name__
+        raise BadRecord(f"cannot decode the image in {what}: {reason}.") from None
     return array
 
 
 def _read_under_root(value: Any, limits: Limits) -> bytes:
-    if not isinstance(value, str) or not value:
+    """The bytes of a regular file under the input root (a FIFO, device or socket is refused
+    before it is read: opening is non-blocking, and the type is checked on the open file)."""
+    if not isinstance(value, str) or not value or "\x00" in value:
         raise BadRecord("input.path must be a non-empty string.")
     root = limits.input_root.resolve()
-    path = (root / value).resolve()
+    try:
+        path = (root / value).resolve()
+    except (OSError, RuntimeError) as err:  # a symlink loop, a name too long
+        raise BadRecord(f"cannot read input.path {value!r}: {err}.") from None
     if not path.is_relative_to(root):
         raise BadRecord(f"input.path {value!r} is outside the input root {root}.")
     try:
-        size = path.stat().st_size
-        if size > limits.max_line_bytes:
-            raise BadRecord(f"input.path {value!r} is {size} bytes, over the size limit.")
-        return path.read_bytes()
-    except BadRecord:
-        raise
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except OSError as err:
         raise BadRecord(f"cannot read input.path {value!r}: {err.strerror}.") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = next(
+                (name for test, name in _FILE_KINDS if test(info.st_mode)), "a special file"
+            )
+            raise BadRecord(
+                f"input.path {value!r} is {kind}, not a regular file: only regular files are read."
+            )
+        if info.st_size > limits.max_line_bytes:
+            raise BadRecord(f"input.path {value!r} is {info.st_size} bytes, over the size limit.")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read(limits.max_line_bytes + 1)
+    except OSError as err:
+        raise BadRecord(f"cannot read input.path {value!r}: {err.strerror}.") from None
+    finally:
+        os.close(fd)
 
 
 def _to_chw(array: np.ndarray, limits: Limits) -> torch.Tensor:
     if array.ndim == 2:
         array = array[None]
-    if array.ndim != 3:
-        raise BadRecord(f"an input image is C×H×W or H×W, not {array.ndim}-dimensional.")
+    check_shape(array.shape, limits)
     if array.size == 0:
         raise BadRecord("the input image is empty.")
-    if array.shape[1] * array.shape[2] > limits.max_pixels:
-        raise BadRecord(f"image of {array.shape[2]}×{array.shape[1]} pixels is over the limit.")
     if array.dtype == np.uint8:  # decoded image bytes: 0–255 by construction
         return torch.from_numpy(np.ascontiguousarray(array)).float().div_(255.0)
     low, high = float(array.min()), float(array.max())
