@@ -31,7 +31,7 @@ def create_app(settings: Settings, db: Database | None = None) -> Dash:
     routes.install(app.server)
     auth.install(app.server, settings, db)
     app.layout = shell
-    routes.install_security(app.server, app.csp_hashes())
+    routes.install_security(app.server, app.csp_hashes)
     return app
 
 

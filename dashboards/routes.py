@@ -6,9 +6,10 @@ the installed Bootstrap-Flask package, audit plots from the database, kept flagg
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from dash.exceptions import DependencyException
@@ -79,7 +80,8 @@ def install(server: Flask) -> None:
         return send_file(path, mimetype="image/png", max_age=3600)
 
 
-def content_security_policy(inline_script_hashes: Sequence[str]) -> str:
+@functools.lru_cache(maxsize=8)
+def content_security_policy(inline_script_hashes: tuple[str, ...]) -> str:
     """Everything from this server only. Scripts: the app's files plus the hashes of Dash's
     inline scripts (the renderer's start), no 'unsafe-inline' and no 'unsafe-eval'. Styles need
     'unsafe-inline': React and Plotly set style attributes and inject <style> elements."""
@@ -99,10 +101,12 @@ def content_security_policy(inline_script_hashes: Sequence[str]) -> str:
     )
 
 
-def install_security(server: Flask, inline_script_hashes: Sequence[str]) -> None:
-    """Security headers on every response, and 400/404 for bad requests instead of 500."""
+def install_security(server: Flask, inline_script_hashes: Callable[[], Sequence[str]]) -> None:
+    """Security headers on every response, and 400/404 for bad requests instead of 500.
+
+    ``inline_script_hashes`` is asked per response: Dash adds inline scripts (the page title's
+    clientside callback) when it sets itself up on the first request, after create_app."""
     headers = {
-        "Content-Security-Policy": content_security_policy(inline_script_hashes),
         "X-Frame-Options": "DENY",
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "same-origin",
@@ -110,9 +114,21 @@ def install_security(server: Flask, inline_script_hashes: Sequence[str]) -> None
 
     @server.after_request
     def _headers(response: Response) -> Response:
+        policy = content_security_policy(tuple(inline_script_hashes()))
+        response.headers.setdefault("Content-Security-Policy", policy)
         for name, value in headers.items():
             response.headers.setdefault(name, value)
         return response
+
+    @server.before_request
+    def _callback_envelope() -> Response | None:
+        if request.method != "POST" or not request.path.endswith("/_dash-update-component"):
+            return None
+        problem = _callback_envelope_problem(request.get_json(silent=True))
+        if problem:
+            log.warning("400 callback: %s", problem)
+            return Response(json.dumps({"error": problem}), status=400, mimetype="application/json")
+        return None
 
     @server.errorhandler(DependencyException)
     def _unknown_component_file(_err: DependencyException) -> Response:
@@ -135,3 +151,18 @@ def install_security(server: Flask, inline_script_hashes: Sequence[str]) -> None
 
     for error in BAD_CALLBACK_INPUT:
         server.register_error_handler(error, _bad_callback_input)
+
+
+def _callback_envelope_problem(body: object) -> str | None:
+    """What is wrong with a callback request's outer shape, which Dash takes on trust (None:
+    nothing; what is inside is the callbacks' to check)."""
+    if not isinstance(body, dict):
+        return "the body is not a JSON object"
+    if not isinstance(body.get("output"), str):
+        return "output is not a string"
+    for key in ("inputs", "state", "changedPropIds"):
+        if not isinstance(body.get(key, []), list):
+            return f"{key} is not a list"
+    if not isinstance(body.get("outputs", {}), dict | list):
+        return "outputs is neither an object nor a list"
+    return None

@@ -247,6 +247,10 @@ def serve(
     from monitor.ingest.settings import IngestSettings
     from monitor.scheduler import run_scheduler
 
+    if not no_dashboard:  # before anything starts: a refusal leaves nothing behind
+        from dashboards.auth import refuse_anonymous_exposure
+
+        refuse_anonymous_exposure(state.settings(), host, allow_anonymous_view)
     _service_logging()
     context = job_context(None)
     context.stop = stop = _stop_on_signals()

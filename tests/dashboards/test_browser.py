@@ -155,15 +155,15 @@ def test_model_page_version_switch_keeps_the_url(site, browser) -> None:
 
 
 def test_audits_filter_narrows_the_table(site, browser) -> None:
+    from playwright.sync_api import expect  # no eval in the page: the CSP forbids it
+
     page = Page(browser, site[0])
     page.open("/audits", "#audits-table")
     assert len(page.rows("audits-table")) == 3
     page.tab.click("#audits-status")
     page.tab.get_by_role("option", name="failed").click()
     page.tab.wait_for_url("**status=failed**")
-    page.tab.wait_for_function(
-        "document.querySelectorAll('#audits-table tbody tr:has(td)').length == 1"
-    )
+    expect(page.tab.locator("#audits-table tbody tr:has(td)")).to_have_count(1)
     page.tab.locator("#audits-table tbody tr:has(td) td").first.click()
     page.tab.wait_for_selector("#audits-detail-body")
     assert "takes inputs shaped 1×8×8" in page.tab.inner_text("#audits-detail-body")
@@ -175,15 +175,15 @@ def test_audits_filter_narrows_the_table(site, browser) -> None:
 
 
 def test_sources_search_and_a_sources_activity(site, browser) -> None:
+    from playwright.sync_api import expect  # no eval in the page: the CSP forbids it
+
     page = Page(browser, site[0])
     page.open("/sources", "#sources-table")
     assert len(page.rows("sources-table")) == 25  # the first page of many
     page.tab.fill("#sources-search", "10.66.")
     page.tab.press("#sources-search", "Enter")
     page.tab.wait_for_url("**q=10.66.**")
-    page.tab.wait_for_function(
-        "document.querySelectorAll('#sources-table tbody tr:has(td)').length == 5"
-    )
+    expect(page.tab.locator("#sources-table tbody tr:has(td)")).to_have_count(5)
     assert all(r.startswith("10.66.") for r in page.rows("sources-table"))
     page.tab.locator("#sources-table tbody tr:has(td)").first.locator("td").first.click()
     page.tab.wait_for_selector("#sources-histograms .main-svg")
