@@ -183,7 +183,9 @@ def ingest(
     redis_stream: str | None = typer.Option(
         None,
         envvar="ROBMON_REDIS_STREAM",
-        help="Read a Redis Stream with a consumer group instead: redis://HOST:PORT[/DB]/STREAM.",
+        # no square brackets: help text is rich markup, and "[/DB]" reads as a closing tag
+        help="Read a Redis Stream with a consumer group instead: redis://HOST:PORT/STREAM "
+        "(or redis://HOST:PORT/DB/STREAM).",
     ),
     group: str = typer.Option("robmon-ingest", help="Consumer group (with --redis-stream)."),
     consumer: str | None = typer.Option(
@@ -194,6 +196,12 @@ def ingest(
     ),
     drain: bool = typer.Option(
         False, help="With --redis-stream: stop when nothing is left to read (default: run on)."
+    ),
+    max_deliveries: int | None = typer.Option(
+        None,
+        min=1,
+        help="With --redis-stream: dead-letter an entry delivered more than this many times "
+        "(a poison pill; default: [ingest] max_deliveries, 5).",
     ),
     batch_size: int = typer.Option(256, help="Records scored per batch (and per commit)."),
     keep_flagged: Path | None = typer.Option(
@@ -207,11 +215,13 @@ def ingest(
     """Score production records: confidence and feature-squeezing flags, exactly once."""
     from monitor.cli.operations import start_health
     from monitor.ingest.pipeline import Ingester
+    from monitor.ingest.settings import IngestSettings
 
     if batch_size < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--batch-size")
     if bool(paths) == bool(redis_stream):
         raise typer.BadParameter("give files (or -) or --redis-stream, one of the two")
+    configured = IngestSettings.from_settings(state.settings())
     ingester = Ingester(
         state.database(),
         state.registry(),
@@ -219,13 +229,19 @@ def ingest(
         batch_size=batch_size,
         keep_flagged=keep_flagged,
         device=device,
+        limits=configured.limits(state.settings()),
     )
     if redis_stream:
         from monitor.ingest.broker import StreamConsumer
         from monitor.ingest.redis_stream import StreamAddress
 
         stream_consumer = StreamConsumer(
-            ingester, StreamAddress.parse(redis_stream), group, consumer, claim_after=claim_after
+            ingester,
+            StreamAddress.parse(redis_stream),
+            group,
+            consumer,
+            claim_after=claim_after,
+            max_deliveries=max_deliveries or configured.max_deliveries,
         )
         stop = _stopper()
         start_health(metrics_host, metrics_port)

@@ -10,6 +10,10 @@ others once they have been idle for ``claim_after`` seconds.
 Order of reading in each round: this consumer's own pending entries (a retry after a database
 outage, or a restart under the same name), then entries idle too long at other consumers, then
 new entries.
+
+Poison pills: an entry that keeps a consumer from committing (it crashes the process, say) would
+be redelivered forever. An entry delivered more than ``max_deliveries`` times (XPENDING's count;
+``[ingest] max_deliveries``, default 5) is dead-lettered unscored and acknowledged.
 """
 
 from __future__ import annotations
@@ -25,15 +29,17 @@ from typing import Any
 from monitor import metrics
 from monitor.errors import RobmonError
 from monitor.ingest import store
-from monitor.ingest.pipeline import Ingester, IngestSummary, Prepared
+from monitor.ingest.pipeline import Ingester, IngestSummary, Prepared, dead_letter
 from monitor.ingest.redis_stream import (
     DEFAULT_GROUP,
     FIELD,
+    MAX_DELIVERIES,
     StreamAddress,
     connect,
     default_consumer,
 )
 from monitor.ingest.sources import RawLine
+from monitor.ingest.store import ScoreTable
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +63,7 @@ class StreamConsumer:
         claim_after: float = 60.0,
         block: float = 1.0,
         retry_after: float = 5.0,
+        max_deliveries: int = MAX_DELIVERIES,
     ) -> None:
         self.ingester = ingester
         self.address = address
@@ -65,6 +72,7 @@ class StreamConsumer:
         self.claim_after = claim_after
         self.block = block
         self.retry_after = retry_after
+        self.max_deliveries = max_deliveries
         self.redis = connect(address.url)
         self._ensure_group()
         self._next_claim = 0.0
@@ -193,7 +201,8 @@ class StreamConsumer:
 
     def _prepare(self, entries: list[Any], redelivered: bool) -> _Batch:
         """Parse and score (no writes). Entries delivered before may have been committed by a
-        consumer that died before acknowledging them: those are only acknowledged."""
+        consumer that died before acknowledging them: those are only acknowledged. Entries
+        delivered more than ``max_deliveries`` times are dead-lettered unscored."""
         ids = [_text(entry_id) for entry_id, _ in entries]
         keys = [f"{self.address.stream}:{entry_id}" for entry_id in ids]
         done: set[str] = set()
@@ -203,14 +212,44 @@ class StreamConsumer:
             if done:
                 log.info("acknowledging %d entries committed before a consumer stopped", len(done))
         fresh = [
-            (key, _line(self.address.stream, entry_id, fields))
+            (key, entry_id, _line(self.address.stream, entry_id, fields))
             for key, entry_id, (_, fields) in zip(keys, ids, entries, strict=True)
             if key not in done
         ]
+        deliveries = self._deliveries([i for _, i, _ in fresh]) if redelivered else {}
+        poison = [f for f in fresh if deliveries.get(f[1], 0) > self.max_deliveries]
+        rest = [f for f in fresh if deliveries.get(f[1], 0) <= self.max_deliveries]
         prepared = None
-        if fresh:
-            prepared = self.ingester.prepare([line for _, line in fresh], [k for k, _ in fresh])
+        if rest:
+            prepared = self.ingester.prepare([line for _, _, line in rest], [k for k, _, _ in rest])
+        if poison:
+            log.warning("dead-lettering %d entries delivered too often (poison pills)", len(poison))
+            prepared = prepared or Prepared(0, ScoreTable(), [], 0)
+            prepared.lines += len(poison)
+            prepared.dead.extend(
+                dead_letter(line, key, self._poison_reason(entry_id, deliveries[entry_id]))
+                for key, entry_id, line in poison
+            )
         return _Batch(ids, prepared)
+
+    def _deliveries(self, ids: list[str]) -> dict[str, int]:
+        """How many times each entry was delivered (XPENDING's count), one round trip."""
+        if not ids:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for entry_id in ids:
+            pipe.xpending_range(self.address.stream, self.group, entry_id, entry_id, 1)
+        return {
+            _text(row["message_id"]): int(row["times_delivered"])
+            for rows in pipe.execute()
+            for row in rows
+        }
+
+    def _poison_reason(self, entry_id: str, deliveries: int) -> str:
+        return (
+            f"stream entry {entry_id} was delivered {deliveries} times without being committed "
+            f"(more than max_deliveries = {self.max_deliveries}): set aside as a poison pill."
+        )
 
     def _store(self, batch: _Batch) -> None:
         """Commit the batch's scores and dead letters, then acknowledge its entries."""

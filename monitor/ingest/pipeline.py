@@ -30,7 +30,7 @@ from monitor.db.session import Database
 from monitor.db.types import utcnow
 from monitor.detect.fingerprints import fingerprint_bytes
 from monitor.detect.scores import score_inputs
-from monitor.errors import BadRecord, ModelIncompatible, RobmonError
+from monitor.errors import BadRecord, ModelIncompatible, RobmonError, first_line
 from monitor.ingest import rollups, store
 from monitor.ingest.models import ModelCache, ScoringModel
 from monitor.ingest.records import Limits, Record, parse_record
@@ -219,7 +219,7 @@ class Ingester:
             try:
                 ref = self.models.resolve(item.record.model, item.record.version)
             except BadRecord as err:
-                dead.append(_dead(item.line, item.key, str(err), item.record))
+                dead.append(dead_letter(item.line, item.key, str(err), item.record))
                 continue
             groups[ref].append(item)
         return _Batch(len(lines), groups, dead, repeats)
@@ -231,7 +231,7 @@ class Ingester:
             try:
                 model = self.models.get(ref)
             except BadRecord as err:
-                dead.extend(_dead(i.line, i.key, str(err), i.record) for i in items)
+                dead.extend(dead_letter(i.line, i.key, str(err), i.record) for i in items)
                 continue
             scores.extend(self._score(model, items, dead))
         return Prepared(batch.lines, scores, dead, batch.repeats)
@@ -298,7 +298,12 @@ class Ingester:
                     )
                 parsed.append(_Parsed(line, parse_record(line.data, self.limits), key))
             except BadRecord as err:
-                dead.append(_dead(line, key, str(err)))
+                dead.append(dead_letter(line, key, str(err)))
+            except Exception as err:  # one record's failure, never the batch's
+                log.warning(
+                    "%s:%s: record not decoded", line.origin, line.line_number, exc_info=True
+                )
+                dead.append(dead_letter(line, key, undecodable(err)))
         return parsed, dead
 
     def _score(
@@ -310,7 +315,7 @@ class Ingester:
                 check_input_shape(model.classifier, tuple(item.record.image.shape), "the input")
                 fitting.append(item)
             except ModelIncompatible as err:
-                dead.append(_dead(item.line, item.key, str(err), item.record))
+                dead.append(dead_letter(item.line, item.key, str(err), item.record))
         n = len(fitting)
         if not n:
             return ScoreTable()
@@ -397,9 +402,16 @@ def _drop_repeats(parsed: list[_Parsed]) -> tuple[list[_Parsed], int]:
     return kept, len(parsed) - len(kept)
 
 
-def _dead(
+def undecodable(err: BaseException) -> str:
+    """The dead-letter reason for a failure the parser did not foresee (one sentence)."""
+    detail = first_line(err).rstrip(".")[:200]
+    return f"the record could not be decoded ({type(err).__name__}: {detail})."
+
+
+def dead_letter(
     line: RawLine, key: str | None, reason: str, record: Record | None = None
 ) -> dict[str, Any]:
+    """A ``dead_letters`` row for ``line`` (``key``: its stream entry, if any)."""
     return {
         "received_at": utcnow(),
         "origin": line.origin,

@@ -12,6 +12,8 @@ from monitor.errors import ConfigError, RobmonError
 
 FIELD = "record"  # the stream entry field holding one JSON Lines record
 DEFAULT_GROUP = "robmon-ingest"
+# deliveries (XPENDING's count) after which an entry is dead-lettered and acknowledged unscored
+MAX_DELIVERIES = 5
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The ``[ingest]`` table of robmon.toml: what ``robmon serve`` follows, and the input limits."""
+"""The ``[ingest]`` table of robmon.toml: what ``robmon serve`` follows, the input limits, and
+how often a stream entry may be delivered before it is set aside as a poison pill."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 from monitor.config import Settings
 from monitor.errors import ConfigError
 from monitor.ingest.records import MAX_LINE_BYTES, MAX_PIXELS, Limits
+from monitor.ingest.redis_stream import MAX_DELIVERIES
 
 _KEYS = {
     "paths",
@@ -18,6 +20,7 @@ _KEYS = {
     "max_line_bytes",
     "max_pixels",
     "device",
+    "max_deliveries",
 }
 
 
@@ -30,6 +33,7 @@ class IngestSettings:
     max_line_bytes: int = MAX_LINE_BYTES
     max_pixels: int = MAX_PIXELS
     device: str = "cpu"
+    max_deliveries: int = MAX_DELIVERIES
 
     @staticmethod
     def from_settings(settings: Settings) -> IngestSettings:
@@ -49,7 +53,7 @@ class IngestSettings:
             table["paths"] = tuple(paths)
         if table.get("keep_flagged"):
             table["keep_flagged"] = Path(table["keep_flagged"]).expanduser()
-        for key in ("batch_size", "max_line_bytes", "max_pixels"):
+        for key in ("batch_size", "max_line_bytes", "max_pixels", "max_deliveries"):
             if key in table and (not isinstance(table[key], int) or table[key] < 1):
                 raise ConfigError(f"robmon.toml: ingest.{key} must be a positive integer.")
         return IngestSettings(**table)
