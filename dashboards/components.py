@@ -3,6 +3,7 @@ parsing of query parameters, and the escaping of text placed in figures."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -129,6 +130,17 @@ def url(path: str, **params: Any) -> str:
     """A deep link keeping every filter that has a value."""
     kept = {k: v for k, v in params.items() if v not in (None, "", [], 0, False)}
     return f"{path}?{urlencode(kept)}" if kept else path
+
+
+def single_values(layout: Callable[..., Any]) -> Callable[..., Any]:
+    """A page layout whose URL parameters arrive one string each: Dash passes a list for a
+    repeated parameter (``?page=1&page=2``), and the first one is kept."""
+
+    @functools.wraps(layout)
+    def with_single_values(**params: Any) -> Any:
+        return layout(**{k: v[0] if isinstance(v, list) else v for k, v in params.items()})
+
+    return with_single_values
 
 
 MAX_PAGE = 1_000_000  # page numbers from URLs stay far below what a database offset holds

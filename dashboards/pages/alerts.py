@@ -19,6 +19,7 @@ from dashboards.components import (
     paged,
     record_id,
     server_table,
+    single_values,
     url,
     when,
 )
@@ -58,6 +59,7 @@ STATUSES = ["active", "open", "acknowledged", "resolved", "false_positive"]
 DONE = {target for _, target in TRANSITIONS.values()}  # the ``done`` a triage leaves in the URL
 
 
+@single_values
 def layout(
     status: str = "active",
     severity: str | None = None,

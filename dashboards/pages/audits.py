@@ -17,6 +17,7 @@ from dashboards.components import (
     paged,
     record_id,
     server_table,
+    single_values,
     url,
     when,
 )
@@ -42,6 +43,7 @@ COLUMNS = [
 ]
 
 
+@single_values
 def layout(
     model: str | None = None,
     status: str | None = None,

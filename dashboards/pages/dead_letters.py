@@ -10,7 +10,15 @@ import dash_bootstrap_components as dbc
 from dash import Input, Output, State, callback, dcc, html
 
 from dashboards import queries
-from dashboards.components import integer, page_header, paged, server_table, url, when
+from dashboards.components import (
+    integer,
+    page_header,
+    paged,
+    server_table,
+    single_values,
+    url,
+    when,
+)
 from dashboards.context import current
 
 dash.register_page(__name__, path="/dead-letters", name="Dead letters", order=5)
@@ -28,6 +36,7 @@ COLUMNS = [
 ]
 
 
+@single_values
 def layout(page: str | None = None, reason: str | None = None, **_query: str) -> html.Div:
     db = current().db
     rows, total, page_number = paged(

@@ -17,6 +17,7 @@ from dashboards.components import (
     number,
     page_header,
     plot_text,
+    single_values,
     url,
     when,
 )
@@ -30,6 +31,7 @@ URL = "model-url"
 VERSION = "model-version"
 
 
+@single_values
 def layout(name: str | None = None, version: str | None = None, **_query: str) -> html.Div:
     context = current()
     curves = queries.model_curves(context.db, name) if name else []

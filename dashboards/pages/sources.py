@@ -20,6 +20,7 @@ from dashboards.components import (
     percent,
     plot_text,
     server_table,
+    single_values,
     url,
     when,
 )
@@ -48,6 +49,7 @@ COLUMNS = [
 ]
 
 
+@single_values
 def layout(
     model: str | None = None,
     q: str | None = None,

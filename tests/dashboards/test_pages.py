@@ -139,6 +139,25 @@ def test_alerts_and_audits_pages_take_any_page_and_id(app_db, value) -> None:
         assert detail.children.children == f"{value[:40]!r} is not an {kind} id."
 
 
+def test_repeated_parameters_count_once(app_db) -> None:
+    """Dash passes a list for a parameter given twice (?page=1&page=0): the first counts."""
+    from dashboards.pages import alerts, audits, dead_letters, model, sources
+
+    table = _find(
+        sources.layout(page=["1", "0"], sort=["inputs", "x"], q=["10.", "y"], source=["a", "b"]),
+        sources.TABLE,
+    )
+    assert table.page_current == 1 and table.sort_by[0]["column_id"] == "inputs"
+    page = alerts.layout(page=["0", "1"], id=["77", "1"], done=["resolved", "x"], status=["a"])
+    assert _find(page, "alerts-detail").children.children == "There is no alert 77."
+    assert _find(audits.layout(id=["x", "1"]), "audits-detail").children.children == (
+        "'x' is not an audit id."
+    )
+    table = _find(dead_letters.layout(page=["3", "1"], reason=["r"]), dead_letters.TABLE)
+    assert table.page_current == 0 and table.data == []
+    assert _find(model.layout(name="m", version=["1", "2"]), "model-curves") is not None
+
+
 def test_an_id_that_does_not_exist_says_so(app_db) -> None:
     from dashboards.pages import alerts, audits
 
