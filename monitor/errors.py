@@ -68,7 +68,14 @@ class NotFound(RobmonError):
 
 
 class BadRecord(RobmonError):
-    """Raised for a production record that cannot be scored; it is dead-lettered, not fatal."""
+    """Raised for a production record that cannot be scored; it is dead-lettered, not fatal.
+
+    ``source`` and ``model``: what the record named, when it got that far (kept with the dead
+    letter, so that hostile records can be traced to their sender)."""
+
+    def __init__(self, message: str, source: str | None = None, model: str | None = None):
+        super().__init__(message)
+        self.source, self.model = source, model
 
 
 class PolicyError(RobmonError):

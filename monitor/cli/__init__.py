@@ -21,6 +21,7 @@ from monitor.cli import (  # noqa: F401  (each module registers its commands on 
     alerts,
     audits,
     dashboard,
+    deadletters,
     gate,
     harden,
     models,

@@ -298,7 +298,7 @@ class Ingester:
                     )
                 parsed.append(_Parsed(line, parse_record(line.data, self.limits), key))
             except BadRecord as err:
-                dead.append(dead_letter(line, key, str(err)))
+                dead.append(dead_letter(line, key, str(err), source=err.source, model=err.model))
             except Exception as err:  # one record's failure, never the batch's
                 log.warning(
                     "%s:%s: record not decoded", line.origin, line.line_number, exc_info=True
@@ -409,9 +409,16 @@ def undecodable(err: BaseException) -> str:
 
 
 def dead_letter(
-    line: RawLine, key: str | None, reason: str, record: Record | None = None
+    line: RawLine,
+    key: str | None,
+    reason: str,
+    record: Record | None = None,
+    *,
+    source: str | None = None,
+    model: str | None = None,
 ) -> dict[str, Any]:
-    """A ``dead_letters`` row for ``line`` (``key``: its stream entry, if any)."""
+    """A ``dead_letters`` row for ``line`` (``key``: its stream entry, if any; the source and
+    model from ``record``, or as given when the record was refused after naming them)."""
     return {
         "received_at": utcnow(),
         "origin": line.origin,
@@ -419,8 +426,8 @@ def dead_letter(
         "byte_offset": line.offset,
         "reason": reason,
         "excerpt": line.excerpt,
-        "source": record.source if record else None,
-        "model_name": record.model if record else None,
+        "source": record.source if record else source,
+        "model_name": record.model if record else model,
         "entry_key": key,
     }
 

@@ -110,6 +110,13 @@ def parse_record(line: bytes | str, limits: Limits) -> Record:
     if missing:
         raise BadRecord(f"missing field(s): {', '.join(missing)}.")
     source, model = _text(data, "source"), _text(data, "model")
+    try:
+        return _named_record(data, source, model, limits)
+    except BadRecord as err:  # the sender is known: the dead letter keeps it
+        raise BadRecord(str(err), source, model) from None
+
+
+def _named_record(data: dict[str, Any], source: str, model: str, limits: Limits) -> Record:
     version = data.get("version")
     if (version is not None and not isinstance(version, str | int)) or isinstance(version, bool):
         raise BadRecord("version must be a number or an alias.")

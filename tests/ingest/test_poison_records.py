@@ -48,6 +48,11 @@ def _stored(db) -> tuple[list[str], dict[int, str]]:
     return scored, dead
 
 
+def _senders(db) -> dict[int, str | None]:
+    with db.session() as s:
+        return {d.line_number: d.source for d in s.scalars(select(DeadLetter))}
+
+
 def test_hostile_records_are_dead_lettered_and_their_batch_committed(
     demo_home, digits, robmon, tmp_path: Path
 ) -> None:
@@ -89,6 +94,15 @@ def test_hostile_records_are_dead_lettered_and_their_batch_committed(
         "input.path 'pipe.png' is a FIFO, not a regular file: only regular files are read."
     )
     assert all(reason.endswith(".") and "\n" not in reason for reason in dead.values())
+    # a record refused after naming its sender keeps the sender with its dead letter
+    assert _senders(db) == {
+        2: None,
+        3: "10.0.0.1",
+        4: "10.0.0.1",
+        6: "10.0.0.1",
+        7: "10.0.0.1",
+        8: "10.0.0.1",
+    }
     db.dispose()
 
 
