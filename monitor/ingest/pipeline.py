@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import re
 import threading
 import time
@@ -34,7 +35,15 @@ from monitor.errors import BadRecord, ModelIncompatible, RobmonError, first_line
 from monitor.ingest import rollups, store
 from monitor.ingest.models import ModelCache, ScoringModel
 from monitor.ingest.records import Limits, Record, parse_record
-from monitor.ingest.sources import FileTailer, Position, RawLine, expand_paths, read_lines
+from monitor.ingest.sources import (
+    FileTailer,
+    NotRegularFile,
+    Position,
+    RawLine,
+    expand_paths,
+    open_regular,
+    read_lines,
+)
 from monitor.ingest.store import ScoreTable
 from monitor.registry import Registry
 
@@ -111,10 +120,15 @@ class Ingester:
         started = time.perf_counter()
         positions = store.load_positions(self.db)
         for path in expand_paths(specs):
-            inode = path.stat().st_ino
-            saved = positions.get(str(path))
-            position = saved if saved and saved.inode == inode else Position(str(path), inode)
-            with path.open("rb") as handle:
+            try:
+                handle = open_regular(path)
+            except NotRegularFile as err:  # replaced by a FIFO since the scan
+                self._refuse_files([(str(path), str(err))])
+                continue
+            with handle:
+                inode = os.fstat(handle.fileno()).st_ino
+                saved = positions.get(str(path))
+                position = saved if saved and saved.inode == inode else Position(str(path), inode)
                 self._pipelined(self._batches(handle, position))
         self.summary.seconds += time.perf_counter() - started
         return self.summary
@@ -137,6 +151,7 @@ class Ingester:
         try:
             while not stop.is_set():
                 tailer.rescan()
+                self._refuse_files(tailer.take_refused())
                 batches = tailer.read(self.batch_size)
                 for lines, position in batches:
                     committed = copy.copy(position)
@@ -158,6 +173,19 @@ class Ingester:
             tailer.close()
         self.summary.seconds += time.perf_counter() - started
         return self.summary
+
+    def _refuse_files(self, refused: list[tuple[str, str]]) -> None:
+        """One dead letter per file that is not read (a FIFO where a log file was)."""
+        if not refused:
+            return
+        dead = [dead_letter(RawLine(path, 0, 0, 0, b"", 0), None, why) for path, why in refused]
+        for row in dead:
+            row["line_number"] = row["byte_offset"] = None
+        store.commit_batch(self.db, ScoreTable(), dead, None)
+        self.summary.dead_letters += len(dead)
+        metrics.RECORDS_DEAD.inc(len(dead))
+        for _, why in refused:
+            log.warning("not read: %s", why)
 
     def ingest_stream(self, stream: BinaryIO, origin: str = "stdin") -> IngestSummary:
         """Read a non-seekable stream (standard input) to its end."""

@@ -31,6 +31,7 @@ import orjson
 import torch
 
 from monitor.errors import BadRecord
+from monitor.ingest.sources import not_regular
 
 INPUT_KINDS = ("array", "npy_b64", "png_b64", "path")
 MAX_LINE_BYTES = 8 * 1024 * 1024
@@ -63,13 +64,6 @@ _MAGIC = (
     (b"qoif", "QOI"),
     (b"DDS ", "DDS"),
     (b"icns", "ICNS"),
-)
-_FILE_KINDS = (
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISDIR, "a directory"),
 )
 
 
@@ -338,12 +332,7 @@ def _read_under_root(value: Any, limits: Limits) -> bytes:
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            kind = next(
-                (name for test, name in _FILE_KINDS if test(info.st_mode)), "a special file"
-            )
-            raise BadRecord(
-                f"input.path {value!r} is {kind}, not a regular file: only regular files are read."
-            )
+            raise BadRecord(not_regular(f"input.path {value!r}", info.st_mode))
         if info.st_size > limits.max_line_bytes:
             raise BadRecord(f"input.path {value!r} is {info.st_size} bytes, over the size limit.")
         with os.fdopen(fd, "rb", closefd=False) as handle:

@@ -3,12 +3,17 @@
 
 A line is handed over with its origin, line number and byte range, so the pipeline can commit
 the position after it together with its score: that is what makes ingestion exactly once.
+
+Only regular files are read: a FIFO (or socket, device) would block a reader forever, so files
+are opened non-blocking and their type checked on the open descriptor (``open_regular``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -16,6 +21,41 @@ from typing import BinaryIO
 from monitor.errors import RobmonError
 
 EXCERPT_BYTES = 1024
+_SPECIAL_FILES = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a directory"),
+)
+
+
+class NotRegularFile(RobmonError):
+    """Raised for a path that names a FIFO, socket, device or directory instead of a file."""
+
+
+def special_file_kind(mode: int) -> str:
+    """What a non-regular file is, in words ("a FIFO", "a socket", ...)."""
+    return next((name for test, name in _SPECIAL_FILES if test(mode)), "a special file")
+
+
+def not_regular(name: str, mode: int) -> str:
+    return f"{name} is {special_file_kind(mode)}, not a regular file: only regular files are read."
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading if it is a regular file; NotRegularFile otherwise, without
+    blocking (a FIFO without a writer would block a plain open forever)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(not_regular(str(path), mode))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 @dataclass
@@ -53,7 +93,11 @@ def expand_paths(specs: list[str]) -> list[Path]:
                 found.extend(sorted(p for p in path.iterdir() if p.is_file()))
             elif path.is_file():
                 found.append(path)
-            elif not glob.has_magic(spec):
+            elif glob.has_magic(spec):
+                continue  # a FIFO or socket among the matches: not read
+            elif path.exists():
+                raise NotRegularFile(not_regular(spec, path.stat().st_mode))
+            else:
                 raise RobmonError(f"{spec} does not exist.")
     seen: set[Path] = set()
     return [p for p in (q.resolve() for q in found) if not (p in seen or seen.add(p))]
@@ -145,29 +189,51 @@ class FileTailer:
         self.positions = positions
         self.max_line_bytes = max_line_bytes
         self.files: dict[str, FollowedFile] = {}
+        self.refused: list[tuple[str, str]] = []  # (path, reason) not yet reported
+        self._refused: set[tuple[str, int]] = set()  # (path, inode) refused once already
 
     def rescan(self) -> None:
         """Pick up new files matching the specs; notice rotation and truncation."""
         for path in expand_paths_quietly(self.specs):
             key = str(path)
             if key not in self.files:
-                self.files[key] = self._open(path)
+                try:
+                    self.files[key] = self._open(path)
+                except FileNotFoundError:
+                    continue  # gone since the scan
+                except NotRegularFile as err:  # replaced by a FIFO since the scan
+                    self._refuse(path, str(err))
         for key, followed in self.files.items():
             self._check(Path(key), followed)
 
+    def take_refused(self) -> list[tuple[str, str]]:
+        """Paths refused since the last call, with why (each path and inode once)."""
+        refused, self.refused = self.refused, []
+        return refused
+
+    def _refuse(self, path: Path, reason: str) -> None:
+        try:
+            key = (str(path), path.stat().st_ino)
+        except OSError:
+            return
+        if key not in self._refused:
+            self._refused.add(key)
+            self.refused.append((str(path), reason))
+
     def _open(self, path: Path) -> FollowedFile:
-        stat = path.stat()
+        handle = open_regular(path)
+        stat = os.fstat(handle.fileno())
         saved = self.positions.get(str(path))
-        followed = FollowedFile(Position(str(path), stat.st_ino, 0, 0))
+        followed = FollowedFile(Position(str(path), stat.st_ino, 0, 0), handle)
         if saved is not None and saved.inode == stat.st_ino:
             followed.position = saved
         elif saved is not None and saved.inode is not None:
             rotated = _find_inode(path.parent, saved.inode)
             if rotated is not None:  # rotated while we were down: finish the old file first
-                followed.draining.append((rotated.open("rb"), saved))
+                with contextlib.suppress(OSError):  # unless gone again
+                    followed.draining.append((open_regular(rotated), saved))
         if followed.position.offset > stat.st_size:  # truncated while we were down
             followed.position.offset = followed.position.line_number = 0
-        followed.handle = path.open("rb")
         followed.mark = followed.bytes_before_position()
         return followed
 
@@ -186,8 +252,13 @@ class FileTailer:
                 )
                 followed.draining.append((followed.handle, old))
             followed.position = Position(str(path), stat.st_ino, 0, 0)
-            followed.handle = path.open("rb")
-            followed.mark = b""
+            followed.handle, followed.mark = None, b""
+            try:
+                followed.handle = open_regular(path)
+            except NotRegularFile as err:  # replaced by a FIFO: refused, not waited on
+                self._refuse(path, str(err))
+            except FileNotFoundError:
+                followed.position.inode = None  # gone again: opened when it reappears
             return
         shorter = stat.st_size < followed.position.offset
         if shorter or followed.bytes_before_position() != followed.mark:
