@@ -2,16 +2,14 @@
 otherwise, and refuses a wider address while nobody can sign in); every write (alert triage)
 needs a signed-in user whose role is ``triager`` now, in the users file, not at sign-in.
 
-Users come from the configuration: ``[dashboard.users.NAME]`` tables in robmon.toml and the file
-``$ROBMON_HOME/dashboard-users.toml`` that ``robmon users add`` (and the demo) write, each with a
-``password_hash`` (werkzeug's scrypt) and a ``role`` (``viewer`` or ``triager``); the file is
-re-read when it changes. Sessions live in the database (dashboards.sessions): the signed cookie
-(HttpOnly, SameSite=Strict, Secure over HTTPS) carries only a random token, and a session ends
-on sign-out, at its idle or absolute limit, or as soon as its user is removed or the user's
-password or role changes. Sign-in is throttled (dashboards.signin). CSRF: a per-session token is
-set as the ``_csrf_token`` cookie, which Dash's renderer echoes as the ``X-CSRFToken`` header on
-every callback; a signed-in session's callbacks without the matching header are refused, and the
-sign-in form carries the token too.
+Users come from the configuration (dashboards.users; re-exported here, where the CLI and the
+demo look for them), the users file re-read when it changes. Sessions live in the database
+(dashboards.sessions): the signed cookie (HttpOnly, SameSite=Strict, Secure over HTTPS) carries
+only a random token, and a session ends on sign-out, at its idle or absolute limit, or as soon
+as its user is removed or the user's password or role changes. Sign-in is throttled
+(dashboards.signin). CSRF: a per-session token is set as the ``_csrf_token`` cookie, which
+Dash's renderer echoes as the ``X-CSRFToken`` header on every callback; a signed-in session's
+callbacks without the matching header are refused, and the sign-in form carries the token too.
 """
 
 from __future__ import annotations
@@ -20,20 +18,15 @@ import hmac
 import html
 import ipaddress
 import logging
-import os
 import secrets
-import threading
-import tomllib
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from flask import Flask, abort, current_app, g, has_request_context, redirect, request, session
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
-from werkzeug.security import generate_password_hash
 
 from dashboards.sessions import (
     SessionLimits,
@@ -43,6 +36,16 @@ from dashboards.sessions import (
     user_stamp,
 )
 from dashboards.signin import Backoff, PasswordChecks, SignIn, SignInBusy, TooManyAttempts
+from dashboards.users import (  # noqa: F401  (re-exported: the CLI and the demo import them here)
+    ROLES,
+    USERS_FILE,
+    User,
+    UserDirectory,
+    load_users,
+    remove_user,
+    save_user,
+    users_file,
+)
 from monitor.config import Settings
 from monitor.db.session import Database
 from monitor.errors import ConfigError, RobmonError
@@ -50,18 +53,9 @@ from monitor.times import parse_duration
 
 log = logging.getLogger(__name__)
 
-ROLES = ("viewer", "triager")
-USERS_FILE = "dashboard-users.toml"
 CSRF_COOKIE = "_csrf_token"
 SESSION_TOKEN = "sid"  # the key of the session token in the signed cookie
 EXTENSION = "robmon.auth"
-
-
-@dataclass(frozen=True)
-class User:
-    name: str
-    role: str
-    password_hash: str
 
 
 @dataclass(frozen=True)
@@ -113,100 +107,6 @@ def _duration(value: Any, key: str) -> timedelta:
     if duration <= timedelta(0):
         raise ConfigError(f"robmon.toml: dashboard.{key} must be longer than 0.")
     return duration
-
-
-def users_file(settings: Settings) -> Path:
-    return settings.home / USERS_FILE
-
-
-def load_users(settings: Settings) -> dict[str, User]:
-    """Users from robmon.toml and from $ROBMON_HOME/dashboard-users.toml (the file wins)."""
-    tables = dict(settings.section("dashboard").get("users", {}))
-    tables.update(_users_file_tables(users_file(settings)))
-    users = {}
-    for name, entry in tables.items():
-        if not isinstance(entry, dict) or "password_hash" not in entry:
-            raise ConfigError(f"dashboard user {name!r} needs a password_hash.")
-        role = entry.get("role", "viewer")
-        if role not in ROLES:
-            raise ConfigError(f"dashboard user {name!r} has role {role!r}; use viewer or triager.")
-        users[name] = User(name, role, entry["password_hash"])
-    return users
-
-
-def save_user(settings: Settings, name: str, password: str, role: str) -> Path:
-    """Add or replace a user in $ROBMON_HOME/dashboard-users.toml (hashed password); the user's
-    open sessions end at their next request (their password stamp no longer matches)."""
-    if role not in ROLES:
-        raise ConfigError(f"role must be viewer or triager, not {role!r}.")
-    if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise ConfigError("a user name is letters, digits, '-', '_' and '.'.")
-    path = users_file(settings)
-    entries = _users_file_tables(path)
-    entries[name] = {"password_hash": generate_password_hash(password), "role": role}
-    _write_users_file(path, entries)
-    return path
-
-
-def remove_user(settings: Settings, name: str) -> Path:
-    """Remove a user from $ROBMON_HOME/dashboard-users.toml; the user's sessions end with it."""
-    path = users_file(settings)
-    entries = _users_file_tables(path)
-    if name not in entries:
-        raise ConfigError(f"{name!r} is not a user in {path}.")
-    del entries[name]
-    _write_users_file(path, entries)
-    return path
-
-
-def _users_file_tables(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    try:
-        return dict(tomllib.loads(path.read_text(encoding="utf-8")).get("users", {}))
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path} is not valid TOML: {err}.") from None
-
-
-def _write_users_file(path: Path, entries: dict[str, Any]) -> None:
-    """Written beside and renamed over the old file: a reader never sees half a file, and the
-    dashboard's cache (keyed by the file's identity) always sees the change."""
-    lines = []
-    for user, entry in sorted(entries.items()):
-        lines += [
-            f'[users."{user}"]',
-            f'password_hash = "{entry["password_hash"]}"',
-            f'role = "{entry["role"]}"',
-            "",
-        ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    temporary.touch(mode=0o600)
-    temporary.write_text("\n".join(lines), encoding="utf-8")
-    os.replace(temporary, path)
-
-
-class UserDirectory:
-    """The users, re-read only when the users file changes (its inode, size or mtime), so that
-    every request can afford to ask for a user's current role."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._lock = threading.Lock()
-        self._stamp: tuple[int, int, int] | bool | None = False
-        self._users: dict[str, User] = {}
-
-    def users(self) -> dict[str, User]:
-        path = users_file(self.settings)
-        try:
-            stat = path.stat()
-            stamp: tuple[int, int, int] | None = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-        except FileNotFoundError:
-            stamp = None
-        with self._lock:
-            if stamp != self._stamp:
-                self._users, self._stamp = load_users(self.settings), stamp
-            return self._users
 
 
 @dataclass
@@ -330,8 +230,9 @@ def install(server: Flask, settings: Settings, db: Database) -> None:
     @server.before_request
     def _csrf() -> None:
         callback = request.method == "POST" and request.path.endswith("/_dash-update-component")
-        signed_in = current_user() is not None
-        if callback and signed_in and not _token_ok(request.headers.get("X-CSRFToken", "")):
+        if not callback or _token_ok(request.headers.get("X-CSRFToken", "")):
+            return
+        if current_user() is not None:  # only a signed-in session's callbacks can write
             abort(403)
 
     @server.after_request
@@ -359,7 +260,11 @@ def _login():
         abort(403)
     state = _state()
     name, address = request.form.get("user", "")[:255], request.remote_addr or "unknown"
-    user = state.directory.users().get(name)
+    try:
+        user = state.directory.users().get(name)
+    except ConfigError as err:  # a users file being edited: nobody signs in until it is valid
+        log.warning("dashboard users cannot be read: %s", err)
+        user = None
     try:
         right = state.signin.verify(
             name, user.password_hash if user else None, request.form.get("password", ""), address
