@@ -20,6 +20,7 @@ from dashboards.components import (
     when,
 )
 from dashboards.context import current
+from monitor.config import mask_secrets
 
 dash.register_page(__name__, path="/dead-letters", name="Dead letters", order=5)
 
@@ -79,7 +80,7 @@ def _row(r: dict) -> dict:
         "received": when(r["received_at"]),
         "source": r["source"] or "—",
         "model": r["model_name"] or "—",
-        "reason": r["reason"],
+        "reason": mask_secrets(r["reason"]),  # a reason may quote a URL with its password
         "excerpt": excerpt[:EXCERPT_CHARS] + ("…" if len(excerpt) > EXCERPT_CHARS else ""),
         "origin": where,
     }
@@ -93,11 +94,7 @@ def _reasons(selected: str | None) -> html.Div:
         html.Tr(
             [
                 html.Td(f"{c['count']:,}", className="text-end"),
-                html.Td(
-                    c["reason"]
-                    if c["reason"] == selected
-                    else dcc.Link(c["reason"], href=url("/dead-letters", reason=c["reason"]))
-                ),
+                html.Td(_reason_filter(c["reason"], selected)),
             ],
             className="table-active" if c["reason"] == selected else None,
         )
@@ -116,3 +113,12 @@ def _reasons(selected: str | None) -> html.Div:
         ],
         className="mb-3",
     )
+
+
+def _reason_filter(reason: str, selected: str | None) -> str | dcc.Link:
+    """A reason that links to its rows; one quoting a password is shown masked, unlinked (the
+    link would carry it)."""
+    shown = mask_secrets(reason)
+    if reason == selected or shown != reason:
+        return shown
+    return dcc.Link(reason, href=url("/dead-letters", reason=reason))

@@ -255,3 +255,125 @@ def test_a_signed_in_callback_without_the_csrf_header_is_refused(site) -> None:
     assert forged.status_code == 403
     bad_login = requests.post(f"{base}/login", data={"user": "ana", "password": PASSWORD})
     assert bad_login.status_code == 403  # the sign-in form needs its token too
+
+
+EVIL = '<a href="https://evil.example/">click me</a><b>BOLD</b>'
+BAD_LINES = [
+    "this is not json <script>alert(1)</script>",
+    '{"ts": "2026-11-24T19:00:00Z", "source": "10.9.9.9", "model": "digits-cnn"}',
+    '{"ts": "2026-11-24T19:00:00Z", "source": "<img src=x onerror=alert(1)>", '
+    '"model": "digits-cnn", "input": {"array": [[7.5, 0.1], [0.2, 0.3]]}}',
+    '{"ts": "2026-11-24T19:00:00Z", "source": "<img src=x onerror=alert(2)>", '
+    '"model": "no-such-model", "input": {"array": [[0.5, 0.1], [0.2, 0.3]]}}',
+    "this is not json either",
+]
+
+
+@pytest.fixture(scope="module")
+def hostile(site, module_home, tmp_path_factory):
+    """Records from a source named with HTML, and bad lines (dead letters, one carrying a
+    script), ingested into the site's store at the time of its newest record."""
+    from sqlalchemy import func
+
+    from monitor.datasets import load_dataset
+    from monitor.db.models import DeadLetter, InputScore
+    from monitor.ingest.pipeline import Ingester
+    from tests.ingest.lines import record
+    from tests.stores import context_for
+
+    settings, db, registry = context_for(module_home)
+    with db.session() as s:
+        newest = s.scalar(select(func.max(InputScore.ts)))
+    ts = newest.strftime("%Y-%m-%dT%H:%M:%SZ")
+    digits = load_dataset("digits", "test")
+    lines = [record(digits.x[i], source=EVIL, rid=f"evil-{i}", ts=ts) for i in range(12)]
+    log = tmp_path_factory.mktemp("hostile") / "hostile.jsonl"
+    log.write_text("".join(line + "\n" for line in [*lines, *BAD_LINES]))
+    Ingester(db, registry, settings).ingest_files([str(log)])
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(DeadLetter)) == len(BAD_LINES)
+    db.dispose()
+    return site
+
+
+def test_html_in_a_source_name_is_text_in_the_charts(hostile, browser) -> None:
+    from urllib.parse import quote
+
+    from playwright.sync_api import expect
+
+    page = Page(browser, hostile[0])
+    page.open(f"/sources?source={quote(EVIL)}", "#sources-histograms .main-svg")
+    page.tab.wait_for_selector("#sources-timeline .main-svg")
+    assert page.tab.locator("#sources-timeline a, #sources-histograms a").count() == 0
+    assert page.tab.locator('[href*="evil.example"]').count() == 0
+    titles = page.tab.locator("#sources-timeline .gtitle, #sources-histograms .gtitle")
+    assert titles.all_text_contents() == [
+        f"{EVIL}: inputs per minute",
+        f"Newest 12 of {EVIL}'s inputs",
+    ]
+    page.shot("sources-html-name")
+    page.tab.fill("#sources-search", "evil.example")
+    page.tab.press("#sources-search", "Enter")
+    expect(page.tab.locator("#sources-table tbody tr:has(td)")).to_have_count(1)
+    assert page.rows("sources-table")[0].startswith(EVIL)  # the table shows it as text too
+    page.clean()
+
+
+def test_dead_letters_page_shows_bad_input_as_text(hostile, browser) -> None:
+    from playwright.sync_api import expect
+
+    page = Page(browser, hostile[0])
+    page.open("/dead-letters", "#dead-letters-table")
+    rows = page.rows("dead-letters-table")
+    assert len(rows) == len(BAD_LINES)
+    received = [r.split("\t")[0] for r in rows]
+    assert received == sorted(received, reverse=True)  # newest first
+    assert sum("this is not json either" in r for r in rows) == 1
+    assert sum("this is not json <script>alert(1)</script>" in r for r in rows) == 1
+    assert any("<img src=x onerror=alert(1)>" in r and "[0, 1]" in r for r in rows), rows
+    unknown = next(r for r in rows if "no-such-model" in r)
+    assert unknown.startswith(unknown.split("\t")[0] + "\t<img src=x onerror=alert(2)>\t")
+    for tag in ("script", "img"):
+        assert page.tab.locator(f"#dead-letters-table {tag}").count() == 0
+    reasons = page.rows("dead-letters-reasons")
+    assert len(reasons) == 4 and reasons[0].startswith("2\tnot valid JSON"), reasons
+    page.shot("dead-letters")
+    page.tab.locator("#dead-letters-reasons a").first.click()
+    page.tab.wait_for_url("**reason=not+valid+JSON**")
+    expect(page.tab.locator("#dead-letters-table tbody tr:has(td)")).to_have_count(2)
+    assert all("not valid JSON" in r for r in page.rows("dead-letters-table"))
+    page.clean()
+
+
+@pytest.mark.parametrize(
+    ("path", "ready"),
+    [
+        ("/sources?page=" + "9" * 40, "#sources-table"),
+        ("/sources?page=-3&min_rate=nan&sort=x", "#sources-table"),
+        ("/alerts?page=" + "9" * 40 + "&id=1%20OR%201%3D1", "#alerts-table"),
+        ("/audits?page=abc&id=" + "9" * 40, "#audits-table"),
+        ("/dead-letters?page=" + "9" * 5000, "#dead-letters-table"),
+        ("/sources?sort=inputs&sort=x&page=1&page=2&q=10.&q=y&source=a&source=b", "#sources-table"),
+        ("/alerts?done=resolved&done=x&id=1&id=2&status=a&status=b", "#alerts-table"),
+    ],
+)
+def test_hostile_query_parameters_give_pages(site, browser, path, ready) -> None:
+    page = Page(browser, site[0])
+    page.open(path, ready)
+    page.clean()  # no console error: no callback answered 500
+
+
+def test_triage_of_an_id_that_is_not_an_id_is_refused_in_one_line(site, browser) -> None:
+    base, db = site
+    with db.session() as s:
+        alert_id = s.scalar(select(Alert.id).where(Alert.status == "open").order_by(Alert.id))
+    page = Page(browser, base)
+    sign_in(page, "ana", f"/alerts?id={alert_id}")
+    page.tab.wait_for_selector("#alerts-ack")
+    page.tab.evaluate("window.dash_clientside.set_props('alerts-selected', {data: '1 OR 1=1'})")
+    page.tab.click("#alerts-ack")
+    page.tab.wait_for_selector("#alerts-message .alert")
+    assert page.tab.inner_text("#alerts-message") == "Refused: '1 OR 1=1' is not an alert id."
+    with db.session() as s:
+        assert s.get(Alert, alert_id).status == "open"
+    page.clean()

@@ -180,3 +180,33 @@ def test_clicked_rows_are_checked(app_db) -> None:
     assert clicked_id({"row": "x"}, data) is None
     assert clicked_id({}, data) is None
     assert clicked_id(None, data) is None
+
+
+def test_dead_letter_reasons_quoting_a_password_are_masked_and_unlinked(app_db) -> None:
+    from dashboards.pages import dead_letters
+    from monitor.db.models import DeadLetter
+
+    leaky = "model 'x' is not registered in MLflow (https://bot:hunter2@mlflow.example.com)."
+    plain = "not valid JSON: unparseable."
+    with app_db.session() as s:
+        for i, reason in enumerate([leaky, plain]):
+            s.add(
+                DeadLetter(
+                    received_at=T0 + timedelta(minutes=i),
+                    origin="stdin",
+                    reason=reason,
+                    excerpt="{}",
+                )
+            )
+    page = dead_letters.layout()
+    rows = _find(page, dead_letters.TABLE).data
+    assert [r["reason"] for r in rows] == [
+        plain,
+        "model 'x' is not registered in MLflow (https://bot:***@mlflow.example.com).",
+    ]
+    cells = [
+        row.children[1].children for row in _find(page, "dead-letters-reasons").children[1].children
+    ]
+    assert cells[0] == "model 'x' is not registered in MLflow (https://bot:***@mlflow.example.com)."
+    assert cells[1].href == "/dead-letters?reason=not+valid+JSON%3A+unparseable."
+    assert "hunter2" not in str(page)
