@@ -13,7 +13,11 @@ new entries.
 
 Poison pills: an entry that keeps a consumer from committing (it crashes the process, say) would
 be redelivered forever. An entry delivered more than ``max_deliveries`` times (XPENDING's count;
-``[ingest] max_deliveries``, default 5) is dead-lettered unscored and acknowledged.
+``[ingest] max_deliveries``, default 5) is dead-lettered unscored and acknowledged. Only what a
+crash leaves behind counts: the first delivery, a claim from another consumer, and the first
+reading of this consumer's pending entries after a (re)start. A retry after an outage in the same
+process re-reads its pending entries with XRANGE, which delivers nothing, so a database outage
+does not turn good entries into poison pills.
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ class StreamConsumer:
         self._ensure_group()
         self._next_claim = 0.0
         self._next_backlog = 0.0
+        self._started = True  # own pending entries not yet re-read since this process started
 
     def run(self, stop: threading.Event, drain: bool = False) -> IngestSummary:
         """Consume until ``stop`` is set (or, with ``drain``, until nothing is left to read).
@@ -124,6 +129,7 @@ class StreamConsumer:
                     with contextlib.suppress(Exception):
                         settle()
                     own_pending = True  # not acknowledged: read again after the pause
+                    self._started = False  # ... without counting that as a delivery
                     log.error("stream ingest paused: %s (retry in %.0f s)", err, self.retry_after)
                     stop.wait(self.retry_after)
             settle()
@@ -147,9 +153,10 @@ class StreamConsumer:
         claimed entries may have been committed before (see ``_prepare``)."""
         count = self.ingester.batch_size
         if own_pending:
-            own = self._read("0", count, None)
+            own = self._read("0", count, None) if self._started else self._reread(count)
             if own:
                 return own, "own"
+            self._started = False
         if time.monotonic() >= self._next_claim:
             self._next_claim = time.monotonic() + max(self.claim_after / 4, 0.5)
             claimed = self._claim(count)
@@ -167,6 +174,24 @@ class StreamConsumer:
             log.warning("%d pending entries were trimmed from the stream unread", len(trimmed))
             self.redis.xack(self.address.stream, self.group, *trimmed)
         return [(entry_id, fields) for entry_id, fields in entries if fields]
+
+    def _reread(self, count: int) -> list[Any]:
+        """This consumer's pending entries, read again without delivering them (XRANGE): a retry
+        in the same process is not a delivery that a poison pill could have caused."""
+        pending = self.redis.xpending_range(
+            self.address.stream, self.group, "-", "+", count, consumername=self.consumer
+        )
+        ids = [_text(row["message_id"]) for row in pending]
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for entry_id in ids:
+            pipe.xrange(self.address.stream, entry_id, entry_id, count=1)
+        found = [rows[0] for rows in pipe.execute() if rows]
+        trimmed = set(ids) - {_text(entry_id) for entry_id, _ in found}
+        if trimmed:  # trimmed from the stream (MAXLEN) meanwhile: nothing to score
+            self.redis.xack(self.address.stream, self.group, *trimmed)
+        return [(entry_id, fields) for entry_id, fields in found if fields]
 
     def _claim(self, count: int) -> list[Any]:
         """Entries idle at other (dead or stuck) consumers for longer than ``claim_after``."""

@@ -114,6 +114,9 @@ def _named_record(data: dict[str, Any], source: str, model: str, limits: Limits)
     version = data.get("version")
     if (version is not None and not isinstance(version, str | int)) or isinstance(version, bool):
         raise BadRecord("version must be a number or an alias.")
+    number = str(version) if version is not None else ""
+    if number.isascii() and number.isdigit() and (len(number) > 10 or int(number) >= 2**31):
+        raise BadRecord(f"version {number[:20]} is out of range (versions are below 2**31).")
     request_id = data.get("id")
     if request_id is not None and not isinstance(request_id, str | int):
         raise BadRecord("id must be a string or a number.")

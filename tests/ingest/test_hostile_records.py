@@ -66,6 +66,10 @@ HOSTILE = {
         record(inp={"array": [[0.1]]}, ts="9999-12-31T23:59:59-05:00"),
         "is out of range",
     ),
+    "version too large for the registry": (
+        record(inp={"array": [[0.1]]}, version="99999999999999999999999"),
+        "version 99999999999999999999 is out of range",
+    ),
     "npy header claims 149 GiB": (
         record(inp={"npy_b64": _npy_claiming((1, 200_000, 200_000))}),
         "200000×200000 pixels is over the limit of 10000 pixels",

@@ -7,6 +7,7 @@ import io
 import os
 import struct
 import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -204,3 +205,43 @@ def test_max_deliveries_is_read_from_the_ingest_table(home, tmp_path: Path) -> N
     config.write_text("[ingest]\nmax_deliveries = 0\n")
     with pytest.raises(ConfigError, match=r"ingest\.max_deliveries must be a positive integer"):
         IngestSettings.from_settings(load_settings())
+
+
+def test_retries_after_an_outage_are_not_counted_as_deliveries(demo_home, digits, stream) -> None:
+    """While the database refuses the batch, the consumer retries many times; the entries stay
+    at one delivery each (re-read with XRANGE), so none becomes a poison pill, and all are
+    scored once the database takes them."""
+    from sqlalchemy import text
+
+    address, client, name = stream
+    _publish(client, name, [record(digits.x[i], rid=f"r{i}", ts=_recent()) for i in range(4)])
+    consumer, db = _consumer(demo_home, address, "c1", retry_after=0.02, max_deliveries=2)
+    with db.session() as s:
+        s.execute(
+            text(
+                "CREATE TRIGGER refuse BEFORE INSERT ON input_scores "
+                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+        )
+    stop = threading.Event()
+    worker = threading.Thread(target=consumer.run, args=(stop,))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 60
+        while client.xpending(name, "g")["pending"] < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # many failed commits and retries, 0.02 s apart
+        counts = [r["times_delivered"] for r in client.xpending_range(name, "g", "-", "+", 10)]
+        assert counts == [1, 1, 1, 1] and consumer.ingester.summary.scored == 0
+        with db.session() as s:
+            s.execute(text("DROP TRIGGER refuse"))
+        deadline = time.monotonic() + 60
+        while client.xpending(name, "g")["pending"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+    assert client.xpending(name, "g")["pending"] == 0
+    scored, dead = _stored(db)
+    assert scored == ["r0", "r1", "r2", "r3"] and dead == {}
+    db.dispose()
