@@ -63,7 +63,8 @@ AUDIT_SECONDS = Histogram(
 )
 WEBHOOK_FAILURES = Counter(
     "robmon_webhook_failures_total",
-    "Webhook deliveries that failed (they are retried with backoff).",
+    "Webhook deliveries that failed: an answer other than 2xx (redirects are not followed), a "
+    "timeout, a connection error or any other exception (they are retried with backoff).",
     registry=REGISTRY,
 )
 
