@@ -170,16 +170,16 @@ def test_a_bad_ts_among_good_entries_is_dead_lettered_not_a_poison_pill(
 def test_an_entry_delivered_too_often_is_dead_lettered_and_acknowledged(
     demo_home, digits, stream
 ) -> None:
-    """Consumer "crashing" took four entries and kept failing on the first (re-read six times
-    in all, never committed); the next consumer claims them: the first is set aside unscored,
-    the other three are scored, all four acknowledged."""
+    """Consumer "crashing" took four entries and kept failing on the first (delivered six times
+    in all, never committed); restarted under the same name it reads its pending entries again:
+    the first is set aside unscored, the other three are scored, all four acknowledged."""
     address, client, name = stream
     ids = _publish(client, name, [record(digits.x[i], rid=f"r{i}", ts=_recent()) for i in range(4)])
     client.xgroup_create(name, "g", id="0")
     client.xreadgroup("g", "crashing", {name: ">"}, count=4)
     for _ in range(5):  # re-reads its own pending entries from the start, one at a time
         client.xreadgroup("g", "crashing", {name: "0"}, count=1)
-    consumer, db = _consumer(demo_home, address, "survivor", claim_after=0.0, max_deliveries=5)
+    consumer, db = _consumer(demo_home, address, "crashing", max_deliveries=5)
 
     summary = consumer.run(threading.Event(), drain=True)
 
