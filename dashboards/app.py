@@ -19,7 +19,7 @@ def create_app(settings: Settings, db: Database | None = None) -> Dash:
     db = db or open_database(settings)
     install(DashboardContext(settings, db))
     app = Dash(
-        __name__,
+        "dashboards",  # the package: pages load as dashboards.pages.NAME, as imports name them
         use_pages=True,
         pages_folder=str(Path(__file__).parent / "pages"),
         external_stylesheets=["/vendor/bootstrap.min.css"],
