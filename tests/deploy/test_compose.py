@@ -77,3 +77,15 @@ def test_the_image_installs_the_cpu_build_of_torch_first():
     assert "whl/cpu" in dockerfile
     assert torch_line < dockerfile.index('pip install ".[postgres]"')
     assert 'ENTRYPOINT ["robmon"]' in dockerfile
+
+
+def test_the_dashboard_service_is_not_refused_and_stays_on_loopback(robmon):
+    """Inside the container the dashboard binds 0.0.0.0, which robmon refuses without users
+    unless --allow-anonymous-view is given: the service passes the flag (an option the CLI
+    really has) and publishes its port on the host's loopback only."""
+    service = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["dashboard"]
+    command = service["command"]
+    assert command[:3] == ["dashboard", "--host", "0.0.0.0"]
+    assert "--allow-anonymous-view" in command
+    assert "--allow-anonymous-view" in robmon("dashboard", "--help").stdout
+    assert [str(port).split(":")[0] for port in service["ports"]] == ["127.0.0.1"]
