@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from monitor import metrics
 from monitor.classifiers import check_input_shape
@@ -151,7 +151,14 @@ class Ingester:
         try:
             while not stop.is_set():
                 tailer.rescan()
-                self._refuse_files(tailer.take_refused())
+                refused = tailer.take_refused()
+                try:
+                    self._refuse_files(refused)
+                except (RobmonError, SQLAlchemyError) as err:  # database down: report later
+                    tailer.refused[:0] = refused
+                    log.error("ingest paused: %s (retrying in %.0f s)", err, retry_after)
+                    stop.wait(retry_after)
+                    continue
                 batches = tailer.read(self.batch_size)
                 for lines, position in batches:
                     committed = copy.copy(position)
