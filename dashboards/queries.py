@@ -31,6 +31,7 @@ from monitor.db.models import (
 )
 from monitor.db.session import Database
 from monitor.db.types import utcnow
+from monitor.ingest.dead_letters import reason_kind
 
 SEVERITIES = ("critical", "high", "medium", "low")
 HISTOGRAM_INPUTS = 20_000
@@ -564,49 +565,62 @@ def kept_path(db: Database, score_id: int) -> str | None:
 
 
 def dead_letter_page(
-    db: Database, *, reason: str | None = None, page: int = 0, size: int = 25
+    db: Database, *, kind: str | None = None, page: int = 0, size: int = 25
 ) -> tuple[list[dict[str, Any]], int]:
-    """Production records that could not be scored, newest first (of one reason, or all), and
-    how many match."""
-    where = DeadLetter.reason == reason if reason else True
+    """Production records that could not be scored, newest first, and how many match: all of
+    them, or those of the newest ``REASON_WINDOW`` whose reason is of ``kind``
+    (``monitor.ingest.dead_letters.reason_kind``: the wording without its quoted values)."""
+    columns = (
+        DeadLetter.id,
+        DeadLetter.received_at,
+        DeadLetter.source,
+        DeadLetter.model_name,
+        DeadLetter.reason,
+        DeadLetter.excerpt,
+        DeadLetter.origin,
+        DeadLetter.line_number,
+    )
+    newest_first = (DeadLetter.received_at.desc(), DeadLetter.id.desc())
     with db.session() as s:
-        total = s.scalar(select(func.count()).select_from(DeadLetter).where(where))
-        rows = s.execute(
-            select(
-                DeadLetter.id,
-                DeadLetter.received_at,
-                DeadLetter.source,
-                DeadLetter.model_name,
-                DeadLetter.reason,
-                DeadLetter.excerpt,
-                DeadLetter.origin,
-                DeadLetter.line_number,
+        if kind is None:
+            total = s.scalar(select(func.count()).select_from(DeadLetter))
+            query = select(*columns).order_by(*newest_first).offset(page * size).limit(size)
+        else:  # the kind is computed, not stored: match the newest window's ids, page by id
+            recent = s.execute(
+                select(DeadLetter.id, DeadLetter.reason)
+                .order_by(*newest_first)
+                .limit(REASON_WINDOW)
             )
-            .where(where)
-            .order_by(DeadLetter.received_at.desc(), DeadLetter.id.desc())
-            .offset(page * size)
-            .limit(size)
-        ).all()
+            ids = [i for i, reason in recent if reason_kind(reason) == kind]
+            total = len(ids)
+            chosen = ids[page * size : (page + 1) * size]
+            query = select(*columns).where(DeadLetter.id.in_(chosen)).order_by(*newest_first)
+        rows = s.execute(query).all()
     return [dict(r._mapping) for r in rows], int(total or 0)
 
 
 def dead_letter_reasons(
     db: Database, window: int = REASON_WINDOW, top: int = 20
 ) -> list[dict[str, Any]]:
-    """How many of the newest ``window`` dead letters each reason holds, most frequent first
-    (the ``top`` reasons)."""
+    """How many of the newest ``window`` dead letters each kind of reason holds (quoted values
+    and numbers left out, as ``robmon dead-letters list`` counts), most frequent first (the
+    ``top`` kinds), each with its newest full reason as an example."""
     newest = (
-        select(DeadLetter.reason)
+        select(DeadLetter.reason, DeadLetter.received_at, DeadLetter.id)
         .order_by(DeadLetter.received_at.desc(), DeadLetter.id.desc())
         .limit(window)
         .subquery()
     )
-    count = func.count().label("count")
     with db.session() as s:
         rows = s.execute(
-            select(newest.c.reason, count)
+            select(newest.c.reason, func.count(), func.max(newest.c.received_at))
             .group_by(newest.c.reason)
-            .order_by(count.desc(), newest.c.reason)
-            .limit(top)
+            .order_by(func.max(newest.c.received_at).desc())
         ).all()
-    return [{"reason": reason, "count": int(n)} for reason, n in rows]
+    kinds: dict[str, dict[str, Any]] = {}
+    for reason, n, _last in rows:  # newest reason first: the first seen is the example
+        kind = kinds.setdefault(
+            reason_kind(reason), {"reason": reason_kind(reason), "count": 0, "example": reason}
+        )
+        kind["count"] += int(n)
+    return sorted(kinds.values(), key=lambda k: (-k["count"], k["reason"]))[:top]

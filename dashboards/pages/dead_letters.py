@@ -41,7 +41,7 @@ COLUMNS = [
 def layout(page: str | None = None, reason: str | None = None, **_query: str) -> html.Div:
     db = current().db
     rows, total, page_number = paged(
-        lambda number: queries.dead_letter_page(db, reason=reason, page=number, size=PAGE_SIZE),
+        lambda number: queries.dead_letter_page(db, kind=reason, page=number, size=PAGE_SIZE),
         integer(page),
         PAGE_SIZE,
     )
@@ -52,7 +52,7 @@ def layout(page: str | None = None, reason: str | None = None, **_query: str) ->
             page_header(
                 "Dead letters",
                 f"{total:,} production record(s) that could not be scored"
-                + (" for this reason" if reason else "")
+                + (" among the newest of this kind of reason" if reason else "")
                 + "; newest first.",
             ),
             _reasons(reason),
@@ -95,6 +95,7 @@ def _reasons(selected: str | None) -> html.Div:
             [
                 html.Td(f"{c['count']:,}", className="text-end"),
                 html.Td(_reason_filter(c["reason"], selected)),
+                html.Td(mask_secrets(c["example"]), className="small text-muted"),
             ],
             className="table-active" if c["reason"] == selected else None,
         )
@@ -102,9 +103,18 @@ def _reasons(selected: str | None) -> html.Div:
     ]
     return html.Div(
         [
-            html.H3(f"By reason (newest {queries.REASON_WINDOW:,} dead letters)", className="h6"),
+            html.H3(
+                f"By kind of reason (newest {queries.REASON_WINDOW:,} dead letters; quoted values"
+                " and numbers left out, as robmon dead-letters list counts)",
+                className="h6",
+            ),
             dbc.Table(
-                [html.Thead(html.Tr([html.Th("count"), html.Th("reason")])), html.Tbody(rows)],
+                [
+                    html.Thead(
+                        html.Tr([html.Th("count"), html.Th("reason"), html.Th("newest example")])
+                    ),
+                    html.Tbody(rows),
+                ],
                 size="sm",
                 className="w-auto",
                 id="dead-letters-reasons",
@@ -116,8 +126,8 @@ def _reasons(selected: str | None) -> html.Div:
 
 
 def _reason_filter(reason: str, selected: str | None) -> str | dcc.Link:
-    """A reason that links to its rows; one quoting a password is shown masked, unlinked (the
-    link would carry it)."""
+    """A kind of reason that links to its rows; one quoting a password is shown masked and
+    unlinked (the link would carry it)."""
     shown = mask_secrets(reason)
     if reason == selected or shown != reason:
         return shown

@@ -47,21 +47,47 @@ def test_dead_letters_newest_first_in_pages(db) -> None:
 
 
 def test_dead_letters_of_one_reason(db) -> None:
-    rows, total = queries.dead_letter_page(db, reason=REASONS[1], size=25)
+    rows, total = queries.dead_letter_page(db, kind=REASONS[1], size=25)
     assert total == 8  # i = 1, 4, ..., 22
     assert {r["reason"] for r in rows} == {REASONS[1]}
     assert [r["line_number"] for r in rows[:2]] == [23, 20]
 
 
 def test_counts_by_reason_over_the_newest(db) -> None:
+    first = {"reason": REASONS[0], "count": 14, "example": REASONS[0]}  # i = 0, 3, …, 24, 25-29
     assert queries.dead_letter_reasons(db) == [
-        {"reason": REASONS[0], "count": 14},  # i = 0, 3, ..., 24 and 25-29
-        {"reason": REASONS[1], "count": 8},
-        {"reason": REASONS[2], "count": 8},
+        first,
+        {"reason": REASONS[1], "count": 8, "example": REASONS[1]},
+        {"reason": "unknown model '…'.", "count": 8, "example": REASONS[2]},
     ]
     # only the newest 6: i = 24 (reason 0) and 25-29 (reason 0)
-    assert queries.dead_letter_reasons(db, window=6) == [{"reason": REASONS[0], "count": 6}]
-    assert queries.dead_letter_reasons(db, top=1) == [{"reason": REASONS[0], "count": 14}]
+    assert queries.dead_letter_reasons(db, window=6) == [{**first, "count": 6}]
+    assert queries.dead_letter_reasons(db, top=1) == [first]
+
+
+def test_variations_of_one_reason_count_as_one_kind_and_filter_together(db) -> None:
+    """An attacker varying a value (each ts out of range quotes its own) makes one kind, as
+    robmon dead-letters list counts them, and the kind's link lists all of its rows."""
+    with db.session() as s:
+        for i in range(16):
+            s.add(
+                DeadLetter(
+                    received_at=START + timedelta(hours=1, minutes=i),
+                    origin="stdin",
+                    reason=f"ts '{9990 + i % 4}-12-31T23:59:59-05:00' is out of range.",
+                    excerpt="{}",
+                )
+            )
+    kinds = queries.dead_letter_reasons(db)
+    assert kinds[0] == {
+        "reason": "ts '…' is out of range.",
+        "count": 16,
+        "example": "ts '9993-12-31T23:59:59-05:00' is out of range.",  # the newest
+    }
+    rows, total = queries.dead_letter_page(db, kind="ts '…' is out of range.", page=1, size=5)
+    assert total == 16
+    assert [r["received_at"].minute for r in rows] == [10, 9, 8, 7, 6]
+    assert queries.dead_letter_page(db, kind="no such kind") == ([], 0)
 
 
 def test_no_dead_letters(settings) -> None:

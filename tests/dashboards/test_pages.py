@@ -207,6 +207,6 @@ def test_dead_letter_reasons_quoting_a_password_are_masked_and_unlinked(app_db) 
     cells = [
         row.children[1].children for row in _find(page, "dead-letters-reasons").children[1].children
     ]
-    assert cells[0] == "model 'x' is not registered in MLflow (https://bot:***@mlflow.example.com)."
+    assert cells[0] == "model '…' is not registered in MLflow (https://bot:***@mlflow.example.com)."
     assert cells[1].href == "/dead-letters?reason=not+valid+JSON%3A+unparseable."
     assert "hunter2" not in str(page)
