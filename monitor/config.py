@@ -30,7 +30,7 @@ MLFLOW_ENV_DEFAULTS = {
     "MLFLOW_LOGGING_LEVEL": "WARNING",
 }
 _SECRET_KEY = re.compile(r"(password|secret|token|api_key)", re.IGNORECASE)
-_URL_PASSWORD = re.compile(r"(://[^:/@]+:)([^@]+)(@)")
+_URL_IN_TEXT = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
 _TOP_LEVEL_KEYS = {"home", "db_url", "mlflow_tracking_uri", "mlflow_artifact_root", "input_root"}
 
 
@@ -82,8 +82,8 @@ class Settings:
 
 
 def mask_secrets(value: Any, key: str = "") -> Any:
-    """Replace passwords in URLs and values of secret-looking keys with ``***``; values of
-    ``url`` keys (webhooks, which carry tokens in their path or query) go through ``mask_url``."""
+    """Replace values of secret-looking keys with ``***`` and pass every URL, whole value or
+    quoted inside a text, through ``mask_url``."""
     if isinstance(value, dict):
         return {k: mask_secrets(v, k) for k, v in value.items()}
     if isinstance(value, list):
@@ -91,31 +91,58 @@ def mask_secrets(value: Any, key: str = "") -> Any:
     if isinstance(value, str):
         if _SECRET_KEY.search(key) and value:
             return "***"
-        if key == "url":
-            return mask_url(value)
-        return _URL_PASSWORD.sub(r"\1***\3", value)
+        return _URL_IN_TEXT.sub(_mask_url_match, value)
     return value
 
 
 def mask_url(url: str) -> str:
-    """A URL with whatever may be a token masked, simply: the user info, every path segment
-    after the first, every query value and the fragment become ``***``
-    (https://hooks.slack.com/services/T0/B0/X?token=t -> https://hooks.slack.com/services/***?token=***)."""
+    """A URL with whatever may be a token masked, for every URL robmon shows (database, MLflow,
+    Redis, webhooks): a password (``user:***@``; a user info without one is all ``***``), the
+    parameters after ``;`` in the path, every path segment after the first, every query value
+    and the fragment
+    (https://hooks.slack.com/services/T0/B0/X?token=t -> https://hooks.slack.com/services/***?token=***).
+    The path of a URL without a host (sqlite:///path.db, file:///path) is a local file and is
+    shown; a URL that cannot be taken apart (e.g. its port is not a number up to 65535) is
+    ``***`` as a whole."""
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
         port = parts.port
-    except ValueError:  # not a URL one can take apart: nothing of it is shown
+    except ValueError:
         return "***"
-    netloc = ("***@" if "@" in parts.netloc else "") + (f"[{host}]" if ":" in host else host)
-    netloc += f":{port}" if port is not None else ""
-    segments = parts.path.split("/")  # "/services/T0/B0" -> ["", "services", "T0", "B0"]
-    path = "/".join([*segments[:2], "***"]) if any(segments[2:]) else parts.path
-    query = "&".join(
-        f"{item.split('=', 1)[0]}=***" if "=" in item else item for item in parts.query.split("&")
-    )
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    if at:
+        user, colon, _password = userinfo.partition(":")
+        at = f"{user}:***@" if colon and user else "***@"
+    netloc = at + (f"[{host}]" if ":" in host else host) + (f":{port}" if port is not None else "")
+    query = "&".join(_mask_item(item) for item in parts.query.split("&")) if parts.query else ""
     fragment = "***" if parts.fragment else ""
-    return urlunsplit((parts.scheme, netloc, path, query, fragment))
+    if not parts.netloc:  # sqlite:///path.db, file:///path: a local file, shown as written
+        local = url.split("#", 1)[0].split("?", 1)[0]
+        return local + (f"?{query}" if query else "") + (f"#{fragment}" if fragment else "")
+    return urlunsplit((parts.scheme, netloc, _mask_path(parts.path), query, fragment))
+
+
+def _mask_path(path: str) -> str:
+    """``/first;k=v/T0/B0`` -> ``/first;k=***/***``: the first segment names the endpoint."""
+    segments = path.split("/")  # "/services/T0/B0" -> ["", "services", "T0", "B0"]
+    if len(segments) < 2:
+        return path
+    name, *params = segments[1].split(";")
+    segments[1] = ";".join([name, *(_mask_item(p) for p in params)])
+    return "/".join([*segments[:2], "***"] if any(segments[2:]) else segments)
+
+
+def _mask_url_match(match: re.Match[str]) -> str:
+    """A URL found in a text, masked; the punctuation that closes the sentence stays."""
+    url = match[0].rstrip(".,;:!?)")
+    return mask_url(url) + match[0][len(url) :]
+
+
+def _mask_item(item: str) -> str:
+    """``name=value`` -> ``name=***``; an item without a name may be a token itself."""
+    name, equals, _ = item.partition("=")
+    return f"{name}=***" if equals else ("***" if item else item)
 
 
 def load_settings(environ: dict[str, str] | None = None) -> Settings:

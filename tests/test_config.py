@@ -75,3 +75,21 @@ def test_missing_explicit_config_file(home: Path, monkeypatch, robmon) -> None:
     assert result.stderr.strip() == (
         "error: ROBMON_CONFIG points to nowhere.toml, which does not exist."
     )
+
+
+def test_config_masks_tokens_in_every_url(home: Path, monkeypatch, robmon) -> None:
+    """Query values and path tokens are masked in the tracking URI, the database URL and any
+    URL in robmon.toml (a Redis URL here), by the same rule as webhook URLs."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://user:mlpw@mlflow.example.com/?token=mltok")
+    monkeypatch.setenv("ROBMON_DB_URL", "postgresql://robmon:pgpw@db/x?sslpassword=sslpw")
+    Path("robmon.toml").write_text('[ingest_extra]\nstream = "redis://:rpw@r:6379/0/s?k=rtok"\n')
+    shown = robmon("config", "--json")
+    assert shown.code == 0, shown.stderr
+    data = shown.json()
+    assert data["mlflow_tracking_uri"] == "https://user:***@mlflow.example.com/?token=***"
+    assert data["db_url"] == "postgresql://robmon:***@db/x?sslpassword=***"
+    assert data["tables"]["ingest_extra"]["stream"] == "redis://***@r:6379/0/***?k=***"
+    table = robmon("config")
+    assert table.code == 0, table.stderr
+    for secret in ("mlpw", "mltok", "pgpw", "sslpw", "rpw", "rtok"):
+        assert secret not in shown.stdout + table.stdout

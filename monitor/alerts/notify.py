@@ -16,10 +16,14 @@ the row's ``attempts`` and in ``robmon_webhook_failures_total``; the notifier it
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import http.client
 import json
 import logging
+import socket
+import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -172,13 +176,14 @@ def _send(url: str, secret: str | None, row: dict[str, Any], timeout: float) -> 
     return _post(url, body, headers, timeout)
 
 
-def _opener() -> urllib.request.OpenerDirector:
-    """http and https only, no redirect handler: a 3xx answer arrives as an HTTPError."""
+def _opener(deadline: _Deadline) -> urllib.request.OpenerDirector:
+    """http and https only, no redirect handler: a 3xx answer arrives as an HTTPError. Every
+    connection is watched by ``deadline``."""
     opener = urllib.request.OpenerDirector()
     for handler in (
         urllib.request.ProxyHandler(),
-        urllib.request.HTTPHandler(),
-        urllib.request.HTTPSHandler(),
+        _WatchedHTTPHandler(deadline),
+        _WatchedHTTPSHandler(deadline),
         urllib.request.HTTPDefaultErrorHandler(),
         urllib.request.HTTPErrorProcessor(),
     ):
@@ -186,14 +191,94 @@ def _opener() -> urllib.request.OpenerDirector:
     return opener
 
 
+class _Deadline:
+    """One delivery's time limit: when it passes, its connections are shut down, so that a
+    blocked read returns at once however slowly the receiver trickles its answer."""
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self._connections: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+    def watch(self, base: type[http.client.HTTPConnection]) -> Any:
+        """A factory of ``base`` connections that this deadline can cut."""
+
+        def connection(*args: Any, **kwargs: Any) -> http.client.HTTPConnection:
+            conn = base(*args, **kwargs)
+            connect = conn.connect
+
+            def connect_watched() -> None:
+                connect()
+                with self._lock:
+                    self._connections.append(conn)
+                    if self.expired:  # connected after the deadline: cut at once
+                        _shutdown(conn)
+
+            conn.connect = connect_watched  # type: ignore[method-assign]
+            return conn
+
+        return connection
+
+    def _cut(self) -> None:
+        with self._lock:
+            self.expired = True
+            for conn in self._connections:
+                _shutdown(conn)
+
+
+def _shutdown(conn: http.client.HTTPConnection) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        conn.sock.shutdown(socket.SHUT_RDWR)
+
+
+class _WatchedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self.deadline.watch(http.client.HTTPConnection), req)
+
+
+class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        watched = self.deadline.watch(http.client.HTTPSConnection)
+        return self.do_open(watched, req, context=self._context)
+
+
 def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> str | None:
-    """None on a 2xx answer, else why not (never raises)."""
+    """None on a 2xx answer, else why not (never raises). ``timeout`` bounds the whole delivery
+    (connecting, sending, the answer's status and headers), not each read; the answer's body is
+    never read (a receiver may send gigabytes)."""
     scheme = urlsplit(url).scheme.lower()
     if scheme not in ("http", "https"):
         return f"only http and https URLs are sent to, not {scheme}://"
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    with _Deadline(timeout) as deadline:
+        error = _answer(_opener(deadline), request, timeout)
+    if deadline.expired:  # even an answer that looks whole: the cut may have ended its headers
+        return f"timed out after {timeout:g} s (the whole delivery)"
+    return error
+
+
+def _answer(
+    opener: urllib.request.OpenerDirector, request: urllib.request.Request, timeout: float
+) -> str | None:
     try:
-        with _opener().open(request, timeout=timeout) as response:
+        with opener.open(request, timeout=timeout) as response:
             if 200 <= response.status < 300:
                 return None
             return f"HTTP {response.status}"

@@ -83,7 +83,8 @@ class AlertSettings:
 
 
 def _check_webhook_url(url: Any) -> None:
-    """http or https with a host: nothing else is ever sent to (file://, gopher://, ...)."""
+    """http or https with a host and a valid port: nothing else is ever sent to (file://,
+    gopher://, ...)."""
     try:
         parts = urlsplit(url) if isinstance(url, str) else None
     except ValueError:  # e.g. an unclosed IPv6 bracket
@@ -93,6 +94,14 @@ def _check_webhook_url(url: Any) -> None:
         raise ConfigError(
             "robmon.toml: alerts.webhook.url must be an http:// or https:// URL with a host "
             f"(it has {given})."
+        )
+    try:
+        port = parts.port  # parsed on access: 99999 or "abc" raise ValueError
+    except ValueError:
+        port = 0
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigError(
+            "robmon.toml: alerts.webhook.url has an invalid port (use a number from 1 to 65535)."
         )
 
 

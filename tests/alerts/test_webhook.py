@@ -2,6 +2,7 @@
 followed, every failure counted (in the outbox row and the metric) without the notifier
 crashing, and tokens in the URL masked by `robmon config`. Real receivers on loopback."""
 
+import contextlib
 import socket
 import threading
 from datetime import UTC, datetime, timedelta
@@ -228,11 +229,11 @@ def test_config_masks_tokens_in_the_webhook_url(home, robmon) -> None:
     assert shown.code == 0, shown.stderr
     webhook = shown.json()["tables"]["alerts"]["webhook"]
     assert webhook == {
-        "url": "https://***@hooks.slack.com/services/***?token=***&channel=***",
+        "url": "https://bot:***@hooks.slack.com/services/***?token=***&channel=***",
         "secret": "***",
     }
     table = robmon("config")
-    assert "https://***@hooks.slack.com/services/***?token=***&channel=***" in table.stdout
+    assert "https://bot:***@hooks.slack.com/services/***?token=***&channel=***" in table.stdout
     for secret in ("T000", "B000", "XXXX", "abc", "pa55", "s3cret"):
         assert secret not in shown.stdout + table.stdout
 
@@ -243,11 +244,134 @@ def test_config_masks_tokens_in_the_webhook_url(home, robmon) -> None:
         ("https://hooks.example.com/robmon", "https://hooks.example.com/robmon"),
         ("https://hooks.example.com/", "https://hooks.example.com/"),
         ("http://127.0.0.1:8080/a/b?x=1", "http://127.0.0.1:8080/a/***?x=***"),
-        ("https://h.example/?token=t0k&flag", "https://h.example/?token=***&flag"),
+        ("https://h.example/?token=t0k&t0k3n", "https://h.example/?token=***&***"),
         ("https://tok3n@h.example/hook#frag", "https://***@h.example/hook#***"),
+        ("http://h/a;tok=secret", "http://h/a;tok=***"),
+        ("http://h/a;s3cret/b", "http://h/a;***/***"),
+        ("http://127.0.0.1:99999/x", "***"),
+        ("redis://:pw@redis:6379/0/robmon-records", "redis://***@redis:6379/0/***"),
+        ("sqlite:////srv/robmon/robmon.db", "sqlite:////srv/robmon/robmon.db"),
     ],
 )
 def test_mask_url(url: str, masked: str) -> None:
     from monitor.config import mask_url
 
     assert mask_url(url) == masked
+
+
+def _raw_receiver(answer) -> tuple[int, threading.Event, socket.socket]:
+    """A loopback TCP server handing each connection, its request read, to ``answer``."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += conn.recv(65536)
+                with contextlib.suppress(OSError):  # the sender cut the connection
+                    answer(conn, stop)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1], stop, listener
+
+
+@pytest.fixture
+def raw_receiver():
+    started = []
+
+    def start(answer) -> int:
+        port, stop, listener = _raw_receiver(answer)
+        started.append((stop, listener))
+        return port
+
+    yield start
+    for stop, listener in started:
+        stop.set()
+        listener.close()
+
+
+def _with_timeout(seconds: int) -> None:
+    text = Path("robmon.toml").read_text()
+    Path("robmon.toml").write_text(text + f"timeout = {seconds}\n")
+
+
+def test_the_timeout_bounds_the_whole_delivery_of_a_trickling_receiver(home, raw_receiver):
+    """A receiver sending its headers a byte every 0.4 s never trips a per-read timeout of 1 s;
+    the delivery still fails after about 1 s in all, counted like any failure."""
+    import time
+
+    from monitor.alerts.notify import deliver_due
+    from monitor.alerts.settings import AlertSettings
+    from monitor.config import load_settings
+
+    def trickle(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\n")
+        for _ in range(40):  # 16 s at most, so that a sender without a deadline ends too
+            if stop.wait(0.4):
+                return
+            conn.sendall(b"X")
+
+    port = raw_receiver(trickle)
+    db, _ = _outbox_with_one_notification(f"http://127.0.0.1:{port}/hook")
+    _with_timeout(1)
+    settings = AlertSettings.from_settings(load_settings())
+    before = _failures()
+    started = time.monotonic()
+    result = deliver_due(db, settings)
+    elapsed = time.monotonic() - started
+    assert elapsed < 2.0, f"the delivery took {elapsed:.1f} s with timeout = 1"
+    assert (result.delivered, result.failed) == (0, 1)
+    [(attempts, delivered_at, error, _)] = _outbox(db)
+    assert attempts == 1 and delivered_at is None
+    assert error == "timed out after 1 s (the whole delivery)"
+    assert _failures() == before + 1
+
+
+def test_a_huge_answer_body_is_never_read(home, raw_receiver):
+    """200 with a 50 MB body: delivered at once, without reading (or holding) the body."""
+    import time
+
+    from monitor.alerts.notify import deliver_due
+
+    size, sent = 50 * 2**20, []
+
+    def huge(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        chunk, total = b"x" * 65536, 0
+        try:
+            while total < size and not stop.is_set():
+                conn.sendall(chunk)
+                total += len(chunk)
+        finally:
+            sent.append(total)
+
+    port = raw_receiver(huge)
+    db, settings = _outbox_with_one_notification(f"http://127.0.0.1:{port}/hook")
+    started = time.monotonic()
+    result = deliver_due(db, settings)
+    assert (result.delivered, result.failed) == (1, 0)
+    assert time.monotonic() - started < 5
+    [(attempts, delivered_at, error, _)] = _outbox(db)
+    assert attempts == 0 and delivered_at is not None and error is None
+    for _ in range(50):  # the receiver notices the closed connection
+        if sent:
+            break
+        time.sleep(0.1)
+    assert sent and sent[0] < size // 2
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999/x", "http://127.0.0.1:0/x"])
+def test_a_webhook_url_with_an_invalid_port_is_refused_at_config_load(home, robmon, url) -> None:
+    Path("robmon.toml").write_text(f'[alerts.webhook]\nurl = "{url}"\n')
+    result = robmon("config")
+    assert result.code == 1
+    assert result.stderr.strip() == (
+        "error: robmon.toml: alerts.webhook.url has an invalid port (use a number from 1 to 65535)."
+    )
