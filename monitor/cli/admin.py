@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from monitor.cli.base import JSON_OPTION, app, emit_json, print_table, say, state
+from monitor.cli.base import JSON_OPTION, app, command_group, emit_json, print_table, say, state
 
-db_app = typer.Typer(
-    help="Migrate the database (Alembic revisions in migrations/).", no_args_is_help=True
-)
-app.add_typer(db_app, name="db")
+db_app = command_group("db", help="Migrate the database (Alembic revisions in migrations/).")
 
 
 @app.command("config")

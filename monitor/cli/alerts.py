@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import typer
 
-from monitor.cli.base import JSON_OPTION, app, emit_json, print_table, say, state
+from monitor.cli.base import (
+    JSON_OPTION,
+    check_choice,
+    command_group,
+    emit_json,
+    print_table,
+    say,
+    state,
+)
 from monitor.errors import NotFound, RobmonError
 
-alerts_app = typer.Typer(
-    help="Per-source incidents (every rule's findings about one source) and their triage.",
-    no_args_is_help=True,
+alerts_app = command_group(
+    "alerts", help="Per-source incidents (every rule's findings about one source) and their triage."
 )
-app.add_typer(alerts_app, name="alerts")
 
 STATUSES = "open, acknowledged, resolved, false-positive or active (open + acknowledged)"
 # the values each filter accepts (anything else is refused, not answered with an empty list)
@@ -45,7 +51,7 @@ def list_alerts(
     from monitor.times import parse_since
 
     for option, value in (("--status", status), ("--severity", severity), ("--rule", rule)):
-        _check_choice(option, value)
+        check_choice(option, value, CHOICES[option], ALIASES)
     if limit < 1:
         raise RobmonError(f"--limit must be at least 1, not {limit}.")
     alerts = query(
@@ -81,12 +87,6 @@ def list_alerts(
             for a in alerts
         ],
     )
-
-
-def _check_choice(option: str, value: str | None) -> None:
-    """Refuse a filter value that matches nothing, naming the accepted ones."""
-    if value is not None and ALIASES.get(value, value) not in CHOICES[option]:
-        raise RobmonError(f"{option} must be one of {', '.join(CHOICES[option])}, not {value!r}.")
 
 
 def _check_id(alert_id: int) -> int:

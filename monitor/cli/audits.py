@@ -10,6 +10,8 @@ import typer
 from monitor.cli.base import (
     JSON_OPTION,
     app,
+    check_choice,
+    command_group,
     emit_json,
     fmt,
     note,
@@ -19,8 +21,9 @@ from monitor.cli.base import (
     state,
 )
 
-audits_app = typer.Typer(help="Past robustness audits.", no_args_is_help=True)
-app.add_typer(audits_app, name="audits")
+audits_app = command_group("audits", help="Past robustness audits.")
+# an audit moves queued -> running -> succeeded | failed | interrupted (monitor.db.models.Audit)
+AUDIT_STATUSES = ("queued", "running", "succeeded", "failed", "interrupted")
 
 
 def _interrupt(_signum: int, _frame: object) -> None:
@@ -141,15 +144,14 @@ def _queue_audit(request, as_json: bool) -> None:
 def list_audits(
     model: str | None = typer.Option(None, help="Only this registered model."),
     version: str | None = typer.Option(None, help="Only this version (with --model)."),
-    status: str | None = typer.Option(
-        None, help="queued, running, succeeded, failed or interrupted."
-    ),
+    status: str | None = typer.Option(None, help=", ".join(AUDIT_STATUSES) + "."),
     limit: int = typer.Option(50, help="At most this many, newest first."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Past audits, newest first."""
     from monitor.audit import store
 
+    check_choice("--status", status, AUDIT_STATUSES)
     audits = store.list_audits(
         state.database(), model=model, version=version, status=status, limit=limit
     )

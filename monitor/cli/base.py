@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+
+from monitor.errors import RobmonError
 
 if TYPE_CHECKING:
     from monitor.config import Settings
@@ -24,15 +26,30 @@ app = typer.Typer(
     help="Robustness Monitor: adversarial audits of MLflow models, production input monitoring, "
     "per-source alerts and release gates.",
     no_args_is_help=True,
+    # help is plain text, shown as written and wrapped (never cut) by click: with rich markup,
+    # "[alerts]" or "[ingest].paths" lost their brackets and long words were truncated with "…"
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+
+def command_group(name: str, **options: Any) -> typer.Typer:
+    """A group of subcommands, ``robmon NAME ...``, whose help is plain text like the app's."""
+    group = typer.Typer(no_args_is_help=True, rich_markup_mode=None, **options)
+    app.add_typer(group, name=name)
+    return group
+
+
 JSON_OPTION = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
 
+# a port beyond 65535 would wrap around (99999 binds 34463) while robmon announces 99999
+PORT_RANGE: dict[str, Any] = {"min": 1, "max": 65535}
 METRICS_PORT = typer.Option(
     None,
+    min=0,
+    max=65535,
     envvar="ROBMON_METRICS_PORT",
     help="Serve /healthz and /metrics (Prometheus) on this port (0: any free port).",
 )
@@ -85,6 +102,22 @@ class State:
 
 
 state = State()
+
+
+def check_choice(
+    option: str,
+    value: str | None,
+    accepted: Sequence[str],
+    aliases: Mapping[str, str] | None = None,
+) -> str | None:
+    """The accepted spelling of a filter value; a value that matches nothing by construction is
+    refused in one sentence naming the accepted ones (rather than answered with an empty list)."""
+    if value is None:
+        return None
+    chosen = (aliases or {}).get(value, value)
+    if chosen not in accepted:
+        raise RobmonError(f"{option} must be one of {', '.join(accepted)}, not {value!r}.")
+    return chosen
 
 
 def to_jsonable(value: Any) -> Any:

@@ -6,13 +6,22 @@ import getpass
 
 import typer
 
-from monitor.cli.base import JSON_OPTION, app, emit_json, note, print_table, say, state
+from monitor.cli.base import (
+    JSON_OPTION,
+    PORT_RANGE,
+    app,
+    command_group,
+    emit_json,
+    note,
+    print_table,
+    say,
+    state,
+)
 
-users_app = typer.Typer(help="Dashboard users (viewer or triager).", no_args_is_help=True)
-app.add_typer(users_app, name="users")
+users_app = command_group("users", help="Dashboard users (viewer or triager).")
 
 HOST = typer.Option("127.0.0.1", help="Address to bind (127.0.0.1: this machine only).")
-PORT = typer.Option(8050, help="Port to listen on.")
+PORT = typer.Option(8050, **PORT_RANGE, help="Port to listen on.")
 ALLOW_ANONYMOUS_VIEW = typer.Option(
     False,
     "--allow-anonymous-view",

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from monitor.cli.base import JSON_OPTION, app, emit_json, print_table, say, state
+from monitor.cli.base import JSON_OPTION, command_group, emit_json, print_table, say, state
 
-dead_letters_app = typer.Typer(
-    help="Production records that could not be scored, with their reasons.",
-    no_args_is_help=True,
+dead_letters_app = command_group(
+    "dead-letters", help="Production records that could not be scored, with their reasons."
 )
-app.add_typer(dead_letters_app, name="dead-letters")
 
 
 @dead_letters_app.command("list")

@@ -11,7 +11,15 @@ from pathlib import Path
 import typer
 from typer.core import TyperGroup
 
-from monitor.cli.base import JSON_OPTION, app, emit_json, print_table, progress_bars, say, state
+from monitor.cli.base import (
+    JSON_OPTION,
+    command_group,
+    emit_json,
+    print_table,
+    progress_bars,
+    say,
+    state,
+)
 
 
 class _GateGroup(TyperGroup):
@@ -23,12 +31,11 @@ class _GateGroup(TyperGroup):
         return super().resolve_command(ctx, args)
 
 
-gate_app = typer.Typer(
+gate_app = command_group(
+    "gate",
     cls=_GateGroup,
-    no_args_is_help=True,
     help="Release gate: pass or fail a model version on its robustness (exit 0/1/2).",
 )
-app.add_typer(gate_app, name="gate")
 
 
 @gate_app.command("check")

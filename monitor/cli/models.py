@@ -6,7 +6,9 @@ import typer
 
 from monitor.cli.base import (
     JSON_OPTION,
+    PORT_RANGE,
     app,
+    command_group,
     emit_json,
     fmt,
     note,
@@ -16,8 +18,7 @@ from monitor.cli.base import (
     state,
 )
 
-models_app = typer.Typer(help="Models in the MLflow registry.", no_args_is_help=True)
-app.add_typer(models_app, name="models")
+models_app = command_group("models", help="Models in the MLflow registry.")
 
 
 @models_app.command("list")
@@ -88,6 +89,7 @@ def demo(
     host: str = typer.Option("127.0.0.1", help="Dashboard address (127.0.0.1: this machine)."),
     port: int | None = typer.Option(
         None,
+        **PORT_RANGE,
         help="Dashboard port, which must be free (default: 8050, or a free port when 8050 is "
         "taken).",
     ),

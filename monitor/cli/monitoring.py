@@ -14,6 +14,8 @@ from monitor.cli.base import (
     METRICS_HOST,
     METRICS_PORT,
     app,
+    check_choice,
+    command_group,
     emit_json,
     fmt,
     note,
@@ -23,8 +25,7 @@ from monitor.cli.base import (
     state,
 )
 
-inputs_app = typer.Typer(help="Scored production inputs.", no_args_is_help=True)
-app.add_typer(inputs_app, name="inputs")
+inputs_app = command_group("inputs", help="Scored production inputs.")
 
 
 @app.command("calibrate")
@@ -293,8 +294,7 @@ def inputs_stats(
     from monitor.ingest.store import source_stats
     from monitor.times import parse_since
 
-    if by != "source":
-        raise typer.BadParameter("only 'source' is supported", param_hint="--by")
+    check_choice("--by", by, ("source",))
     stats = source_stats(
         state.database(),
         since=parse_since(since) if since else None,

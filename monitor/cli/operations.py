@@ -12,7 +12,9 @@ from monitor.cli.base import (
     JSON_OPTION,
     METRICS_HOST,
     METRICS_PORT,
+    PORT_RANGE,
     app,
+    command_group,
     emit_json,
     note,
     print_table,
@@ -20,8 +22,7 @@ from monitor.cli.base import (
     state,
 )
 
-jobs_app = typer.Typer(help="Scheduled jobs and their outcomes.", no_args_is_help=True)
-app.add_typer(jobs_app, name="jobs")
+jobs_app = command_group("jobs", help="Scheduled jobs and their outcomes.")
 log = logging.getLogger(__name__)
 
 
@@ -233,7 +234,7 @@ def serve(
     no_ingest: bool = typer.Option(False, "--no-ingest", help="Do not follow [ingest].paths."),
     no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Do not serve the dashboard."),
     host: str = typer.Option("127.0.0.1", help="Dashboard address (127.0.0.1: this machine)."),
-    port: int = typer.Option(8050, help="Dashboard port."),
+    port: int = typer.Option(8050, **PORT_RANGE, help="Dashboard port."),
     allow_anonymous_view: bool = typer.Option(
         False,
         "--allow-anonymous-view",
