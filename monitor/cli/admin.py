@@ -11,9 +11,10 @@ db_app = command_group("db", help="Migrate the database (Alembic revisions in mi
 
 @app.command("config")
 def show_config(as_json: bool = JSON_OPTION) -> None:
-    """Print the effective settings (passwords and URL tokens masked) and where each came
-    from; a robmon.toml with an invalid [alerts] table (e.g. a webhook that is not http or
-    https) is refused with one sentence."""
+    """Print the effective settings (passwords and URL tokens masked) and where each came from.
+
+    A robmon.toml with an invalid [alerts] table (a webhook that is not http or https, say) is
+    refused with one sentence."""
     from monitor.alerts.settings import AlertSettings
 
     AlertSettings.from_settings(state.settings())  # validated as every service reads it

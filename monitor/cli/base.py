@@ -11,7 +11,9 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from monitor.errors import RobmonError
 
@@ -21,8 +23,26 @@ if TYPE_CHECKING:
     from monitor.progress import Reporter
     from monitor.registry import Registry
 
+
+class HelpGroup(TyperGroup):
+    """A command group whose --help lists each command with its first sentence whole (click
+    cuts it to the width left over, "Print the effective settings (passwords and URL...")."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        commands = [(name, self.get_command(ctx, name)) for name in self.list_commands(ctx)]
+        rows = [
+            (name, command.get_short_help_str(limit=10_000))
+            for name, command in commands
+            if command is not None and not command.hidden
+        ]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
 app = typer.Typer(
     name="robmon",
+    cls=HelpGroup,
     help="Robustness Monitor: adversarial audits of MLflow models, production input monitoring, "
     "per-source alerts and release gates.",
     no_args_is_help=True,
@@ -37,6 +57,7 @@ app = typer.Typer(
 
 def command_group(name: str, **options: Any) -> typer.Typer:
     """A group of subcommands, ``robmon NAME ...``, whose help is plain text like the app's."""
+    options.setdefault("cls", HelpGroup)
     group = typer.Typer(no_args_is_help=True, rich_markup_mode=None, **options)
     app.add_typer(group, name=name)
     return group

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from typer.core import TyperGroup
 
 from monitor.cli.base import (
     JSON_OPTION,
+    HelpGroup,
     command_group,
     emit_json,
     print_table,
@@ -22,7 +22,7 @@ from monitor.cli.base import (
 )
 
 
-class _GateGroup(TyperGroup):
+class _GateGroup(HelpGroup):
     """`robmon gate MODEL ...` means `robmon gate check MODEL ...`."""
 
     def resolve_command(self, ctx, args):

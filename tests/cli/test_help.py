@@ -62,3 +62,15 @@ def test_help_keeps_every_bracketed_word(home) -> None:
     assert "Do not follow [ingest].paths." in run_robmon("serve", "--help").stdout
     ingest = run_robmon("ingest", "--help").stdout
     assert "ROBMON_REDIS_STREAM]" in ingest and "…" not in ingest
+
+
+def test_command_lists_show_each_first_sentence_whole(home) -> None:
+    """Group help lists every command with its first sentence, wrapped, never cut with "..."."""
+    for path in _command_paths():
+        shown = run_robmon(*path, "--help").stdout
+        if "Commands:" in shown:
+            assert "..." not in shown.split("Commands:", 1)[1], " ".join(path)
+    listing = " ".join(run_robmon("--help").stdout.split())
+    assert "config Print the effective settings (passwords and URL tokens masked) and where" in (
+        listing
+    )
