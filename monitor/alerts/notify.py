@@ -12,6 +12,11 @@ is read, and again here), and redirects are never followed: a 3xx answer is a fa
 so a receiver cannot bounce the signed request to an internal address. Every failure (an answer
 other than 2xx, a timeout, a refused connection, a broken answer, any exception) is counted in
 the row's ``attempts`` and in ``robmon_webhook_failures_total``; the notifier itself never fails.
+
+``timeout`` is a deadline for the whole delivery, not for each socket read: when it passes, the
+connection is shut down, so a receiver trickling its answer a byte at a time cannot hold the
+notifier (only a TLS handshake still in progress is bounded per read). The answer's body is
+never read.
 """
 
 from __future__ import annotations
@@ -277,6 +282,7 @@ def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> str
 def _answer(
     opener: urllib.request.OpenerDirector, request: urllib.request.Request, timeout: float
 ) -> str | None:
+    """Send ``request``: None on a 2xx status, else why not; the body stays unread."""
     try:
         with opener.open(request, timeout=timeout) as response:
             if 200 <= response.status < 300:
