@@ -84,6 +84,16 @@ class PolicyError(RobmonError):
     exit_code = 2
 
 
+QUOTE_LIMIT = 80  # characters of a value that a reason quotes
+
+
+def quoted(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """``repr`` of a value a message quotes, cut to ``limit`` characters with "…" (a reason
+    quoting a record's 100 KB path stays one readable sentence; control characters stay escaped)."""
+    text = repr(value if isinstance(value, str) else str(value))
+    return text if len(text) <= limit else text[: limit - 2] + "…" + text[0]
+
+
 def first_line(err: BaseException) -> str:
     """The first line of an error's message (a database error's driver message when it has
     one); the error's type when the message is empty."""

@@ -22,7 +22,7 @@ import os
 import stat
 import struct
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,9 @@ import numpy as np
 import orjson
 import torch
 
-from monitor.errors import BadRecord
+from monitor.errors import BadRecord, quoted
+from monitor.ingest import fields
+from monitor.ingest.fields import canonical_version
 from monitor.ingest.sources import not_regular
 
 INPUT_KINDS = ("array", "npy_b64", "png_b64", "path")
@@ -38,8 +40,6 @@ MAX_LINE_BYTES = 8 * 1024 * 1024
 MAX_PIXELS = 4_000_000
 MAX_CHANNELS = 4  # C of C×H×W: grey, RGB, RGBA
 IMAGE_FORMATS = ("PNG", "JPEG")  # the only decoders an image input reaches
-# record times that every window, retention and cool-down can add to or subtract from
-TS_RANGE = (datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC))
 # magic bytes of formats refused by name (a lookup, not a decoder: nothing else is parsed)
 _MAGIC = (
     (b"\x89PNG\r\n\x1a\n", "PNG"),
@@ -88,7 +88,8 @@ class Record:
 
 
 def parse_record(line: bytes | str, limits: Limits) -> Record:
-    """Validate one JSON line; every problem raises BadRecord with a reason a human can act on."""
+    """Validate one JSON line; every problem raises BadRecord with a reason a human can act on
+    (the named fields' rules: ``monitor.ingest.fields``)."""
     raw = line.encode() if isinstance(line, str) else line
     if len(raw) > limits.max_line_bytes:
         raise BadRecord(
@@ -103,7 +104,7 @@ def parse_record(line: bytes | str, limits: Limits) -> Record:
     missing = [k for k in ("ts", "source", "model", "input") if data.get(k) in (None, "")]
     if missing:
         raise BadRecord(f"missing field(s): {', '.join(missing)}.")
-    source, model = _text(data, "source"), _text(data, "model")
+    source, model = fields.text_field(data, "source"), fields.model_name(data)
     try:
         return _named_record(data, source, model, limits)
     except BadRecord as err:  # the sender is known: the dead letter keeps it
@@ -111,22 +112,15 @@ def parse_record(line: bytes | str, limits: Limits) -> Record:
 
 
 def _named_record(data: dict[str, Any], source: str, model: str, limits: Limits) -> Record:
-    version = data.get("version")
-    if (version is not None and not isinstance(version, str | int)) or isinstance(version, bool):
-        raise BadRecord("version must be a number or an alias.")
-    number = str(version) if version is not None else ""
-    if number.isascii() and number.isdigit() and (len(number) > 10 or int(number) >= 2**31):
-        raise BadRecord(f"version {number[:20]} is out of range (versions are below 2**31).")
-    request_id = data.get("id")
-    if request_id is not None and not isinstance(request_id, str | int):
-        raise BadRecord("id must be a string or a number.")
+    version = canonical_version(data.get("version"))
+    request_id = fields.request_id(data)
     image = decode_input(data["input"], limits)
     return Record(
-        request_id=None if request_id is None else str(request_id),
-        ts=_timestamp(data["ts"]),
+        request_id=request_id,
+        ts=fields.timestamp(data["ts"]),
         source=source,
         model=model,
-        version=None if version is None else str(version),
+        version=version,
         image=image,
         sha256=hashlib.sha256(image.numpy().tobytes()).hexdigest(),
     )
@@ -145,31 +139,6 @@ def _json_error(raw: bytes) -> str:
     return "unparseable"
 
 
-def _text(data: dict[str, Any], key: str) -> str:
-    value = data[key]
-    if not isinstance(value, str) or len(value) > 255:
-        raise BadRecord(f"{key} must be a string of at most 255 characters.")
-    return value
-
-
-def _timestamp(value: Any) -> datetime:
-    if not isinstance(value, str):
-        raise BadRecord("ts must be an ISO 8601 string such as 2026-11-24T19:00:00Z.")
-    try:
-        ts = datetime.fromisoformat(value)
-        ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-    except ValueError:
-        raise BadRecord(f"ts {value[:40]!r} is not an ISO 8601 time.") from None
-    except OverflowError:  # 0001-01-01T00:00:00+05:00 is before year 1 in UTC
-        ts = None
-    if ts is None or not TS_RANGE[0] <= ts < TS_RANGE[1]:
-        raise BadRecord(
-            f"ts {value[:40]!r} is out of range: record times lie between "
-            f"{TS_RANGE[0].year} and {TS_RANGE[1].year - 1}."
-        )
-    return ts
-
-
 def decode_input(spec: Any, limits: Limits) -> torch.Tensor:
     """The ``input`` object -> C×H×W float32 tensor in [0, 1]."""
     if not isinstance(spec, dict):
@@ -186,7 +155,7 @@ def decode_input(spec: Any, limits: Limits) -> torch.Tensor:
         array = _image_bytes(_b64(spec["png_b64"], "png_b64"), limits, "input.png_b64")
     else:
         path = spec["path"]
-        array = _image_bytes(_read_under_root(path, limits), limits, f"input.path {path!r}")
+        array = _image_bytes(_read_under_root(path, limits), limits, f"input.path {quoted(path)}")
     return _to_chw(array, limits)
 
 
@@ -325,23 +294,26 @@ def _read_under_root(value: Any, limits: Limits) -> bytes:
     try:
         path = (root / value).resolve()
     except (OSError, RuntimeError) as err:  # a symlink loop, a name too long
-        raise BadRecord(f"cannot read input.path {value!r}: {err}.") from None
+        why = err.strerror if isinstance(err, OSError) and err.strerror else "a symlink loop"
+        raise BadRecord(f"cannot read input.path {quoted(value)}: {why}.") from None
     if not path.is_relative_to(root):
-        raise BadRecord(f"input.path {value!r} is outside the input root {root}.")
+        raise BadRecord(f"input.path {quoted(value)} is outside the input root {root}.")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except OSError as err:
-        raise BadRecord(f"cannot read input.path {value!r}: {err.strerror}.") from None
+        raise BadRecord(f"cannot read input.path {quoted(value)}: {err.strerror}.") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise BadRecord(not_regular(f"input.path {value!r}", info.st_mode))
+            raise BadRecord(not_regular(f"input.path {quoted(value)}", info.st_mode))
         if info.st_size > limits.max_line_bytes:
-            raise BadRecord(f"input.path {value!r} is {info.st_size} bytes, over the size limit.")
+            raise BadRecord(
+                f"input.path {quoted(value)} is {info.st_size} bytes, over the size limit."
+            )
         with os.fdopen(fd, "rb", closefd=False) as handle:
             return handle.read(limits.max_line_bytes + 1)
     except OSError as err:
-        raise BadRecord(f"cannot read input.path {value!r}: {err.strerror}.") from None
+        raise BadRecord(f"cannot read input.path {quoted(value)}: {err.strerror}.") from None
     finally:
         os.close(fd)
 
