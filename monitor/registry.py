@@ -32,6 +32,8 @@ MODELS_EXPERIMENT = "robmon-models"
 DATASET_TAG = "robustness.dataset"
 PARENT_TAG = "robustness.parent"  # NAME/VERSION a hardened or defended version derives from
 _REF = re.compile(r"^(?:models:/)?(?P<name>[^/@]+?)(?:/(?P<version>\d+)|@(?P<alias>[\w.-]+))?$")
+# the store behind the server is down or busy: a pause, never an answer about what was asked
+_UNAVAILABLE_CODES = ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED")
 _UNREACHABLE = ("Max retries exceeded", "Connection refused", "Failed to establish", "timed out")
 
 
@@ -121,7 +123,7 @@ class Registry:
             text = str(err)
             if err.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in text.lower():
                 raise ModelNotFound(not_found or f"{what}: {_first_line(text)}.") from err
-            if any(marker in text for marker in _UNREACHABLE):
+            if err.error_code in _UNAVAILABLE_CODES or any(m in text for m in _UNREACHABLE):
                 raise RegistryUnavailable(
                     f"the MLflow tracking server at {self.settings.mlflow_tracking_uri} "
                     f"is unreachable ({what})."
@@ -144,14 +146,14 @@ class Registry:
         model = self._get_model(name)
         aliases = {a: str(v) for a, v in (model.aliases or {}).items()}
         if version is not None:
-            self._call(
+            found = self._call(
                 f"find version {version} of {name!r}",
                 self.client.get_model_version,
                 name,
                 version,
                 not_found=f"model {name!r} has no version {version}.",
             )
-            return ModelVersionRef(name, version)
+            return ModelVersionRef(name, str(found.version))  # "01" is version 1
         if alias is not None:
             if alias not in aliases:
                 known = ", ".join(sorted(aliases)) or "none"

@@ -13,11 +13,18 @@ new entries.
 
 Poison pills: an entry that keeps a consumer from committing (it crashes the process, say) would
 be redelivered forever. An entry delivered more than ``max_deliveries`` times (XPENDING's count;
-``[ingest] max_deliveries``, default 5) is dead-lettered unscored and acknowledged. Only what a
-crash leaves behind counts: the first delivery, a claim from another consumer, and the first
-reading of this consumer's pending entries after a (re)start. A retry after an outage in the same
+``[ingest] max_deliveries``, default 5) is dead-lettered unscored and acknowledged, unless it is
+refused for a reason of its own (it is parsed first, and keeps that reason). Only what a crash
+leaves behind counts: the first delivery, and the reading of this consumer's pending entries after
+a (re)start or a claim. Those re-deliveries are read, scored and committed one entry at a time
+(claims take entries over with JUSTID, which delivers nothing), so a poison pill crashes the
+consumer alone and the entries pending beside it are scored. A retry after an outage in the same
 process re-reads its pending entries with XRANGE, which delivers nothing, so a database outage
 does not turn good entries into poison pills.
+
+Failures (database, registry or Redis away): the consumer pauses and retries; with ``drain`` it
+gives up after ``DRAIN_ATTEMPTS`` failed rounds in a row, in one sentence (the entries stay
+pending for the next run).
 """
 
 from __future__ import annotations
@@ -31,9 +38,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from monitor import metrics
-from monitor.errors import RobmonError
+from monitor.errors import RobmonError, first_line
 from monitor.ingest import store
-from monitor.ingest.pipeline import Ingester, IngestSummary, Prepared, dead_letter
+from monitor.ingest.pipeline import Ingester, IngestSummary, Prepared
 from monitor.ingest.redis_stream import (
     DEFAULT_GROUP,
     FIELD,
@@ -43,9 +50,10 @@ from monitor.ingest.redis_stream import (
     default_consumer,
 )
 from monitor.ingest.sources import RawLine
-from monitor.ingest.store import ScoreTable
 
 log = logging.getLogger(__name__)
+# with --drain, rounds in a row that may fail before the run gives up (follow mode retries on)
+DRAIN_ATTEMPTS = 3
 
 
 @dataclass
@@ -68,6 +76,7 @@ class StreamConsumer:
         block: float = 1.0,
         retry_after: float = 5.0,
         max_deliveries: int = MAX_DELIVERIES,
+        drain_attempts: int = DRAIN_ATTEMPTS,
     ) -> None:
         self.ingester = ingester
         self.address = address
@@ -77,6 +86,8 @@ class StreamConsumer:
         self.block = block
         self.retry_after = retry_after
         self.max_deliveries = max_deliveries
+        self.drain_attempts = drain_attempts
+        self._failures = 0
         self.redis = connect(address.url)
         self._ensure_group()
         self._next_claim = 0.0
@@ -102,6 +113,7 @@ class StreamConsumer:
         )
         own_pending = True  # at start: entries delivered to this name before a restart
         pending: Future | None = None
+        self._failures = 0  # rounds failed since the last commit
 
         def settle() -> None:  # wait for the batch being committed; raise its error
             nonlocal pending
@@ -130,6 +142,9 @@ class StreamConsumer:
                         settle()
                     own_pending = True  # not acknowledged: read again after the pause
                     self._started = False  # ... without counting that as a delivery
+                    self._failures += 1
+                    if drain and self._failures >= self.drain_attempts:
+                        raise RobmonError(self._give_up_reason(err)) from err
                     log.error("stream ingest paused: %s (retry in %.0f s)", err, self.retry_after)
                     stop.wait(self.retry_after)
             settle()
@@ -153,15 +168,17 @@ class StreamConsumer:
         claimed entries may have been committed before (see ``_prepare``)."""
         count = self.ingester.batch_size
         if own_pending:
-            own = self._read("0", count, None) if self._started else self._reread(count)
+            # a counted delivery (after a crash) takes one entry at a time: a poison pill then
+            # crashes the consumer alone, and the entries pending beside it are scored
+            own = self._read("0", 1, None) if self._started else self._reread(count)
             if own:
                 return own, "own"
             self._started = False
         if time.monotonic() >= self._next_claim:
             self._next_claim = time.monotonic() + max(self.claim_after / 4, 0.5)
-            claimed = self._claim(count)
-            if claimed:
-                return claimed, "claimed"
+            if self._claim(count):  # now this consumer's own, read one at a time
+                self._started = True
+                return self._next_entries(True, block)
         return self._read(">", count, int(self.block * 1000) if block else None), "new"
 
     def _read(self, start: str, count: int, block_ms: int | None) -> list[Any]:
@@ -193,20 +210,22 @@ class StreamConsumer:
             self.redis.xack(self.address.stream, self.group, *trimmed)
         return [(entry_id, fields) for entry_id, fields in found if fields]
 
-    def _claim(self, count: int) -> list[Any]:
-        """Entries idle at other (dead or stuck) consumers for longer than ``claim_after``."""
-        answer = self.redis.xautoclaim(
+    def _claim(self, count: int) -> int:
+        """Take over entries idle at other (dead or stuck) consumers for longer than
+        ``claim_after``, without delivering them (JUSTID: they are delivered, and counted, as
+        this consumer reads them one at a time). Returns how many."""
+        ids = self.redis.xautoclaim(
             self.address.stream,
             self.group,
             self.consumer,
             min_idle_time=int(self.claim_after * 1000),
             start_id="0-0",
             count=count,
+            justid=True,
         )
-        claimed = [(i, f) for i, f in answer[1] if f is not None]
-        if claimed:
-            log.warning("claimed %d entries left pending by another consumer", len(claimed))
-        return claimed
+        if ids:
+            log.warning("claimed %d entries left pending by another consumer", len(ids))
+        return len(ids)
 
     def _drained(self) -> bool:
         pending = self.redis.xpending(self.address.stream, self.group)["pending"]
@@ -242,18 +261,22 @@ class StreamConsumer:
             if key not in done
         ]
         deliveries = self._deliveries([i for _, i, _ in fresh]) if redelivered else {}
-        poison = [f for f in fresh if deliveries.get(f[1], 0) > self.max_deliveries]
-        rest = [f for f in fresh if deliveries.get(f[1], 0) <= self.max_deliveries]
-        prepared = None
-        if rest:
-            prepared = self.ingester.prepare([line for _, _, line in rest], [k for k, _, _ in rest])
+        poison = {
+            key: self._poison_reason(entry_id, deliveries[entry_id])
+            for key, entry_id, _ in fresh
+            if deliveries.get(entry_id, 0) > self.max_deliveries
+        }
         if poison:
-            log.warning("dead-lettering %d entries delivered too often (poison pills)", len(poison))
-            prepared = prepared or Prepared(0, ScoreTable(), [], 0)
-            prepared.lines += len(poison)
-            prepared.dead.extend(
-                dead_letter(line, key, self._poison_reason(entry_id, deliveries[entry_id]))
-                for key, entry_id, line in poison
+            log.warning(
+                "%d entries delivered more than %d times: set aside as poison pills unless "
+                "refused for a reason of their own",
+                len(poison),
+                self.max_deliveries,
+            )
+        prepared = None
+        if fresh:  # parsed first: an entry refused for its own reason keeps that reason
+            prepared = self.ingester.prepare(
+                [line for _, _, line in fresh], [key for key, _, _ in fresh], set_aside=poison
             )
         return _Batch(ids, prepared)
 
@@ -276,11 +299,18 @@ class StreamConsumer:
             f"(more than max_deliveries = {self.max_deliveries}): set aside as a poison pill."
         )
 
+    def _give_up_reason(self, err: BaseException) -> str:
+        return (
+            f"stream ingest stopped after {self._failures} failed attempts in a row: "
+            f"{first_line(err).rstrip('.')} (the entries stay pending for the next run)."
+        )
+
     def _store(self, batch: _Batch) -> None:
         """Commit the batch's scores and dead letters, then acknowledge its entries."""
         if batch.prepared is not None:
             self.ingester.store_prepared(batch.prepared, None)
         self.redis.xack(self.address.stream, self.group, *batch.ids)
+        self._failures = 0
         oldest_ms = min(int(entry_id.split("-")[0]) for entry_id in batch.ids)
         metrics.INGEST_LAG.set(max(0.0, time.time() - oldest_ms / 1000))
 

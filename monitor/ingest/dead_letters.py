@@ -1,4 +1,8 @@
-"""Reading the dead letters back: the newest rows, and how many there are of each kind of reason.
+"""Dead letters: the row for a record that cannot be scored, and reading them back (the newest
+rows, and how many there are of each kind of reason).
+
+A row holds no NUL character (PostgreSQL refuses NUL in text, and one refused row would stop its
+batch): NULs in the excerpt, reason, source or model are replaced by U+FFFD.
 
 Reasons are one sentence each and often name the record's own values (``ts '0001-…' is out of
 range``, ``line of 9123456 bytes ...``); counting groups them by their wording with quoted
@@ -9,15 +13,54 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
 from monitor.db.models import DeadLetter
 from monitor.db.session import Database
+from monitor.db.types import utcnow
+from monitor.errors import first_line, quoted
+from monitor.ingest.sources import RawLine
+
+if TYPE_CHECKING:
+    from monitor.ingest.records import Record
 
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 _NUMBER = re.compile(r"\b\d+(?:\.\d+)?\b")
+
+
+def undecodable(err: BaseException) -> str:
+    """The dead-letter reason for a failure the parser did not foresee (one sentence)."""
+    return f"the record could not be decoded ({type(err).__name__}: {quoted(first_line(err))})."
+
+
+def dead_letter(
+    line: RawLine,
+    key: str | None,
+    reason: str,
+    record: Record | None = None,
+    *,
+    source: str | None = None,
+    model: str | None = None,
+) -> dict[str, Any]:
+    """A ``dead_letters`` row for ``line`` (``key``: its stream entry, if any; the source and
+    model from ``record``, or as given when the record was refused after naming them)."""
+    return {
+        "received_at": utcnow(),
+        "origin": _no_nul(line.origin),
+        "line_number": line.line_number,
+        "byte_offset": line.offset,
+        "reason": _no_nul(reason),
+        "excerpt": _no_nul(line.excerpt),
+        "source": _no_nul(record.source if record else source),
+        "model_name": _no_nul(record.model if record else model),
+        "entry_key": key,
+    }
+
+
+def _no_nul(text: str | None) -> str | None:
+    return None if text is None else text.replace("\x00", "\ufffd")
 
 
 def reason_kind(reason: str) -> str:

@@ -29,7 +29,14 @@ from monitor.config import Settings
 from monitor.db.session import Database
 from monitor.detect.scores import ProbabilityFn
 from monitor.detect.squeezers import Squeezer, default_squeezers, parse_squeezer
-from monitor.errors import BadRecord, ModelIncompatible, ModelNotFound
+from monitor.errors import (
+    BadRecord,
+    ModelIncompatible,
+    RegistryError,
+    RegistryUnavailable,
+    first_line,
+    quoted,
+)
 from monitor.registry import ModelVersionRef, Registry
 
 log = logging.getLogger(__name__)
@@ -65,23 +72,34 @@ class ModelCache:
     _models: OrderedDict[ModelVersionRef, ScoringModel] = field(default_factory=OrderedDict)
 
     def resolve(self, model: str, version: str | None) -> ModelVersionRef:
-        """The version a record names (number, alias or default); BadRecord when unknown."""
+        """The version a record names (canonical number, alias or default), as the registry's
+        version number: every spelling reaches one model and one calibration. Whatever the
+        registry answers about it, short of being unreachable, is the record's BadRecord."""
         key = (model, version)
         cached = self._refs.get(key)
         if cached is not None and time.monotonic() - cached[0] < RESOLVE_TTL_SECONDS:
             return cached[1]
         if version is None:
             reference = model
-        elif version.isdigit():
+        elif version.isascii() and version.isdigit():
             reference = f"models:/{model}/{version}"
         else:
             reference = f"models:/{model}@{version}"
         try:
             ref = self.registry.resolve(reference)
-        except ModelNotFound as err:
+        except RegistryUnavailable:
+            raise
+        except RegistryError as err:  # unknown, malformed, refused by MLflow: this record's
             raise BadRecord(str(err)) from None
-        self._refs[key] = (time.monotonic(), ModelVersionRef(ref.name, ref.version))
-        return self._refs[key][1]
+        except Exception as err:  # an answer nobody foresaw (e.g. a store's OverflowError)
+            log.warning("resolving %s failed", reference, exc_info=True)
+            raise BadRecord(
+                f"the registry could not resolve {quoted(reference)} "
+                f"({type(err).__name__}: {quoted(first_line(err))})."
+            ) from None
+        canonical = ModelVersionRef(ref.name, str(int(ref.version)))
+        self._refs[key] = (time.monotonic(), canonical)
+        return canonical
 
     def get(self, ref: ModelVersionRef) -> ScoringModel:
         """The loaded model with its squeezers and thresholds (LRU cached)."""
@@ -95,7 +113,9 @@ class ModelCache:
             return model
         try:
             classifier = self.registry.load(ref, self.device)
-        except ModelIncompatible as err:
+        except RegistryUnavailable:
+            raise
+        except (ModelIncompatible, RegistryError) as err:  # a version that cannot be loaded
             raise BadRecord(str(err)) from None
         model = ScoringModel(ref, classifier, probability_fn(classifier), [], None)
         self._use(model, self._calibration(ref))

@@ -31,8 +31,9 @@ from monitor.db.session import Database
 from monitor.db.types import utcnow
 from monitor.detect.fingerprints import fingerprint_bytes
 from monitor.detect.scores import score_inputs
-from monitor.errors import BadRecord, ModelIncompatible, RobmonError, first_line
+from monitor.errors import BadRecord, ModelIncompatible, RobmonError
 from monitor.ingest import rollups, store
+from monitor.ingest.dead_letters import dead_letter, undecodable
 from monitor.ingest.models import ModelCache, ScoringModel
 from monitor.ingest.records import Limits, Record, parse_record
 from monitor.ingest.sources import (
@@ -240,9 +241,25 @@ class Ingester:
                 if pending is not None:
                     pending.result()
 
-    def prepare(self, lines: list[RawLine], keys: list[str] | None) -> Prepared:
-        """Parse, drop repeats, score per model version (no database writes)."""
-        return self.score(self.parse(lines, keys))
+    def prepare(
+        self,
+        lines: list[RawLine],
+        keys: list[str] | None,
+        set_aside: dict[str, str] | None = None,
+    ) -> Prepared:
+        """Parse, drop repeats, score per model version (no database writes). ``set_aside``:
+        keys of lines dead-lettered with the given reason instead of scored (when they parse:
+        a line's own reason, if it has one, is kept)."""
+        batch = self.parse(lines, keys)
+        reasons = set_aside or {}
+        for ref, items in batch.groups.items():
+            for item in items:
+                if item.key in reasons:
+                    batch.dead.append(
+                        dead_letter(item.line, item.key, reasons[item.key], item.record)
+                    )
+            batch.groups[ref] = [i for i in items if i.key not in reasons]
+        return self.score(batch)
 
     def parse(self, lines: list[RawLine], keys: list[str] | None) -> _Batch:
         """Parse and decode ``lines``, drop repeats, group by model version (no model work,
@@ -263,6 +280,8 @@ class Ingester:
         """Score each model version's records of a parsed batch."""
         scores, dead = ScoreTable(), batch.dead
         for ref, items in batch.groups.items():
+            if not items:
+                continue
             try:
                 model = self.models.get(ref)
             except BadRecord as err:
@@ -435,36 +454,6 @@ def _drop_repeats(parsed: list[_Parsed]) -> tuple[list[_Parsed], int]:
             seen.add(pair)
         kept.append(item)
     return kept, len(parsed) - len(kept)
-
-
-def undecodable(err: BaseException) -> str:
-    """The dead-letter reason for a failure the parser did not foresee (one sentence)."""
-    detail = first_line(err).rstrip(".")[:200]
-    return f"the record could not be decoded ({type(err).__name__}: {detail})."
-
-
-def dead_letter(
-    line: RawLine,
-    key: str | None,
-    reason: str,
-    record: Record | None = None,
-    *,
-    source: str | None = None,
-    model: str | None = None,
-) -> dict[str, Any]:
-    """A ``dead_letters`` row for ``line`` (``key``: its stream entry, if any; the source and
-    model from ``record``, or as given when the record was refused after naming them)."""
-    return {
-        "received_at": utcnow(),
-        "origin": line.origin,
-        "line_number": line.line_number,
-        "byte_offset": line.offset,
-        "reason": reason,
-        "excerpt": line.excerpt,
-        "source": record.source if record else source,
-        "model_name": record.model if record else model,
-        "entry_key": key,
-    }
 
 
 def _keep(folder: Path, record: Record) -> Path:

@@ -264,3 +264,34 @@ def test_a_failed_commit_stops_the_run_and_nothing_after_it_lands(
         assert sorted(s.scalars(select(InputScore.request_id)).all()) == sorted(
             f"r{i}" for i in range(50)
         )
+
+
+def test_every_spelling_of_a_version_is_scored_by_its_calibrated_detector(
+    demo_home, demo_registry, digits, robmon, tmp_path
+) -> None:
+    """Pentest 2026-11-29, finding 3: "01" (or 1, "1", the champion alias) is version 1 with
+    version 1's calibration, never an uncalibrated "version 01"; digits of other scripts are
+    refused."""
+    from monitor.db.models import CalibrationRequest
+
+    model = demo_registry.load(demo_registry.resolve("digits-cnn")).module
+    adversarial = fgsm(model, digits.x[:30], digits.y[:30], 0.3)
+    spellings = ["1", "01", "001", 1, "champion"]
+    lines = [
+        record(x, source=f"s{k}", version=spelling)
+        for k, spelling in enumerate(spellings)
+        for x in adversarial
+    ]
+    lines += [record(adversarial[0], source="arabic", version="٠١")]
+    summary = robmon("ingest", str(write_lines(tmp_path / "v.jsonl", lines)), "--json").json()
+
+    assert (summary["scored"], summary["uncalibrated"], summary["dead_letters"]) == (150, 0, 1)
+    db = _db()
+    with db.session() as s:
+        rows = s.scalars(select(InputScore).order_by(InputScore.id)).all()
+        reason = s.scalar(select(DeadLetter.reason))
+    assert {(r.model_version, r.calibration_id is not None) for r in rows} == {("1", True)}
+    assert _count(db, CalibrationRequest) == 0
+    flags = [[r.flagged for r in rows if r.source == f"s{k}"] for k in range(len(spellings))]
+    assert sum(flags[0]) >= 8 and all(f == flags[0] for f in flags)
+    assert "not written in ASCII digits" in reason

@@ -245,3 +245,223 @@ def test_retries_after_an_outage_are_not_counted_as_deliveries(demo_home, digits
     scored, dead = _stored(db)
     assert scored == ["r0", "r1", "r2", "r3"] and dead == {}
     db.dispose()
+
+
+# -- pentest 2026-11-29: one record's registry answer, NUL bytes, redelivered batches ----------
+
+
+def test_a_registry_refusal_about_one_record_is_that_records_dead_letter(demo_home) -> None:
+    """What MLflow answers about a record's model or version (a name it refuses, a number its
+    store cannot hold) is a BadRecord; every spelling of a version resolves to its number."""
+    from monitor.errors import BadRecord
+    from monitor.ingest.models import ModelCache
+    from monitor.registry import ModelVersionRef
+
+    settings, db, registry = context_for(demo_home)
+    cache = ModelCache(db, registry, settings)
+    for model, version in (("a:b", None), ("digits-cnn", "999999999999999999999999")):
+        with pytest.raises(BadRecord):
+            cache.resolve(model, version)
+    assert cache.resolve("digits-cnn", "01") == ModelVersionRef("digits-cnn", "1")
+    assert cache.resolve("digits-cnn", "champion") == ModelVersionRef("digits-cnn", "1")
+    db.dispose()
+
+
+def test_a_model_name_mlflow_refuses_does_not_stop_the_file(
+    demo_home, digits, robmon, tmp_path: Path
+) -> None:
+    lines = [
+        record(digits.x[0], rid="g0", ts=_recent()),
+        record(digits.x[1], rid="colon", ts=_recent(), model="a:b"),
+        record(digits.x[2], rid="big", ts=_recent(), version="999999999999999999999999"),
+        record(digits.x[3], rid="g3", ts=_recent()),
+    ]
+    result = robmon("ingest", str(write_lines(tmp_path / "p.jsonl", lines)), "--json")
+
+    assert result.code == 0, result.stderr
+    assert (result.json()["scored"], result.json()["dead_letters"]) == (2, 2)
+    _, db, _ = context_for(demo_home)
+    scored, dead = _stored(db)
+    assert scored == ["g0", "g3"]
+    assert "model 'a:b' is not a model name" in dead[2] and "out of range" in dead[3]
+    db.dispose()
+
+
+def test_nul_bytes_never_reach_a_dead_letter(
+    demo_home, digits, db_url, monkeypatch, robmon, tmp_path: Path
+) -> None:
+    """PostgreSQL refuses NUL in text: a NUL in an invalid line, or in a refused source, must not
+    make the dead letter's insert fail (which would stop the batch)."""
+    monkeypatch.setenv("ROBMON_DB_URL", db_url)
+    assert robmon("db", "upgrade").code == 0
+    log = tmp_path / "nul.jsonl"
+    log.write_bytes(
+        record(digits.x[0], rid="g0", ts=_recent()).encode()
+        + b'\n{"ts": \x00 broken\n'
+        + record(digits.x[1], rid="nul", ts=_recent(), source="10.0.0.1\x00").encode()
+        + b"\n"
+        + record(digits.x[2], rid="g2", ts=_recent()).encode()
+        + b"\n"
+    )
+    result = robmon("ingest", str(log), "--json")
+
+    assert result.code == 0, result.stderr
+    assert (result.json()["scored"], result.json()["dead_letters"]) == (2, 2)
+    _, db, _ = context_for(demo_home)
+    with db.session() as s:
+        rows = s.scalars(select(DeadLetter).order_by(DeadLetter.line_number)).all()
+        texts = [(d.reason, d.excerpt, d.source or "") for d in rows]
+    assert [d.line_number for d in rows] == [2, 3]
+    assert all("\x00" not in t for row in texts for t in row)
+    assert texts[0][1] == '{"ts": \ufffd broken'
+    assert "source holds a control character (U+0000)" in texts[1][0]
+    db.dispose()
+
+
+def _crashing_consumer(home, address: str, **options):
+    """A consumer whose commit of any score from source "pill" fails the way a crash does (an
+    error no retry handles: the process stops, its entries stay pending)."""
+    from monitor.ingest.broker import StreamConsumer
+    from monitor.ingest.pipeline import Ingester
+    from monitor.ingest.redis_stream import StreamAddress
+
+    def crash(_session, scores, _ids) -> None:
+        if "pill" in scores.column("source"):
+            raise SystemError("the pill crashed the consumer")
+
+    settings, db, registry = context_for(home)
+    ingester = Ingester(db, registry, settings, on_commit=crash)
+    return StreamConsumer(ingester, StreamAddress.parse(address), "g", "c1", **options), db
+
+
+def test_a_poison_pill_takes_only_itself_down(demo_home, digits, stream) -> None:
+    """The pill crashes its consumer on every try; after each restart, the entries pending beside
+    it are delivered one at a time, so they are scored and the pill alone reaches max_deliveries."""
+    address, client, name = stream
+    bodies = [record(digits.x[i], rid=f"r{i}", ts=_recent()) for i in range(4)]
+    bodies[1] = record(digits.x[1], rid="p", ts=_recent(), source="pill")
+    ids = _publish(client, name, bodies)
+
+    crashes = 0
+    for _ in range(6):  # a supervisor restarting the consumer under the same name
+        consumer, db = _crashing_consumer(demo_home, address, max_deliveries=2, retry_after=0.05)
+        try:
+            consumer.run(threading.Event(), drain=True)
+            break
+        except SystemError:
+            crashes += 1
+        finally:
+            db.dispose()
+
+    assert crashes == 2 and client.xpending(name, "g")["pending"] == 0
+    _, db, _ = context_for(demo_home)
+    scored, _ = _stored(db)
+    assert scored == ["r0", "r2", "r3"]
+    dead = _dead_by_entry(db, name)
+    assert list(dead) == [ids[1]] and "poison pill" in dead[ids[1]]
+    db.dispose()
+
+
+def test_redelivered_entries_keep_their_own_reasons(demo_home, digits, stream) -> None:
+    """The pentest's six entries, delivered six times without a commit: the malformed ones keep
+    their own reasons, only the well-formed ones are set aside as poison pills."""
+    address, client, name = stream
+    ids = [
+        client.xadd(name, fields).decode()
+        for fields in (
+            {"record": record(digits.x[0], rid="r0", ts=_recent())},
+            {"record": "{not json"},
+            {"other": "no record field"},
+            {"record": b"\xff\xfe"},
+            {"record": record(digits.x[1], rid="r1", ts=_recent(), model="a:b")},
+            {"record": record(digits.x[2], rid="r2", ts=_recent())},
+        )
+    ]
+    client.xgroup_create(name, "g", id="0")
+    for _ in range(6):
+        client.xreadgroup("g", "c1", {name: "0" if _ else ">"}, count=6)
+    consumer, db = _consumer(demo_home, address, "c1", max_deliveries=5)
+
+    summary = consumer.run(threading.Event(), drain=True)
+
+    assert (summary.records, summary.scored, summary.dead_letters) == (6, 0, 6)
+    dead = _dead_by_entry(db, name)
+    assert "poison pill" in dead[ids[0]] and "poison pill" in dead[ids[5]]
+    assert "not valid JSON" in dead[ids[1]]
+    assert "not valid JSON" in dead[ids[2]]  # its excerpt names the fields it has
+    assert "poison pill" not in dead[ids[3]]
+    assert "model 'a:b' is not a model name" in dead[ids[4]]
+    db.dispose()
+
+
+def test_the_pentest_stream_drains(demo_home, digits, stream) -> None:
+    """Good entries, malformed ones and a model name MLflow refuses: --drain scores the good
+    ones, dead-letters the rest for their own reasons, and returns."""
+    address, client, name = stream
+    ids = [
+        client.xadd(name, fields).decode()
+        for fields in (
+            {"record": record(digits.x[0], rid="r0", ts=_recent())},
+            {"record": "{not json"},
+            {"other": "no record field"},
+            {"record": b"\xff\xfe"},
+            {"record": record(digits.x[1], rid="r1", ts=_recent(), model="a:b")},
+            {"record": record(digits.x[2], rid="r2", ts=_recent())},
+        )
+    ]
+    consumer, db = _consumer(demo_home, address, "c1", retry_after=0.05)
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (consumer.run(done, drain=True), done.set()))
+    worker.start()
+    finished = done.wait(60)
+    done.set()
+    worker.join(timeout=30)
+
+    assert finished, "--drain did not return"
+    scored, _ = _stored(db)
+    assert scored == ["r0", "r2"]
+    dead = _dead_by_entry(db, name)
+    assert sorted(dead) == sorted(ids[1:5])
+    assert not any("poison pill" in reason for reason in dead.values())
+    db.dispose()
+
+
+def test_drain_gives_up_on_an_error_that_repeats(demo_home, digits, stream) -> None:
+    """With --drain, a commit that keeps failing ends the run with one sentence after a bounded
+    number of attempts; the entries stay pending, not counted as deliveries."""
+    from sqlalchemy import text
+
+    from monitor.errors import RobmonError
+
+    address, client, name = stream
+    _publish(client, name, [record(digits.x[i], rid=f"r{i}", ts=_recent()) for i in range(3)])
+    consumer, db = _consumer(demo_home, address, "c1", retry_after=0.02)
+    with db.session() as s:
+        s.execute(
+            text(
+                "CREATE TRIGGER refuse BEFORE INSERT ON input_scores "
+                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+        )
+    outcome: list[BaseException] = []
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            consumer.run(stop, drain=True)
+        except RobmonError as err:
+            outcome.append(err)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(timeout=60)
+    stop.set()
+    worker.join(timeout=30)
+
+    assert len(outcome) == 1, "--drain did not give up"
+    message = str(outcome[0])
+    assert message.startswith("stream ingest stopped after 3 failed attempts in a row")
+    assert "refused by the test" in message and "\n" not in message
+    counts = [r["times_delivered"] for r in client.xpending_range(name, "g", "-", "+", 10)]
+    assert counts == [1, 1, 1]
+    db.dispose()
