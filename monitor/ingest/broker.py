@@ -92,7 +92,9 @@ class StreamConsumer:
         self._ensure_group()
         self._next_claim = 0.0
         self._next_backlog = 0.0
-        self._started = True  # own pending entries not yet re-read since this process started
+        # whose pending entries are delivered (and counted) one at a time: "own" after a (re)start,
+        # "claimed" after a claim, None when a re-read is a retry (XRANGE, not a delivery)
+        self._counted: str | None = "own"
 
     def run(self, stop: threading.Event, drain: bool = False) -> IngestSummary:
         """Consume until ``stop`` is set (or, with ``drain``, until nothing is left to read).
@@ -124,7 +126,7 @@ class StreamConsumer:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-commit") as writer:
             while not stop.is_set():
                 try:
-                    if own_pending:
+                    if own_pending or self._counted:
                         settle()
                     entries, source = self._next_entries(own_pending, block=not drain)
                     own_pending = source == "own"  # read them until none are left
@@ -141,7 +143,7 @@ class StreamConsumer:
                     with contextlib.suppress(Exception):
                         settle()
                     own_pending = True  # not acknowledged: read again after the pause
-                    self._started = False  # ... without counting that as a delivery
+                    self._counted = None  # ... without counting that as a delivery
                     self._failures += 1
                     if drain and self._failures >= self.drain_attempts:
                         raise RobmonError(self._give_up_reason(err)) from err
@@ -167,18 +169,18 @@ class StreamConsumer:
         entries idle too long at other consumers ("claimed"), else new ones ("new"). Own and
         claimed entries may have been committed before (see ``_prepare``)."""
         count = self.ingester.batch_size
-        if own_pending:
-            # a counted delivery (after a crash) takes one entry at a time: a poison pill then
-            # crashes the consumer alone, and the entries pending beside it are scored
-            own = self._read("0", 1, None) if self._started else self._reread(count)
+        if own_pending or self._counted:
+            # a counted delivery (after a crash, or a claim) takes one entry at a time: a poison
+            # pill then crashes the consumer alone, and the entries pending beside it are scored
+            own = self._read("0", 1, None) if self._counted else self._reread(count)
             if own:
-                return own, "own"
-            self._started = False
+                return own, self._counted or "own"
+            self._counted = None
         if time.monotonic() >= self._next_claim:
             self._next_claim = time.monotonic() + max(self.claim_after / 4, 0.5)
             if self._claim(count):  # now this consumer's own, read one at a time
-                self._started = True
-                return self._next_entries(True, block)
+                self._counted = "claimed"
+                return self._next_entries(own_pending, block)
         return self._read(">", count, int(self.block * 1000) if block else None), "new"
 
     def _read(self, start: str, count: int, block_ms: int | None) -> list[Any]:
