@@ -104,7 +104,11 @@ def parse_record(line: bytes | str, limits: Limits) -> Record:
     missing = [k for k in ("ts", "source", "model", "input") if data.get(k) in (None, "")]
     if missing:
         raise BadRecord(f"missing field(s): {', '.join(missing)}.")
-    source, model = fields.text_field(data, "source"), fields.model_name(data)
+    source = fields.text_field(data, "source")
+    try:
+        model = fields.model_name(data)
+    except BadRecord as err:  # the sender is known: the dead letter keeps it
+        raise BadRecord(str(err), source) from None
     try:
         return _named_record(data, source, model, limits)
     except BadRecord as err:  # the sender is known: the dead letter keeps it

@@ -284,6 +284,7 @@ def test_a_model_name_mlflow_refuses_does_not_stop_the_file(
     scored, dead = _stored(db)
     assert scored == ["g0", "g3"]
     assert "model 'a:b' is not a model name" in dead[2] and "out of range" in dead[3]
+    assert _senders(db) == {2: "10.0.0.1", 3: "10.0.0.1"}  # traced to their sender
     db.dispose()
 
 
