@@ -170,6 +170,10 @@ def test_two_ingesters_score_every_entry_once_even_when_one_is_killed(
         wait_for(lambda: len(stored_keys("")[0]) > 600, 120, "600 scored entries")
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
+        client = redis.Redis.from_url(address.url)
+        left = {
+            c["name"].decode(): c["pending"] for c in client.xinfo_consumers(address.stream, "g")
+        }
         assert second.wait(timeout=240) == 0, (tmp_path / "b.log").read_text()[-3000:]
     finally:
         for process in (first, second):
@@ -180,11 +184,11 @@ def test_two_ingesters_score_every_entry_once_even_when_one_is_killed(
     assert len(scored) + len(dead) == n  # nothing twice ...
     assert set(scored) | set(dead) == expected  # ... and nothing lost
     assert len(dead) == n // 50
-    client = redis.Redis.from_url(address.url)
     assert client.xpending(address.stream, "g")["pending"] == 0
     consumers = {c["name"].decode(): c for c in client.xinfo_consumers(address.stream, "g")}
     assert set(consumers) == {"a", "b"}
-    assert "claimed" in (tmp_path / "b.log").read_text()  # b took over a's pending entries
+    if left.get("a"):  # what the killed ingester held, b took over (a may die between batches)
+        assert "claimed" in (tmp_path / "b.log").read_text()
 
 
 def test_a_record_without_its_field_is_dead_lettered_with_what_it_had(
