@@ -4,6 +4,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from monitor.db.models import InputScore
@@ -31,6 +32,7 @@ def _append(path: Path, lines: list[str], partial: str = "") -> None:
         handle.flush()
 
 
+@pytest.mark.thread_waits
 def test_follow_survives_rotation_and_truncation(demo_home, digits, tmp_path: Path) -> None:
     from monitor.config import load_settings
     from monitor.db.session import open_database

@@ -147,6 +147,7 @@ def _dead_by_entry(db, name: str) -> dict[str, str]:
         }
 
 
+@pytest.mark.thread_waits
 def test_a_bad_ts_among_good_entries_is_dead_lettered_not_a_poison_pill(
     demo_home, digits, stream
 ) -> None:
@@ -167,6 +168,7 @@ def test_a_bad_ts_among_good_entries_is_dead_lettered_not_a_poison_pill(
     db.dispose()
 
 
+@pytest.mark.thread_waits
 def test_an_entry_delivered_too_often_is_dead_lettered_and_acknowledged(
     demo_home, digits, stream
 ) -> None:
@@ -207,6 +209,7 @@ def test_max_deliveries_is_read_from_the_ingest_table(home, tmp_path: Path) -> N
         IngestSettings.from_settings(load_settings())
 
 
+@pytest.mark.thread_waits
 def test_retries_after_an_outage_are_not_counted_as_deliveries(demo_home, digits, stream) -> None:
     """While the database refuses the batch, the consumer retries many times; the entries stay
     at one delivery each (re-read with XRANGE), so none becomes a poison pill, and all are
@@ -335,6 +338,7 @@ def _crashing_consumer(home, address: str, **options):
     return StreamConsumer(ingester, StreamAddress.parse(address), "g", "c1", **options), db
 
 
+@pytest.mark.thread_waits
 def test_a_poison_pill_takes_only_itself_down(demo_home, digits, stream) -> None:
     """The pill crashes its consumer on every try; after each restart, the entries pending beside
     it are delivered one at a time, so they are scored and the pill alone reaches max_deliveries."""
@@ -363,6 +367,7 @@ def test_a_poison_pill_takes_only_itself_down(demo_home, digits, stream) -> None
     db.dispose()
 
 
+@pytest.mark.thread_waits
 def test_redelivered_entries_keep_their_own_reasons(demo_home, digits, stream) -> None:
     """The pentest's six entries, delivered six times without a commit: the malformed ones keep
     their own reasons, only the well-formed ones are set aside as poison pills."""
@@ -395,6 +400,7 @@ def test_redelivered_entries_keep_their_own_reasons(demo_home, digits, stream) -
     db.dispose()
 
 
+@pytest.mark.thread_waits
 def test_the_pentest_stream_drains(demo_home, digits, stream) -> None:
     """Good entries, malformed ones and a model name MLflow refuses: --drain scores the good
     ones, dead-letters the rest for their own reasons, and returns."""
@@ -427,6 +433,7 @@ def test_the_pentest_stream_drains(demo_home, digits, stream) -> None:
     db.dispose()
 
 
+@pytest.mark.thread_waits
 def test_drain_gives_up_on_an_error_that_repeats(demo_home, digits, stream) -> None:
     """With --drain, a commit that keeps failing ends the run with one sentence after a bounded
     number of attempts; the entries stay pending, not counted as deliveries."""

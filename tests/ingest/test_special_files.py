@@ -42,6 +42,7 @@ def test_a_fifo_named_on_the_command_line_is_refused_at_once(home, robmon, tmp_p
     assert time.perf_counter() - started < 30
 
 
+@pytest.mark.thread_waits
 def test_a_log_replaced_by_a_fifo_is_dead_lettered_and_following_goes_on(
     demo_home, digits, tmp_path: Path
 ) -> None:
