@@ -302,6 +302,7 @@ def _with_timeout(seconds: int) -> None:
     Path("robmon.toml").write_text(text + f"timeout = {seconds}\n")
 
 
+@pytest.mark.thread_waits  # the deadline is a threading.Timer
 def test_the_timeout_bounds_the_whole_delivery_of_a_trickling_receiver(home, raw_receiver):
     """A receiver sending its headers a byte every 0.4 s never trips a per-read timeout of 1 s;
     the delivery still fails after about 1 s in all, counted like any failure."""
