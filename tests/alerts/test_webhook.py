@@ -73,28 +73,6 @@ def receivers():
         server.server_close()
 
 
-@pytest.fixture
-def garbage_port():
-    """A TCP server that answers every connection with bytes that are not HTTP."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
-
-    def answer() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                conn.recv(65536)
-                conn.sendall(b"\x00\x01 this is not HTTP\r\n\r\n")
-
-    threading.Thread(target=answer, daemon=True).start()
-    yield listener.getsockname()[1]
-    stop.set()
-    listener.close()
-
-
 def _outbox_with_one_notification(url: str):
     """The settings of ``url`` (written to robmon.toml) and a database holding one incident
     with its notification queued."""
@@ -167,9 +145,10 @@ def test_a_redirect_is_a_failed_delivery_and_is_never_followed(home, receivers) 
     assert _outbox(db)[0][0] == 2 and _failures() == before + 2
 
 
-def test_a_receiver_answering_garbage_is_a_counted_failure(home, garbage_port) -> None:
+def test_a_receiver_answering_garbage_is_a_counted_failure(home, raw_receiver) -> None:
     from monitor.alerts.notify import deliver_due
 
+    garbage_port = raw_receiver(lambda conn, _: conn.sendall(b"\x00\x01 this is not HTTP\r\n\r\n"))
     db, settings = _outbox_with_one_notification(f"http://127.0.0.1:{garbage_port}/hook")
     before = _failures()
     result = deliver_due(db, settings)  # http.client's BadStatusLine: not an OSError

@@ -367,12 +367,10 @@ def test_a_poison_pill_takes_only_itself_down(demo_home, digits, stream) -> None
     db.dispose()
 
 
-@pytest.mark.thread_waits
-def test_redelivered_entries_keep_their_own_reasons(demo_home, digits, stream) -> None:
-    """The pentest's six entries, delivered six times without a commit: the malformed ones keep
-    their own reasons, only the well-formed ones are set aside as poison pills."""
-    address, client, name = stream
-    ids = [
+def _publish_pentest_entries(client, name: str, digits) -> list[str]:
+    """The penetration test's six entries: good, not JSON, no record field, not UTF-8, a model
+    name MLflow refuses, good. Their stream ids."""
+    return [
         client.xadd(name, fields).decode()
         for fields in (
             {"record": record(digits.x[0], rid="r0", ts=_recent())},
@@ -383,6 +381,14 @@ def test_redelivered_entries_keep_their_own_reasons(demo_home, digits, stream) -
             {"record": record(digits.x[2], rid="r2", ts=_recent())},
         )
     ]
+
+
+@pytest.mark.thread_waits
+def test_redelivered_entries_keep_their_own_reasons(demo_home, digits, stream) -> None:
+    """The pentest's six entries, delivered six times without a commit: the malformed ones keep
+    their own reasons, only the well-formed ones are set aside as poison pills."""
+    address, client, name = stream
+    ids = _publish_pentest_entries(client, name, digits)
     client.xgroup_create(name, "g", id="0")
     for _ in range(6):
         client.xreadgroup("g", "c1", {name: "0" if _ else ">"}, count=6)
@@ -405,17 +411,7 @@ def test_the_pentest_stream_drains(demo_home, digits, stream) -> None:
     """Good entries, malformed ones and a model name MLflow refuses: --drain scores the good
     ones, dead-letters the rest for their own reasons, and returns."""
     address, client, name = stream
-    ids = [
-        client.xadd(name, fields).decode()
-        for fields in (
-            {"record": record(digits.x[0], rid="r0", ts=_recent())},
-            {"record": "{not json"},
-            {"other": "no record field"},
-            {"record": b"\xff\xfe"},
-            {"record": record(digits.x[1], rid="r1", ts=_recent(), model="a:b")},
-            {"record": record(digits.x[2], rid="r2", ts=_recent())},
-        )
-    ]
+    ids = _publish_pentest_entries(client, name, digits)
     consumer, db = _consumer(demo_home, address, "c1", retry_after=0.05)
     done = threading.Event()
     worker = threading.Thread(target=lambda: (consumer.run(done, drain=True), done.set()))
