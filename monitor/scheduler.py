@@ -14,11 +14,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from monitor import jobs, leases
 from monitor.audit import queue
@@ -135,13 +137,24 @@ def run_scheduler(
     jobs.install(context)
     lease_ttl = lease_ttl or context.watch.lease_ttl
     scheduler = None
-    announced_standby = False
+    announced_standby = recovered = False
+    held_until = 0.0  # monotonic time until which this process's last renewal holds the lease
     try:
         while not context.stop.is_set():
-            if leases.acquire(context.db, LEASE_NAME, context.worker, lease_ttl):
+            try:
+                held = leases.acquire(context.db, LEASE_NAME, context.worker, lease_ttl)
+            except SQLAlchemyError as err:  # a locked or unreachable database: try again soon
+                log.warning("could not renew the scheduler lease (%s); trying again", err)
+                held = scheduler is not None and time.monotonic() < held_until
+            else:
+                if held:
+                    held_until = time.monotonic() + lease_ttl * 0.9
+            if held:
                 if scheduler is None:
                     log.info("%s is the active scheduler", context.worker)
-                    queue.recover_stale(context.db, context.worker.split("#")[0] + "#")
+                    if not recovered:
+                        queue.recover_stale(context.db, context.worker.split("#")[0] + "#")
+                        recovered = True
                     scheduler = build_scheduler(context, poll_interval)
                     scheduler.start()
                     if not context.watch.run_audits and scheduler.get_job("audit-queue"):

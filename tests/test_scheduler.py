@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ limit = 60
 eps = [0.1]
 
 [watch]
-lease_ttl = 2
+lease_ttl = 8
 retry_backoff = "0s"
 max_attempts = 2
 """
@@ -159,13 +160,20 @@ def test_one_second_poll_audits_a_new_version_exactly_once(context) -> None:
     assert current_holder(context.db, "scheduler") is None  # released on a clean stop
 
 
-def _scheduler(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "monitor", "scheduler", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+def _scheduler(*args: str, command: str = "scheduler") -> subprocess.Popen:
+    """``robmon <command>`` with its output in a file (a pipe nobody reads fills up and stalls
+    the process's logging, and with it the lease renewals)."""
+    output = tempfile.TemporaryFile("w+")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "monitor", command, *args], stdout=output, stderr=subprocess.STDOUT
     )
+    process.output = output
+    return process
+
+
+def _output(process: subprocess.Popen) -> str:
+    process.output.seek(0)
+    return process.output.read()
 
 
 def _stop(*processes: subprocess.Popen) -> None:
@@ -174,6 +182,8 @@ def _stop(*processes: subprocess.Popen) -> None:
             process.send_signal(signal.SIGTERM)
     for process in processes:
         process.wait(timeout=60)
+        print(f"-- {process.args[3]} {process.pid} (exit {process.returncode}):")  # on failure
+        print(_output(process))
 
 
 def test_two_schedulers_on_one_database_make_one_audit(context) -> None:
@@ -198,7 +208,7 @@ def test_two_schedulers_on_one_database_make_one_audit(context) -> None:
         assert len(holders) == 1  # the other process stood by
     finally:
         _stop(first, second)
-    outputs = first.stdout.read() + second.stdout.read()
+    outputs = _output(first) + _output(second)
     assert "standing by" in outputs and "is the active scheduler" in outputs
 
 
@@ -252,12 +262,7 @@ def test_serve_runs_scheduler_and_ingester_until_sigterm(context, digits, tmp_pa
     log = tmp_path / "prod.jsonl"
     log.write_text("")
     Path("robmon.toml").write_text(FAST_AUDIT + f'\n[ingest]\npaths = ["{log}"]\n')
-    process = subprocess.Popen(
-        [sys.executable, "-m", "monitor", "serve", "--poll-interval", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = _scheduler("--poll-interval", "1", command="serve")
     try:
         with log.open("a") as handle:
             handle.write("".join(record(digits.x[i]) + "\n" for i in range(20)))
@@ -270,7 +275,7 @@ def test_serve_runs_scheduler_and_ingester_until_sigterm(context, digits, tmp_pa
         wait_until(lambda: len(audits(context.db, status="succeeded")) == 3, process=process)
     finally:
         _stop(process)
-    output = process.stdout.read()
+    output = _output(process)
     assert process.returncode == 0, output
     assert "stopped cleanly" in output
 

@@ -11,6 +11,7 @@ that expires, and the audit is marked interrupted and queued again.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -111,13 +112,24 @@ def heartbeat(
 
 def recover_stale(db: Database, worker_prefix: str | None = None) -> list[int]:
     """Mark interrupted every running audit whose lease expired, or that an earlier incarnation
-    of this worker (same ``worker_prefix``) left behind."""
+    of this worker (same ``worker_prefix``, a process that is no longer running) left behind.
+
+    Another live process of the same name on this host (a second scheduler standing by, a
+    second worker) keeps its audits: only their leases can say they are gone."""
     now = utcnow()
-    condition = Audit.lease_expires_at < now
-    if worker_prefix:
-        condition = condition | Audit.worker.startswith(worker_prefix)
     with db.session() as s:
-        stale = list(s.scalars(select(Audit.id).where(Audit.status == "running", condition)))
+        running = s.execute(
+            select(Audit.id, Audit.worker, Audit.lease_expires_at).where(Audit.status == "running")
+        ).all()
+        mine = [
+            row for row in running if worker_prefix and (row.worker or "").startswith(worker_prefix)
+        ]
+        stale = [
+            row.id
+            for row in running
+            if (row.lease_expires_at is not None and row.lease_expires_at < now)
+            or (row in mine and _gone(row.worker))
+        ]
         for audit_id in stale:
             audit = s.get_one(Audit, audit_id)
             audit.status, audit.finished_at, audit.active_key = "interrupted", now, None
@@ -125,6 +137,23 @@ def recover_stale(db: Database, worker_prefix: str | None = None) -> list[int]:
     for audit_id in stale:
         log.warning("audit %s was left running by a stopped worker: marked interrupted", audit_id)
     return stale
+
+
+def _gone(worker: str) -> bool:
+    """Whether the process named ``name#pid`` is no longer running here: its pid is ours (an
+    earlier incarnation, as in a restarted container) or no process has it."""
+    pid = worker.rpartition("#")[2]
+    if not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        return False
+    return False
 
 
 def due_for_retry(
