@@ -74,6 +74,9 @@ class Audit(Base):
     heartbeat_at: Mapped[datetime | None]
     lease_expires_at: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # how the audit ran, beside its configuration: the model's input contract, which eps grid
+    # and why, the batch size chosen for the memory there was (none of it changes the hash)
+    run_info: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     results: Mapped[list[AuditResult]] = relationship(
         back_populates="audit", cascade="all, delete-orphan", order_by="AuditResult.id"
@@ -259,6 +262,8 @@ class InputScore(Base):
     input_sha256: Mapped[str] = mapped_column(String(64))
     origin: Mapped[str | None] = mapped_column(String(1024))
     kept_path: Mapped[str | None] = mapped_column(String(1024))
+    # what the ingester did to fit the input to the model ("resized 512x512->224x224; L->RGB")
+    conversion: Mapped[str | None] = mapped_column(String(255))
 
     __table_args__ = (
         UniqueConstraint("source", "request_id"),
