@@ -1,7 +1,13 @@
 """Attack speed against its floor (k forward+backward passes to the input) and against ART.
 
-    OMP_NUM_THREADS=1 python benchmarks/attacks.py            # CPU: 8×8 demo CNN, 28×28 CNN
-    python benchmarks/attacks.py --device cuda                 # adds a ResNet-18 on 32×32
+    OMP_NUM_THREADS=1 python benchmarks/attacks.py            # CPU, every case at CPU sizes
+    OMP_NUM_THREADS=1 python benchmarks/attacks.py --cases resnet224 --batch224 8 --steps224 3
+    python benchmarks/attacks.py --device cuda                 # GPU sizes (ResNets at 1024/128)
+
+Cases: the 8×8 demo CNN and a 28×28 CNN (trained on digits), and two ResNet-18s with random
+weights (speed is measured, not accuracy; labels are the model's own predictions): the CIFAR
+variant on 3×32×32 and the ImageNet variant (7×7 stem, max-pool) on 3×224×224. Sizes default
+by device and scale with ``--resnet-batch``, ``--batch224``, ``--steps224``, ``--repeats224``.
 
 Every ratio is measured in this one run (medians over repetitions). The floor is one forward
 plus one backward pass to the input with the model's parameters frozen, which is what an attack
@@ -48,12 +54,14 @@ def trained_digits_model(name: str, device: torch.device, epochs: int):
     return model.to(device).eval(), test.x.to(device), test.y.to(device)
 
 
-def resnet_case(device: torch.device, batch: int):
+def random_resnet_case(builder, size: int, device: torch.device, batch: int):
+    """A ResNet with random weights on random ``size``×``size`` colour images, labelled with its
+    own predictions (so clean accuracy is 1 and attacks have something to flip)."""
     torch.manual_seed(0)
-    model = architectures.resnet18_cifar().to(device).eval()
-    x = torch.rand(batch, 3, 32, 32, device=device)
+    model = builder().to(device).eval()
+    x = torch.rand(batch, 3, size, size, device=device)
     with torch.no_grad():
-        y = model(x).argmax(1)  # untrained: its own predictions are the labels
+        y = model(x).argmax(1)
     return model, x, y
 
 
@@ -97,7 +105,7 @@ def bench(label, model, x, y, eps, steps, repeats, device, with_art):
     t_pgd_es = median_seconds(lambda: pgd(model, x, y, eps, steps=steps, seed=0), device, repeats)
     acc_fgsm = accuracy(model, fgsm(model, x, y, eps), y)
     acc_pgd = accuracy(model, pgd(model, x, y, eps, steps=steps, seed=0), y)
-    print(f"\n== {label}: batch {len(x)}, eps {eps}, PGD-{steps}, device {device} ==")
+    print(f"\n== {label}: batch {len(x)}, eps {eps:.4g}, PGD-{steps}, device {device} ==")
     print(f"clean accuracy {accuracy(model, x, y):.3f}; floor (1 fwd+bwd) {floor * 1e3:.2f} ms")
     rows = [
         ("FGSM / 1 floor", f"{t_fgsm / floor:.3f}", f"{t_fgsm * 1e3:.1f} ms", f"{acc_fgsm:.3f}"),
@@ -219,43 +227,58 @@ def fast_rows(model, x, y, eps, steps, repeats, device, t_pgd, acc_pgd):
     ]
 
 
+# case: (label, eps); sizes come from the options (defaults by device)
+CASES = {
+    "digits-cnn": ("digits-cnn on digits", 0.1),
+    "cnn28": ("cnn28 on digits28", 0.1),
+    "resnet32": ("ResNet-18 on 3×32×32 (random weights)", 8 / 255),
+    "resnet224": ("ResNet-18 on 3×224×224 (random weights)", 8 / 255),
+}
+CPU_SIZES = {"resnet_batch": 32, "batch224": 8, "steps224": 3, "repeats224": 3}
+GPU_SIZES = {"resnet_batch": 1024, "batch224": 128, "steps224": 10, "repeats224": 7}
+
+
+def case_inputs(name: str, args: argparse.Namespace, device: torch.device):
+    """Model, inputs, labels, PGD steps and repeats for one case."""
+    if name == "digits-cnn":
+        return (*trained_digits_model(name, device, 15), args.steps, args.repeats)
+    if name == "cnn28":
+        return (*trained_digits_model(name, device, 4), args.steps, args.repeats)
+    if name == "resnet32":
+        case = random_resnet_case(architectures.resnet18_cifar, 32, device, args.resnet_batch)
+        return (*case, args.steps, args.repeats)
+    case = random_resnet_case(architectures.resnet18_imagenet, 224, device, args.batch224)
+    return (*case, args.steps224, args.repeats224)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--no-art", action="store_true")
+    parser.add_argument(
+        "--cases", default=",".join(CASES), help="comma-separated, of " + ", ".join(CASES)
+    )
+    parser.add_argument("--resnet-batch", type=int, help="32×32 ResNet batch (CPU 32, GPU 1024)")
+    parser.add_argument("--batch224", type=int, help="224×224 ResNet batch (CPU 8, GPU 128)")
+    parser.add_argument("--steps224", type=int, help="PGD steps at 224×224 (CPU 3, GPU 10)")
+    parser.add_argument("--repeats224", type=int, help="repeats at 224×224 (CPU 3, GPU 7)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    sizes = GPU_SIZES if device.type == "cuda" else CPU_SIZES
+    for key, default in sizes.items():
+        if getattr(args, key) is None:
+            setattr(args, key, default)
     torch.manual_seed(0)
     if device.type == "cpu":
         torch.set_num_threads(int(__import__("os").environ.get("OMP_NUM_THREADS", "1")))
-    for name, eps, epochs in (("digits-cnn", 0.1, 15), ("cnn28", 0.1, 4)):
-        model, x, y = trained_digits_model(name, device, epochs)
-        bench(
-            f"{name} on {'digits28' if name == 'cnn28' else 'digits'}",
-            model,
-            x,
-            y,
-            eps,
-            args.steps,
-            args.repeats,
-            device,
-            not args.no_art,
-        )
-    if device.type == "cuda":
-        model, x, y = resnet_case(device, 1024)
-        bench(
-            "ResNet-18 on 32×32 (untrained)",
-            model,
-            x,
-            y,
-            8 / 255,
-            args.steps,
-            args.repeats,
-            device,
-            not args.no_art,
-        )
+    for name in args.cases.split(","):
+        if name not in CASES:
+            parser.error(f"unknown case {name!r}; choose from {', '.join(CASES)}")
+        label, eps = CASES[name]
+        model, x, y, steps, repeats = case_inputs(name, args, device)
+        bench(label, model, x, y, eps, steps, repeats, device, not args.no_art)
 
 
 if __name__ == "__main__":
