@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from monitor.errors import ConfigError
+from monitor.ingest.convert_rules import config_rules
 
 CONFIG_FILE_ENV = "ROBMON_CONFIG"
 DEFAULT_CONFIG_FILE = "robmon.toml"
@@ -149,6 +150,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     """Read the environment and robmon.toml; the environment wins over the file."""
     env = dict(os.environ if environ is None else environ)
     config_file, tables = _read_config_file(env)
+    config_rules(tables)  # [ingest.convert."NAME"]: a bad rule stops here, in one sentence
     top = tables.get("robmon", {})
     unknown = set(top) - _TOP_LEVEL_KEYS
     if unknown:

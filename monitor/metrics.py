@@ -8,11 +8,15 @@ the same truth. Names follow Prometheus conventions (``_total``, ``_seconds``).
 from __future__ import annotations
 
 import logging
+from collections import Counter as Tally
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from monitor.ingest.convert_rules import conversion_kinds
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,13 @@ RECORDS_UNCALIBRATED = Counter(
     ["model"],
     registry=REGISTRY,
 )
+INGEST_CONVERSIONS = Counter(
+    "robmon_ingest_conversions_total",
+    "Conversions of scored inputs to their model's input (a conversion rule of robmon.toml or "
+    "the tag robustness.convert), by kind: resize or colour.",
+    ["model", "kind"],
+    registry=REGISTRY,
+)
 INGEST_LAG = Gauge(
     "robmon_ingest_lag_seconds",
     "Age of the oldest record in the last committed batch when it was committed "
@@ -67,6 +78,30 @@ WEBHOOK_FAILURES = Counter(
     "timeout, a connection error or any other exception (they are retried with backoff).",
     registry=REGISTRY,
 )
+
+
+def count_committed(scores: Any, dead: int) -> None:
+    """Count one committed batch of the ingester: ``scores`` (a ``ScoreTable``: its model,
+    flag, calibration and conversion columns) and ``dead`` dead letters."""
+    models = scores.column("model_name")
+    for (model, flagged, calibration), n in Tally(
+        zip(models, scores.column("flagged"), scores.column("calibration_id"), strict=True)
+    ).items():
+        RECORDS_SCORED.labels(model).inc(n)
+        if flagged:
+            RECORDS_FLAGGED.labels(model).inc(n)
+        if calibration is None:
+            RECORDS_UNCALIBRATED.labels(model).inc(n)
+    texts = scores.column("conversion") or [None] * len(models)
+    conversions = Tally(
+        (model, kind)
+        for model, text in zip(models, texts, strict=True)
+        if text
+        for kind in conversion_kinds(text)
+    )
+    for (model, kind), n in conversions.items():
+        INGEST_CONVERSIONS.labels(model, kind).inc(n)
+    RECORDS_DEAD.inc(dead)
 
 
 class OpenAlerts(Collector):

@@ -263,6 +263,7 @@ def ingest(
         "dead_letters": summary.dead_letters,
         "flagged": summary.flagged,
         "uncalibrated": summary.uncalibrated,
+        "converted": summary.converted,
         "duplicates": summary.duplicates,
         "seconds": round(summary.seconds, 3),
         "notes": summary.notes,
@@ -276,6 +277,7 @@ def ingest(
     say(
         f"{summary.records} records: {summary.scored} scored ({summary.flagged} flagged"
         + (f", {summary.uncalibrated} without a calibration" if summary.uncalibrated else "")
+        + (f", {summary.converted} converted" if summary.converted else "")
         + f"), {summary.dead_letters} dead letters, {summary.duplicates} duplicates, "
         f"{summary.seconds:.1f} s ({rate:.0f} records/s)"
     )

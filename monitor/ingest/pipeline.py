@@ -14,7 +14,7 @@ import os
 import re
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,7 +25,6 @@ import torch
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from monitor import metrics
-from monitor.classifiers import check_input_shape
 from monitor.config import Settings
 from monitor.db.session import Database
 from monitor.db.types import utcnow
@@ -59,6 +58,7 @@ class IngestSummary:
     dead_letters: int = 0
     flagged: int = 0
     uncalibrated: int = 0  # scored without flags: the version had no calibration yet
+    converted: int = 0  # scored after a conversion rule resized or converted them
     duplicates: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -305,7 +305,8 @@ class Ingester:
         flagged = scores.columns.get("flagged", [])
         self.summary.flagged += sum(flagged)
         self.summary.uncalibrated += scores.column("calibration_id").count(None)
-        _count(scores, dead)
+        self.summary.converted += len(scores) - scores.column("conversion").count(None)
+        metrics.count_committed(scores, len(dead))
         return ids
 
     def _commit(
@@ -363,11 +364,12 @@ class Ingester:
     def _score(
         self, model: ScoringModel, items: list[_Parsed], dead: list[dict[str, Any]]
     ) -> ScoreTable:
-        fitting = []
+        fitting, conversions = [], []
         for item in items:
             try:
-                check_input_shape(model.classifier, tuple(item.record.image.shape), "the input")
+                item.record.image, conversion = model.fit(item.record.image)
                 fitting.append(item)
+                conversions.append(conversion.text if conversion else None)
             except ModelIncompatible as err:
                 dead.append(dead_letter(item.line, item.key, str(err), item.record))
         n = len(fitting)
@@ -413,6 +415,7 @@ class Ingester:
                 "origin": [i.key for i in fitting],
                 "kept_path": [None] * n,
                 "fingerprint": fingerprint_bytes(x, stop=model.stop_hashes),
+                "conversion": conversions,
             }
         )
         if self.keep_flagged is not None:
@@ -421,24 +424,6 @@ class Ingester:
                 for record, flagged in zip(records, table.columns["flagged"], strict=True)
             ]
         return table
-
-
-def _count(scores: ScoreTable, dead: list[dict[str, Any]]) -> None:
-    """Prometheus counters of committed work."""
-    for (model, flagged, calibration), n in Counter(
-        zip(
-            scores.column("model_name"),
-            scores.column("flagged"),
-            scores.column("calibration_id"),
-            strict=True,
-        )
-    ).items():
-        metrics.RECORDS_SCORED.labels(model).inc(n)
-        if flagged:
-            metrics.RECORDS_FLAGGED.labels(model).inc(n)
-        if calibration is None:
-            metrics.RECORDS_UNCALIBRATED.labels(model).inc(n)
-    metrics.RECORDS_DEAD.inc(len(dead))
 
 
 def _drop_repeats(parsed: list[_Parsed]) -> tuple[list[_Parsed], int]:

@@ -272,11 +272,7 @@ def _image_bytes(data: bytes, limits: Limits, what: str) -> np.ndarray:
                     f"{limits.max_pixels} pixels."
                 )
             img.load()
-            # uint8 until the tensor: converted once, in torch, with no range to check
-            if img.mode in ("1", "L", "I;16", "I", "F"):
-                array = np.asarray(img.convert("L"), dtype=np.uint8)[None]
-            else:
-                array = np.asarray(img.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
+            array = _pixels(img)
     except BadRecord:
         raise
     except Image.DecompressionBombError:
@@ -287,6 +283,21 @@ def _image_bytes(data: bytes, limits: Limits, what: str) -> np.ndarray:
         reason = str(err).splitlines()[0].rstrip(".") if str(err) else type(err).__name__
         raise BadRecord(f"cannot decode the image in {what}: {reason}.") from None
     return array
+
+
+def _pixels(img: Any) -> np.ndarray:
+    """A decoded image as uint8 C×H×W (converted once, in torch, with no range to check):
+    grey modes as L, others as RGB; an image with transparent pixels keeps its alpha channel
+    (LA or RGBA: a conversion rule composites it over white, ``monitor.ingest.convert``), an
+    opaque one drops it as before."""
+    if img.mode in ("1", "L", "I;16", "I", "F"):
+        return np.asarray(img.convert("L"), dtype=np.uint8)[None]
+    if img.mode in ("LA", "La", "RGBA", "RGBa", "PA") or "transparency" in img.info:
+        mode = "LA" if img.mode in ("LA", "La") else "RGBA"
+        array = np.asarray(img.convert(mode), dtype=np.uint8).transpose(2, 0, 1)
+        if (array[-1] < 255).any():
+            return array
+    return np.asarray(img.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
 
 
 def _read_under_root(value: Any, limits: Limits) -> bytes:

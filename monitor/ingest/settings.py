@@ -21,6 +21,7 @@ _KEYS = {
     "max_pixels",
     "device",
     "max_deliveries",
+    "convert",  # [ingest.convert."NAME"]: read by the ingester's model cache (convert_rules)
 }
 
 
@@ -44,6 +45,7 @@ class IngestSettings:
                 f"robmon.toml: unknown key ingest.{sorted(unknown)[0]} "
                 f"(known: {', '.join(sorted(_KEYS))})."
             )
+        table.pop("convert", None)  # checked when the settings were loaded
         if "paths" in table:
             paths = table["paths"]
             if isinstance(paths, str):

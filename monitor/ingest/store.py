@@ -131,6 +131,7 @@ def commit_batch(
 
 _SCORE_COLUMNS = [c.name for c in InputScore.__table__.columns if c.name != "id"]
 _JSON_COLUMNS = {"divergences"}
+_OPTIONAL_COLUMNS = {"conversion"}  # NULL when a table leaves it out (nothing was converted)
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy stores DateTime on SQLite
 
 
@@ -138,6 +139,8 @@ def insert_scores(session: Session, scores: ScoreTable) -> list[int]:
     """Insert scores in as few statements as the database allows; their ids in order."""
     if not len(scores):
         return []
+    for name in _OPTIONAL_COLUMNS - set(scores.columns):
+        scores.columns[name] = [None] * len(scores)
     missing = set(_SCORE_COLUMNS) - set(scores.columns)
     if missing:
         raise ValueError(f"score columns missing: {sorted(missing)}")
