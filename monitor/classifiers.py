@@ -1,17 +1,20 @@
 """Loaded models behind one small interface: differentiable torch modules and black boxes.
 
-Both take pixel-space tensors in [0, 1] shaped N×C×H×W. Nothing here imports MLflow: the
-registry builds these objects, and attacks, audits and the scorer only use them.
+Both take pixel-space tensors in [0, 1] shaped N×C×H×W; each carries the input contract it was
+loaded with (``monitor.contracts``), which converts pixels to what the model takes. Nothing here
+imports MLflow: the registry builds these objects, and attacks, audits and the scorer only use
+them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
+from monitor.contracts import InputContract, to_model_array
 from monitor.errors import ModelIncompatible
 
 OUTPUT_KINDS = ("logits", "probabilities", "labels")
@@ -19,7 +22,8 @@ OUTPUT_KINDS = ("logits", "probabilities", "labels")
 
 @dataclass
 class TorchClassifier:
-    """A differentiable torch module returning logits (normalisation lives inside the module)."""
+    """A differentiable torch module returning logits; ``module`` takes pixel space (a model with
+    another input contract is wrapped in a ``contracts.PixelAdapter``)."""
 
     name: str
     module: torch.nn.Module
@@ -29,6 +33,7 @@ class TorchClassifier:
     batch_size: int = 512
     input_shape: tuple[int, ...] | None = None  # C, H, W from the signature, when known
     attack_module: torch.nn.Module | None = None  # a faster stand-in used to craft attacks
+    contract: InputContract = field(default_factory=InputContract)
 
     @property
     def crafting_module(self) -> torch.nn.Module:
@@ -63,6 +68,7 @@ class BlackBoxClassifier:
 
     ``layout`` says how pixel tensors are handed over: ``nchw`` as is, ``nhwc`` channels last,
     ``flat`` one row of C·H·W features per image (how scikit-learn models are usually trained).
+    ``contract`` scales and normalises the pixels first (uint8 inputs are rounded and cast).
     The predict function returns class probabilities (N×K) or labels (N).
     """
 
@@ -74,16 +80,19 @@ class BlackBoxClassifier:
     outputs: str = "probabilities"
     batch_size: int = 1024
     input_shape: tuple[int, ...] | None = None  # C, H, W (or features,) from the signature
+    contract: InputContract = field(default_factory=InputContract)
 
     def _raw(self, x: torch.Tensor) -> np.ndarray:
         outs = []
+        layout = "nchw" if self.layout == "flat" else self.layout
+        contract = replace(self.contract, layout=layout)
         for i in range(0, len(x), self.batch_size):
-            chunk = x[i : i + self.batch_size].detach().cpu().numpy()
+            chunk = to_model_array(
+                x[i : i + self.batch_size].detach().cpu().numpy(), contract, self.dtype
+            )
             if self.layout == "flat":
                 chunk = chunk.reshape(len(chunk), -1)
-            elif self.layout == "nhwc":
-                chunk = chunk.transpose(0, 2, 3, 1)
-            result = self.predict_fn(chunk.astype(self.dtype, copy=False))
+            result = self.predict_fn(chunk)
             outs.append(np.asarray(getattr(result, "to_numpy", lambda r=result: r)()))
         return np.concatenate(outs) if outs else np.empty((0,))
 

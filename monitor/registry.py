@@ -22,6 +22,14 @@ import torch
 
 from monitor.classifiers import BlackBoxClassifier, Classifier, TorchClassifier, layout_from_shape
 from monitor.config import Settings, apply_mlflow_environment
+from monitor.contracts import (
+    CONTRACT_TAG,
+    InputContract,
+    PixelAdapter,
+    from_signature,
+    parse_contract,
+    resolve_contract,
+)
 from monitor.errors import ModelIncompatible, ModelNotFound, RegistryError, RegistryUnavailable
 
 log = logging.getLogger(__name__)
@@ -223,10 +231,13 @@ class Registry:
     # -- loading --------------------------------------------------------------------------
 
     def load(self, ref: ModelVersionRef, device: str | torch.device = "cpu") -> Classifier:
-        """Torch models as differentiable modules in eval mode; anything else as a black box."""
+        """Torch models as differentiable modules in eval mode; anything else as a black box.
+
+        Either way the classifier takes pixel space: its input contract adapts it."""
+        contract = self.input_contract(ref)
         if "pytorch" in self.flavors(ref):
-            return self.load_torch(ref, device)
-        return self._load_blackbox(ref)
+            return self.load_torch(ref, device, contract)
+        return self._load_blackbox(ref, contract)
 
     def input_signature(self, ref: ModelVersionRef) -> tuple[tuple[int, ...] | None, str]:
         """(shape without the batch axis, dtype) of the model's tensor input signature."""
@@ -239,9 +250,36 @@ class Registry:
         spec = schema.inputs[0]
         return tuple(spec.shape[1:]), str(spec.type)
 
+    def input_contract(self, ref: ModelVersionRef) -> InputContract:
+        """How the version takes pixels: robmon.toml ``[input."NAME"]`` over the tag
+        ``robustness.input`` over what the signature says."""
+        shape, dtype = self.input_signature(ref)
+        tag = self.version_tags(ref).get(CONTRACT_TAG)
+        config = self.settings.section("input").get(ref.name)
+        tag_where, config_where = (
+            f"the tag {CONTRACT_TAG} of {ref}",
+            f'robmon.toml [input."{ref.name}"]',
+        )
+        return resolve_contract(
+            [
+                ("signature", from_signature(shape, dtype), f"the MLflow signature of {ref}"),
+                ("tag", parse_contract(tag, tag_where, "tag") if tag else {}, tag_where),
+                (
+                    "config",
+                    parse_contract(config, config_where, "config") if config is not None else {},
+                    config_where,
+                ),
+            ]
+        )
+
     def load_torch(
-        self, ref: ModelVersionRef, device: str | torch.device = "cpu"
-    ) -> TorchClassifier:
+        self,
+        ref: ModelVersionRef,
+        device: str | torch.device = "cpu",
+        contract: InputContract | None = None,
+    ) -> Classifier:
+        """A differentiable classifier in pixel space; a module whose signature is uint8 and
+        that refuses float inputs is loaded as a black box instead (no gradients through it)."""
         import mlflow.pytorch
 
         device = torch.device(device)
@@ -252,20 +290,38 @@ class Registry:
         with contextlib.suppress(NotImplementedError):
             module.eval()
         module = module.to(device)
-        shape, _ = self.input_signature(ref)
-        return TorchClassifier(name=str(ref), module=module, device=device, input_shape=shape)
+        shape, dtype = self.input_signature(ref)
+        contract = contract or self.input_contract(ref)
+        pixel_shape = _pixel_shape(contract, shape)
+        if not contract.is_identity:
+            module = PixelAdapter(module, contract, round_to_integers=dtype == "uint8").to(device)
+            if dtype == "uint8" and not _takes_floats(module, pixel_shape, device):
+                log.warning(
+                    "%s takes uint8 tensors only, so it is audited as a black box "
+                    "(transfer attacks; no gradients through it).",
+                    ref,
+                )
+                return self._load_blackbox(ref, contract)
+        return TorchClassifier(
+            name=str(ref), module=module, device=device, input_shape=pixel_shape, contract=contract
+        )
 
-    def _load_blackbox(self, ref: ModelVersionRef) -> BlackBoxClassifier:
+    def _load_blackbox(
+        self, ref: ModelVersionRef, contract: InputContract | None = None
+    ) -> BlackBoxClassifier:
         import mlflow.pyfunc
 
         model = self._call(f"load {ref}", mlflow.pyfunc.load_model, ref.uri)
         shape, dtype = self.input_signature(ref)
+        contract = contract or self.input_contract(ref)
+        layout = layout_from_shape(None if shape is None else (-1, *shape))
         return BlackBoxClassifier(
             name=str(ref),
             predict_fn=model.predict,
-            layout=layout_from_shape(None if shape is None else (-1, *shape)),
+            layout="flat" if layout == "flat" else contract.layout,
             dtype=dtype,
-            input_shape=shape,
+            input_shape=_pixel_shape(contract, shape),
+            contract=contract,
         )
 
     def find_surrogate(self, dataset: str, exclude: str | None = None) -> ModelVersionRef:
@@ -471,6 +527,27 @@ class Registry:
                 if attempt == attempts - 1:
                     raise
                 time.sleep(delay * 2**attempt)
+
+
+def _pixel_shape(contract: InputContract, shape: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """C, H, W in pixel space: from the signature, else from the contract's channels and size."""
+    if shape is None and contract.channels is not None and contract.size is not None:
+        return (contract.channels, *contract.size)
+    return contract.pixel_shape(shape)
+
+
+def _takes_floats(
+    module: torch.nn.Module, shape: tuple[int, ...] | None, device: torch.device
+) -> bool:
+    """Whether a module declared uint8 runs on float inputs (whole numbers 0–255)."""
+    if shape is None or len(shape) != 3 or any(d in (-1, None) for d in shape):
+        return True  # nothing to probe with: the audit says so if it fails
+    try:
+        with torch.no_grad():
+            module(torch.zeros(1, *shape, device=device))
+    except (RuntimeError, TypeError, AssertionError, ValueError):
+        return False
+    return True
 
 
 def _search_all_models(client: Any) -> list[Any]:

@@ -54,6 +54,7 @@ def audit_json(detail: AuditDetail) -> dict[str, Any]:
         "checks": [{"name": c.name, "status": c.status, "detail": c.detail} for c in detail.checks],
         "config": detail.config,
         "config_hash": detail.config_hash,
+        "run_info": detail.run_info,
         "surrogate": detail.surrogate,
         "device": detail.device,
         "created_at": detail.created_at,

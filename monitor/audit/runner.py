@@ -10,7 +10,8 @@ propagate; partial results are never stored as a finished audit.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, is_dataclass
+from typing import Any
 
 import torch
 
@@ -22,7 +23,8 @@ from monitor.audit.report import example_gallery, robust_accuracy_plot
 from monitor.audit.score import robustness_score
 from monitor.audit.store import AuditDetail
 from monitor.audit.writeback import tag_failure, write_back
-from monitor.classifiers import TorchClassifier
+from monitor.classifiers import Classifier, TorchClassifier
+from monitor.contracts import CONTRACT_TAG
 from monitor.datasets import Dataset, load_dataset
 from monitor.db.session import Database
 from monitor.errors import AuditError, ModelIncompatible, RobmonError
@@ -30,6 +32,7 @@ from monitor.progress import Reporter, silent
 from monitor.registry import PARENT_TAG, ModelVersionRef, Registry
 
 log = logging.getLogger(__name__)
+NEAR_CHANCE = 1.5  # clean accuracy at most this many times chance: the contract looks wrong
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,8 @@ def run_audit(
     device = pick_device(request.device)
     if request.fast and device.type != "cuda":
         raise AuditError("--fast needs a CUDA device (compile + bf16 + channels_last).")
-    plan = make_plan(registry, request.reference, request.config)
-    data = load_dataset(plan.config.dataset).head(plan.config.limit)  # bad data: no audit row
+    data = load_dataset(request.config.dataset).head(request.config.limit)  # bad: no audit row
+    plan = make_plan(registry, request.reference, request.config, data)
     if not request.force:
         existing = store.find_reusable(db, plan.ref.name, plan.ref.version, plan.config_hash)
         if existing is not None:
@@ -91,9 +94,15 @@ def run_audit(
     return AuditOutcome(detail, reused=False)
 
 
-def make_plan(registry: Registry, reference: str, config: AuditConfig) -> Plan:
-    """Resolve the model and, for black boxes (or when asked), the transfer surrogate."""
+def make_plan(
+    registry: Registry, reference: str, config: AuditConfig, data: Dataset | None = None
+) -> Plan:
+    """Resolve the model and, for black boxes (or when asked), the transfer surrogate; without
+    an eps grid, the input kind that picks the default one (from the dataset's channels)."""
     ref = registry.resolve(reference)
+    if config.eps is None and config.input_kind is None:
+        data = data if data is not None else load_dataset(config.dataset)
+        config = config.with_input_kind(data.image_shape[0])
     surrogate = None
     if config.surrogate:
         surrogate = str(registry.resolve(config.surrogate))
@@ -103,14 +112,28 @@ def make_plan(registry: Registry, reference: str, config: AuditConfig) -> Plan:
 
 
 def plan_from_row(name: str, version: str, config: dict) -> Plan:
-    """The plan of a stored (queued) audit."""
+    """The plan of a stored (queued) audit, with the same configuration hash.
+
+    A stored ``input_kind`` means the default grid of that kind (which may differ per norm);
+    otherwise the stored grid was given explicitly, one for every norm."""
     fields = {k: v for k, v in config.items() if k in AuditConfig.__dataclass_fields__}
     fields["attacks"], fields["norms"] = tuple(fields["attacks"]), tuple(fields["norms"])
     eps = config["eps"]
-    fields["eps"] = tuple(sorted({e for values in eps.values() for e in values}))
-    if len({tuple(v) for v in eps.values()}) > 1:
-        raise AuditError("stored audit uses a different eps grid per norm; re-run it from the CLI.")
-    return Plan(ModelVersionRef(name, version), AuditConfig(**fields))
+    if fields.get("input_kind") is not None:
+        fields["eps"] = None
+    else:
+        fields["eps"] = tuple(sorted({e for values in eps.values() for e in values}))
+        if len({tuple(v) for v in eps.values()}) > 1:
+            raise AuditError(
+                "stored audit uses a different eps grid per norm; re-run it from the CLI."
+            )
+    plan = Plan(ModelVersionRef(name, version), AuditConfig(**fields))
+    if plan.config.eps_grid() != {n: list(eps[n]) for n in plan.config.norms}:
+        raise AuditError(
+            f"stored audit of {name}/{version} uses an eps grid this version of robmon does not "
+            "rebuild; re-run it from the CLI."
+        )
+    return plan
 
 
 def execute(
@@ -135,18 +158,20 @@ def execute(
             kind=attackers.target.kind,
             device=f"{target_device} (fast)" if fast else str(target_device),
             surrogate=plan.config.surrogate,
+            run_info=run_info(plan, attackers.target),
         )
         if data is None:
             data = load_dataset(plan.config.dataset).head(plan.config.limit)
         measurements = measure(
             attackers, data.x, data.y, plan.config, batch_size=batch_size, report=report
         )
+        info = run_info(plan, attackers.target, measurements, len(data.classes))
         if measurements.probes.defence is not None:
             measurements.baseline = parent_baseline(db, registry, plan)
         checks = run_checks(measurements)
         score = robustness_score(measurements.cells)
         artifacts = render_artifacts(plan, measurements, score)
-        store.save_success(db, audit_id, measurements, checks, score, artifacts)
+        store.save_success(db, audit_id, measurements, checks, score, artifacts, run_info=info)
         detail = store.get_audit(db, audit_id)
     except KeyboardInterrupt:
         store.mark_ended(db, audit_id, "interrupted", "interrupted before it finished")
@@ -202,6 +227,45 @@ def load_attackers(
             if isinstance(model, TorchClassifier):
                 model.attack_module = accelerate(model.module)
     return Attackers(target=target, surrogate=surrogate)
+
+
+def run_info(
+    plan: Plan,
+    target: Classifier,
+    measurements: Measurements | None = None,
+    dataset_classes: int | None = None,
+) -> dict[str, Any]:
+    """How the audit ran beside its configuration: the target's input contract, the eps grid
+    and why, the batch size measure() settled on, and a hint when the contract looks wrong."""
+    info: dict[str, Any] = {
+        "contract": target.contract.as_dict(),
+        "eps": {"grid": plan.config.eps_grid(), "why": plan.config.eps_why()},
+    }
+    if measurements is None:
+        return info
+    batch = getattr(measurements, "batch", None)
+    if batch is not None:
+        info["batch"] = asdict(batch) if is_dataclass(batch) else batch
+    n_classes = measurements.n_classes or dataset_classes
+    hint = contract_hint(plan.ref, target, measurements.clean_accuracy, n_classes)
+    if hint is not None:
+        log.warning("audit of %s: %s", plan.ref, hint)
+        info["contract"]["warning"] = hint
+    return info
+
+
+def contract_hint(
+    ref: ModelVersionRef, target: Classifier, clean_accuracy: float, n_classes: int | None
+) -> str | None:
+    """One sentence when the clean accuracy is near chance (at most 1.5 / classes): the usual
+    cause is an input contract that does not match the model (scale, layout, mean, std)."""
+    if not n_classes or clean_accuracy > NEAR_CHANCE / n_classes:
+        return None
+    return (
+        f"clean accuracy {clean_accuracy:.3f} is near chance for {n_classes} classes: check the "
+        f"input contract of {ref} (scale, layout, mean and std; tag {CONTRACT_TAG}), which is "
+        f"now {target.contract.text()}."
+    )
 
 
 def parent_baseline(db: Database, registry: Registry, plan: Plan) -> Baseline | None:

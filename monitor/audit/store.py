@@ -91,6 +91,8 @@ class AuditDetail(AuditSummary):
     per_class: list[ClassRow] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     artifact_names: list[str] = field(default_factory=list)
+    # how it ran: {"contract": {...}, "eps": {"grid", "why"}, "batch": ...} (None before it ran)
+    run_info: dict[str, Any] | None = None
 
     def robust_by_cell(self) -> dict[tuple[str, str, str, float], float]:
         """(threat, attack, norm, eps) -> robust accuracy."""
@@ -175,11 +177,20 @@ def create(
 
 
 def mark_running(
-    db: Database, audit_id: int, *, kind: str, device: str, surrogate: str | None
+    db: Database,
+    audit_id: int,
+    *,
+    kind: str,
+    device: str,
+    surrogate: str | None,
+    run_info: dict[str, Any] | None = None,
 ) -> None:
+    """The audit has its models loaded: what kind, where, and how it runs (``run_info``)."""
     with db.session() as s:
         audit = s.get_one(Audit, audit_id)
         audit.model_kind, audit.device, audit.surrogate = kind, device, surrogate
+        if run_info is not None:
+            audit.run_info = run_info
         audit.status = "running"
         audit.started_at = audit.started_at or utcnow()
 
@@ -200,10 +211,14 @@ def save_success(
     checks: list[Check],
     score: float | None,
     artifacts: dict[str, tuple[str, bytes]],
+    run_info: dict[str, Any] | None = None,
 ) -> None:
-    """Store every result, per-class row, check and artifact, and mark the audit succeeded."""
+    """Store every result, per-class row, check and artifact (and how it ran), and mark the
+    audit succeeded."""
     with db.session() as s:
         audit = s.get_one(Audit, audit_id)
+        if run_info is not None:
+            audit.run_info = run_info
         audit.clean_accuracy, audit.score, audit.n_samples = m.clean_accuracy, score, m.n
         for label, (n, acc) in m.per_class_clean.items():
             audit.class_results.append(
@@ -350,6 +365,7 @@ def get_audit(db: Database, audit_id: int) -> AuditDetail:
             ],
             checks=checks,
             artifact_names=[a.name for a in audit.artifacts],
+            run_info=audit.run_info,
         )
 
 

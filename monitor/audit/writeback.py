@@ -41,6 +41,7 @@ def write_back(registry: Registry, detail: AuditDetail, artifacts: dict[str, byt
         "config_hash": detail.config_hash,
         "device": detail.device,
         "audit_id": detail.id,
+        **contract_params(detail.run_info),
     }
     files = {"report.json": json.dumps(audit_json(detail), indent=2, default=str).encode()}
     files.update(artifacts)
@@ -68,6 +69,21 @@ def write_back(registry: Registry, detail: AuditDetail, artifacts: dict[str, byt
         },
     )
     return run_id
+
+
+def contract_params(run_info: dict | None) -> dict[str, str]:
+    """The input contract (and why the eps grid) as run params: ``input.scale`` and so on."""
+    if not run_info:
+        return {}
+    contract = run_info.get("contract") or {}
+    params = {
+        f"input.{key}": "" if value is None else str(value)
+        for key, value in contract.items()
+        if key not in ("text", "warning")
+    }
+    if "eps" in run_info:
+        params["eps_why"] = run_info["eps"].get("why", "")
+    return params
 
 
 def tag_failure(registry: Registry, detail: AuditDetail) -> None:

@@ -223,6 +223,7 @@ def render_audit(detail) -> None:
         f"audit {detail.id}: {detail.model_name} v{detail.model_version} on {detail.dataset} "
         f"({detail.status}, {detail.trigger})"
     )
+    _render_run_info(detail.run_info)
     if detail.status != "succeeded":
         say(f"error: {detail.error}" if detail.error else "no results yet")
         return
@@ -231,6 +232,8 @@ def render_audit(detail) -> None:
         f"clean accuracy {fmt(detail.clean_accuracy)} on {detail.n_samples} samples; "
         f"robustness score {fmt(detail.score, 1)}{surrogate}"
     )
+    if detail.run_info and detail.run_info.get("contract", {}).get("warning"):
+        say(f"Check: {detail.run_info['contract']['warning']}")
     print_table(
         None,
         (
@@ -272,6 +275,28 @@ def render_audit(detail) -> None:
         say(f"MLflow run {detail.mlflow_run_id} (experiment robustness-audits)")
     elif detail.writeback_error:
         say(f"MLflow write-back failed: {detail.writeback_error}")
+
+
+def _render_run_info(info: dict | None) -> None:
+    """The "Input: ..." and "Eps grid: ... (why)" lines (audits from before run_info: none)."""
+    if not info:
+        return
+    if "contract" in info:
+        say(f"Input: {info['contract']['text']}")
+    if "eps" in info:
+        grid = "; ".join(
+            f"{norm} {', '.join(_eps_text(e) for e in values)}"
+            for norm, values in info["eps"]["grid"].items()
+        )
+        say(f"Eps grid: {grid} ({info['eps']['why']})")
+
+
+def _eps_text(eps: float) -> str:
+    """8/255 for the colour grid's radii, else the number."""
+    for k in (1, 2, 4, 8, 16):
+        if abs(eps - k / 255) < 1e-9:
+            return f"{k}/255"
+    return f"{eps:g}"
 
 
 def _render_per_class(detail) -> None:
