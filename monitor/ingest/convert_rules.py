@@ -51,11 +51,7 @@ def parse_rule(value: Any, origin: str) -> ConvertRule:
         raise ValueError(f"unknown key {quoted(unknown[0])} (known: {', '.join(_KEYS)})")
     resize = value.get("resize", "none")
     if resize not in RESIZE_MODES:
-        raise ValueError(
-            "resize must be "
-            + ", ".join(f'"{m}"' for m in RESIZE_MODES)
-            + f", not {quoted(resize)}"
-        )
+        raise ValueError(f'resize must be "crop", "stretch" or "none", not {quoted(resize)}')
     colour = value.get("colour", False)
     if not isinstance(colour, bool):
         raise ValueError(f"colour must be true or false, not {quoted(colour)}")
