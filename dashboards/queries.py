@@ -8,7 +8,6 @@ newest inputs only.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -161,40 +160,54 @@ def hourly_volume(db: Database, model: str, since: datetime) -> list[dict[str, A
 
 
 @dataclass
-class VersionCurves:
+class ConfigAudit:
+    """The newest succeeded audit of one model version under one configuration."""
+
     version: str
     audit_id: int
     config_hash: str
+    label: str  # the configuration, readable: attacks, norms and eps grid, steps, limit, dataset
+    finished_at: datetime | None
     clean_accuracy: float | None
     score: float | None
     mlflow_run_id: str | None
     points: list[dict[str, Any]] = field(default_factory=list)  # attack, norm, eps, threat, acc
 
 
-def model_curves(db: Database, model: str) -> list[VersionCurves]:
-    """Per version, its newest succeeded audit with the most common configuration, and the
-    robust accuracy of each (attack, norm, eps, threat)."""
+def newest_audits(db: Database, model: str) -> list[ConfigAudit]:
+    """Per (version, configuration) of ``model``, its newest succeeded audit with the robust
+    accuracy of each (attack, norm, eps, threat); newest first. A configuration re-audited
+    later (``--force``) shows its latest numbers; every other configuration stays pickable."""
+    rank = (
+        func.row_number()
+        .over(
+            partition_by=(Audit.model_version, Audit.config_hash),
+            order_by=(Audit.finished_at.desc(), Audit.id.desc()),
+        )
+        .label("rank")
+    )
+    ranked = (
+        select(Audit.id, rank)
+        .where(Audit.model_name == model, Audit.status == "succeeded")
+        .subquery()
+    )
     with db.session() as s:
         audits = s.execute(
             select(
                 Audit.id,
                 Audit.model_version,
                 Audit.config_hash,
+                Audit.config,
+                Audit.dataset,
+                Audit.finished_at,
                 Audit.clean_accuracy,
                 Audit.score,
                 Audit.mlflow_run_id,
             )
-            .where(Audit.model_name == model, Audit.status == "succeeded")
-            .order_by(Audit.id)
+            .join(ranked, ranked.c.id == Audit.id)
+            .where(ranked.c.rank == 1)
+            .order_by(Audit.finished_at.desc(), Audit.id.desc())
         ).all()
-        if not audits:
-            return []
-        common = Counter(a.config_hash for a in audits).most_common(1)[0][0]
-        chosen: dict[str, Any] = {}
-        for a in audits:
-            if a.config_hash == common or a.model_version not in chosen:
-                chosen[a.model_version] = a
-        ids = [a.id for a in chosen.values()]
         results = s.execute(
             select(
                 AuditResult.audit_id,
@@ -203,11 +216,13 @@ def model_curves(db: Database, model: str) -> list[VersionCurves]:
                 AuditResult.eps,
                 AuditResult.threat,
                 AuditResult.robust_accuracy,
-            ).where(AuditResult.audit_id.in_(ids))
+            )
+            .where(AuditResult.audit_id.in_([a.id for a in audits]))
+            .order_by(AuditResult.id)
         ).all()
-    curves = []
-    for version, a in sorted(chosen.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 0):
-        points = [
+    points: dict[int, list[dict[str, Any]]] = {}
+    for r in results:
+        points.setdefault(r.audit_id, []).append(
             {
                 "attack": r.attack,
                 "norm": r.norm,
@@ -215,15 +230,60 @@ def model_curves(db: Database, model: str) -> list[VersionCurves]:
                 "threat": r.threat,
                 "robust_accuracy": r.robust_accuracy,
             }
-            for r in results
-            if r.audit_id == a.id
-        ]
-        curves.append(
-            VersionCurves(
-                version, a.id, a.config_hash, a.clean_accuracy, a.score, a.mlflow_run_id, points
-            )
         )
-    return curves
+    return [
+        ConfigAudit(
+            a.model_version,
+            a.id,
+            a.config_hash,
+            config_label(a.config or {}, a.dataset, a.config_hash),
+            a.finished_at,
+            a.clean_accuracy,
+            a.score,
+            a.mlflow_run_id,
+            points.get(a.id, []),
+        )
+        for a in audits
+    ]
+
+
+NORM_NAMES = {"linf": "L∞", "l2": "L2"}
+
+
+def config_label(config: dict[str, Any], dataset: str, config_hash: str) -> str:
+    """An audit configuration in one line, e.g. ``FGSM, PGD · L∞ 2/255, 8/255 · 10 steps ·
+    100 images · digits · 1a2b3c4d`` (the hash's start tells apart what the rest does not)."""
+    parts = [", ".join(a.upper() for a in config.get("attacks") or []) or "attacks ?"]
+    eps = config.get("eps")
+    for norm in config.get("norms") or []:
+        grid = eps.get(norm) if isinstance(eps, dict) else eps
+        values = ", ".join(eps_text(e) for e in grid) if grid else "default eps"
+        parts.append(f"{NORM_NAMES.get(norm, norm)} {values}")
+    if config.get("steps") is not None:
+        parts.append(f"{config['steps']} steps")
+    if (config.get("restarts") or 1) > 1:
+        parts.append(f"{config['restarts']} restarts")
+    limit = config.get("limit")
+    parts.append(f"{limit} images" if limit else "all images")
+    if config.get("adaptive") is False:
+        parts.append("naive (no BPDA/EOT)")
+    if config.get("surrogate"):
+        parts.append(f"surrogate {config['surrogate']}")
+    if config.get("seed"):
+        parts.append(f"seed {config['seed']}")
+    name = str(config.get("dataset") or dataset)
+    parts += [name.replace("\\", "/").rsplit("/", 1)[-1], config_hash[:8]]
+    return " · ".join(parts)
+
+
+def eps_text(eps: float) -> str:
+    """An eps as it was likely typed: ``0.1``, or ``8/255`` for a multiple of 1/255 that has no
+    short decimal form."""
+    short = f"{eps:g}"
+    steps = eps * 255
+    if len(short) > 5 and abs(steps - round(steps)) < 1e-6 and round(steps) > 0:
+        return f"{round(steps)}/255"
+    return f"{eps:.4g}"
 
 
 def class_matrix(db: Database, audit_id: int) -> dict[str, Any]:

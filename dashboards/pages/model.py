@@ -6,7 +6,7 @@ from __future__ import annotations
 import dash
 import dash_bootstrap_components as dbc
 import plotly.graph_objects as go
-from dash import Input, Output, State, callback, dash_table, dcc, html
+from dash import Input, Output, callback, dash_table, dcc, html
 from plotly.subplots import make_subplots
 
 from dashboards import queries
@@ -29,23 +29,29 @@ dash.register_page(__name__, path_template="/models/<name>", name="Model", nav=F
 
 URL = "model-url"
 VERSION = "model-version"
+CONFIG = "model-config"
+RESULTS = "model-results"
 
 
 @single_values
-def layout(name: str | None = None, version: str | None = None, **_query: str) -> html.Div:
+def layout(
+    name: str | None = None, version: str | None = None, config: str | None = None, **_query: str
+) -> html.Div:
     context = current()
-    curves = queries.model_curves(context.db, name) if name else []
-    if not curves:
+    audits = queries.newest_audits(context.db, name) if name else []
+    if not audits:
         return html.Div(
             [
                 page_header(name or "Model", "No succeeded audits of this model yet."),
                 dcc.Location(id=URL, refresh="callback-nav"),
             ]
         )
-    versions = [c.version for c in curves]
+    versions = sorted({a.version for a in audits}, key=_version_order)
     champion = context.aliases(name).get("champion")
     chosen = version if version in versions else champion if champion in versions else versions[-1]
-    selected = next(c for c in curves if c.version == chosen)
+    configs = [a for a in audits if a.version == chosen]  # newest first
+    selected = next((a for a in configs if a.config_hash == config), configs[0])
+    same_config = [a for a in audits if a.config_hash == selected.config_hash]
     detail = get_audit(context.db, selected.audit_id)
     return html.Div(
         [
@@ -53,52 +59,39 @@ def layout(name: str | None = None, version: str | None = None, **_query: str) -
             page_header(
                 f"Model {name}",
                 f"{len(versions)} audited version(s); champion "
-                f"{'v' + champion if champion else 'none'}.",
+                f"{'v' + champion if champion else 'none'}. The curves show every version "
+                "audited under the chosen configuration.",
             ),
             dcc.Graph(
-                id="model-curves", figure=curves_figure(curves), config={"displayModeBar": False}
+                id="model-curves",
+                figure=curves_figure(sorted(same_config, key=lambda a: _version_order(a.version))),
+                config={"displayModeBar": False},
             ),
-            dbc.Row(
+            _choosers(versions, chosen, configs, selected),
+            html.P(
                 [
-                    dbc.Col(
-                        html.Label("Version", htmlFor=VERSION, className="form-label"), width="auto"
-                    ),
-                    dbc.Col(
-                        dcc.Dropdown(
-                            id=VERSION,
-                            options=[{"label": f"v{v}", "value": v} for v in versions],
-                            value=chosen,
-                            clearable=False,
-                        ),
-                        width=2,
-                    ),
-                    dbc.Col(
-                        html.Span(
-                            [
-                                f"audit {detail.id} · clean accuracy "
-                                f"{number(detail.clean_accuracy)} · score "
-                                f"{number(detail.score, 1)} · {when(detail.finished_at)} ",
-                                _mlflow(selected.mlflow_run_id),
-                            ],
-                            className="text-muted small",
-                        )
-                    ),
+                    f"audit {detail.id} · clean accuracy {number(detail.clean_accuracy)} · score "
+                    f"{number(detail.score, 1)} · {when(detail.finished_at)} ",
+                    _mlflow(selected.mlflow_run_id),
                 ],
-                className="align-items-center mb-3",
+                className="text-muted small",
+                id="model-audit",
             ),
             dbc.Row(
                 [
+                    dbc.Col([html.H3("Robust accuracy", className="h6"), _results(selected)], md=5),
                     dbc.Col(
                         dcc.Graph(
                             id="model-classes",
                             figure=class_figure(selected.audit_id),
                             config={"displayModeBar": False},
                         ),
-                        md=6,
+                        md=7,
                     ),
-                    dbc.Col([html.H3("Credibility checks", className="h6"), _checks(detail)], md=6),
                 ]
             ),
+            html.H3("Credibility checks", className="h6 mt-3"),
+            _checks(detail),
             _lineage(name, chosen),
             html.H3("Examples", className="h6 mt-3"),
             _gallery(selected.audit_id),
@@ -109,13 +102,84 @@ def layout(name: str | None = None, version: str | None = None, **_query: str) -
 
 
 @callback(
-    Output(URL, "search"), Input(VERSION, "value"), State(URL, "search"), prevent_initial_call=True
+    Output(URL, "search"),
+    Input(VERSION, "value"),
+    Input(CONFIG, "value"),
+    prevent_initial_call=True,
 )
-def choose_version(version: str, _search: str) -> str:
-    return url("", version=version)
+def choose(version: str, config: str) -> str:
+    """A new version keeps the configuration (its newest audit is shown if it has none)."""
+    return url("", version=version, config=config)
 
 
-def curves_figure(curves: list[queries.VersionCurves]) -> go.Figure:
+def _version_order(version: str) -> tuple[int, str]:
+    """Numeric versions in numeric order, anything else first (never raises)."""
+    return (int(version), "") if version.isdecimal() else (-1, version)
+
+
+def _choosers(
+    versions: list[str],
+    chosen: str,
+    configs: list[queries.ConfigAudit],
+    selected: queries.ConfigAudit,
+) -> dbc.Row:
+    """The version and configuration dropdowns (configurations newest first)."""
+    return dbc.Row(
+        [
+            dbc.Col(html.Label("Version", htmlFor=VERSION, className="form-label"), width="auto"),
+            dbc.Col(
+                dcc.Dropdown(
+                    id=VERSION,
+                    options=[{"label": f"v{v}", "value": v} for v in versions],
+                    value=chosen,
+                    clearable=False,
+                ),
+                width=2,
+            ),
+            dbc.Col(
+                html.Label("Configuration", htmlFor=CONFIG, className="form-label"), width="auto"
+            ),
+            dbc.Col(
+                dcc.Dropdown(
+                    id=CONFIG,
+                    options=[
+                        {
+                            "label": f"{a.label} (audit {a.audit_id}, {when(a.finished_at)})",
+                            "value": a.config_hash,
+                        }
+                        for a in configs
+                    ],
+                    value=selected.config_hash,
+                    clearable=False,
+                    optionHeight=50,
+                ),
+            ),
+        ],
+        className="align-items-center mb-2 g-2",
+    )
+
+
+def _results(audit: queries.ConfigAudit) -> dash_table.DataTable:
+    """The chosen audit's robust accuracy per attack, norm, eps and threat."""
+    rows = sorted(audit.points, key=lambda p: (p["norm"], p["eps"], p["threat"], p["attack"]))
+    return dash_table.DataTable(
+        id=RESULTS,
+        columns=[{"name": n, "id": n} for n in ("attack", "norm", "eps", "threat", "robust acc")],
+        data=[
+            {
+                "attack": p["attack"].upper(),
+                "norm": queries.NORM_NAMES.get(p["norm"], p["norm"]),
+                "eps": queries.eps_text(p["eps"]),
+                "threat": p["threat"],
+                "robust acc": number(p["robust_accuracy"]),
+            }
+            for p in rows
+        ],
+        **TABLE_STYLE,
+    )
+
+
+def curves_figure(curves: list[queries.ConfigAudit]) -> go.Figure:
     attacks = sorted({(p["attack"], p["norm"]) for c in curves for p in c.points})
     figure = make_subplots(
         rows=1,

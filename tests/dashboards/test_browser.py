@@ -28,8 +28,9 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def site(module_home, tmp_path_factory):
-    """The demo store with audits (one failed), a simulated production log with attackers,
-    alerts, a triager and a viewer; the dashboard served on a free port."""
+    """The demo store with audits (one failed; v1 under two configurations), a simulated
+    production log with attackers, alerts, a triager and a viewer; the dashboard served on a
+    free port."""
     from werkzeug.serving import make_server
 
     from dashboards.app import create_app
@@ -50,6 +51,8 @@ def site(module_home, tmp_path_factory):
         run_audit(db, registry, AuditRequest(f"models:/digits-cnn/{version}", config))
     with pytest.raises(AuditError):  # a failed audit, for the status filter
         run_audit(db, registry, AuditRequest("digits-cnn", AuditConfig("digits28", limit=10)))
+    second = AuditConfig("digits", attacks=("pgd",), eps=(0.05, 0.3), steps=5, limit=100)
+    run_audit(db, registry, AuditRequest("models:/digits-cnn/1", second))  # v1's newest
     target = registry.load(registry.resolve("models:/digits-cnn/1")).module
     surrogate = registry.load(registry.resolve("models:/digits-cnn/2")).module
     log = tmp_path_factory.mktemp("log") / "production.jsonl"
@@ -148,9 +151,49 @@ def test_model_page_version_switch_keeps_the_url(site, browser) -> None:
     assert "zero_gradients" in page.tab.inner_text("#model-checks")
     page.tab.click("#model-version")
     page.tab.get_by_role("option", name="v2").click()
-    page.tab.wait_for_url("**/models/digits-cnn?version=2")
+    page.tab.wait_for_url("**/models/digits-cnn?version=2**")
     page.tab.wait_for_selector("#model-checks")
     page.shot("model")
+    page.clean()
+
+
+def test_model_page_lists_configurations_and_switching_changes_the_numbers(site, browser) -> None:
+    from playwright.sync_api import expect
+
+    from monitor.audit.store import get_audit
+    from monitor.db.models import Audit
+
+    base, db = site
+    with db.session() as s:
+        older, newer = s.execute(
+            select(Audit.id, Audit.config_hash)
+            .where(Audit.model_name == "digits-cnn", Audit.model_version == "1")
+            .where(Audit.status == "succeeded")
+            .order_by(Audit.id)
+        ).all()
+
+    def shown(audit_id: int) -> list[str]:
+        results = sorted(get_audit(db, audit_id).results, key=lambda r: (r.eps, r.attack))
+        return [
+            f"{r.attack.upper()}\tL∞\t{r.eps:g}\t{r.threat}\t{r.robust_accuracy:.3f}"
+            for r in results
+        ]
+
+    page = Page(browser, base)
+    page.open("/models/digits-cnn", "#model-results tbody tr:has(td)")
+    assert page.rows("model-results") == shown(newer.id)  # the newest audit first
+    assert [r.split("\t")[2] for r in page.rows("model-results")] == ["0.05", "0.3"]
+    page.tab.click("#model-config")
+    options = page.tab.get_by_role("option").all_inner_texts()
+    assert len(options) == 2, options
+    assert options[0].startswith("PGD · L∞ 0.05, 0.3 · 5 steps · 100 images · digits ·")
+    assert options[1].startswith("FGSM, PGD · L∞ 0.1, 0.2 · 10 steps · 100 images · digits ·")
+    page.tab.get_by_role("option").nth(1).click()
+    page.tab.wait_for_url(f"**config={older.config_hash}**")
+    expect(page.tab.locator("#model-results tbody tr:has(td)")).to_have_count(4)
+    assert page.rows("model-results") == shown(older.id)
+    assert f"audit {older.id} ·" in page.tab.inner_text("#model-audit")
+    page.shot("model-configurations")
     page.clean()
 
 
@@ -159,7 +202,7 @@ def test_audits_filter_narrows_the_table(site, browser) -> None:
 
     page = Page(browser, site[0])
     page.open("/audits", "#audits-table")
-    assert len(page.rows("audits-table")) == 3
+    assert len(page.rows("audits-table")) == 4
     page.tab.click("#audits-status")
     page.tab.get_by_role("option", name="failed").click()
     page.tab.wait_for_url("**status=failed**")
@@ -168,7 +211,7 @@ def test_audits_filter_narrows_the_table(site, browser) -> None:
     page.tab.wait_for_selector("#audits-detail-body")
     assert "takes inputs shaped 1×8×8" in page.tab.inner_text("#audits-detail-body")
     page.open("/audits?model=digits-cnn&status=succeeded&id=2", "#audits-detail-body")
-    assert len(page.rows("audits-table")) == 2
+    assert len(page.rows("audits-table")) == 3
     assert "digits-cnn v2" in page.tab.inner_text("#audits-detail-body")
     page.shot("audits")
     page.clean()

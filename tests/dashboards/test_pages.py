@@ -10,7 +10,7 @@ from dashboards.components import plot_text
 from monitor.db.session import open_database
 from monitor.ingest import rollups
 from monitor.ingest.store import commit_batch
-from tests.dashboards.test_queries import _audit, scores
+from tests.dashboards.test_queries import COLOUR, _audit, scores
 
 EVIL = '<a href="https://evil.example/">click me</a><b>BOLD</b>'
 # fixed record times: nothing here depends on the date
@@ -97,12 +97,39 @@ def test_a_version_named_with_html_is_text_in_the_model_charts(app_db) -> None:
     from dashboards import queries
     from dashboards.pages import model
 
-    curves = queries.model_curves(app_db, "m")
+    curves = queries.newest_audits(app_db, "m")
     figure = model.curves_figure(curves)
     names = {trace.name for trace in figure.data}
     assert plot_text(f"v{EVIL} white-box") in names
     _assert_no_markup(figure)
     _assert_no_markup(model.class_figure(curves[-1].audit_id))
+
+
+def test_model_page_shows_the_chosen_configuration_of_a_version(app_db) -> None:
+    """Newest audit first; the URL's configuration picks another; an unknown one falls back."""
+    from dashboards.pages import model
+
+    _audit(app_db, "1", {2 / 255: 0.8, 8 / 255: 0.4}, "h2", COLOUR)
+    newest = model.layout(name="m", version="1")
+    options = _find(newest, model.CONFIG).options
+    assert [o["value"] for o in options] == ["h2", "h1"]
+    assert options[0]["label"].startswith("PGD · L∞ 2/255, 8/255 · 20 steps · all images")
+    assert _find(newest, model.CONFIG).value == "h2"
+    shown = [(r["eps"], r["robust acc"]) for r in _find(newest, model.RESULTS).data]
+    assert shown == [("2/255", "0.800"), ("8/255", "0.400")]
+    older = model.layout(name="m", version="1", config="h1")
+    assert _find(older, model.CONFIG).value == "h1"
+    shown = [(r["eps"], r["robust acc"]) for r in _find(older, model.RESULTS).data]
+    assert shown == [("0.1", "0.500"), ("0.2", "0.100")]
+    curves = _find(older, "model-curves").figure  # both versions have h1
+    assert {trace.name for trace in curves.data} == {
+        "v1 white-box",
+        plot_text(f"v{EVIL} white-box"),
+    }
+    assert {t.name for t in _find(newest, "model-curves").figure.data} == {"v1 white-box"}
+    unknown = model.layout(name="m", version="1", config="<b>nope</b>")
+    assert _find(unknown, model.CONFIG).value == "h2"
+    assert model.choose("2", "h1") == "?version=2&config=h1"
 
 
 @pytest.mark.parametrize("value", HOSTILE_NUMBERS)

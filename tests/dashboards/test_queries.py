@@ -64,13 +64,19 @@ def db(db_url, settings):
     database.dispose()
 
 
-def _audit(db, version: str, accuracies: dict[float, float], config_hash: str = "h1") -> int:
+def _audit(
+    db,
+    version: str,
+    accuracies: dict[float, float],
+    config_hash: str = "h1",
+    config: dict | None = None,
+) -> int:
     audit_id = store.create(
         db,
         name="m",
         version=version,
         dataset="digits",
-        config={},
+        config=config or {},
         config_hash=config_hash,
         trigger="cli",
     )
@@ -160,13 +166,69 @@ def test_alerts_queue_order_filters_and_distributed_membership(db) -> None:
     assert counts == {"a": 1, "b": 1, "c": 1}  # a and c through the distributed alert
 
 
-def test_model_curves_class_matrix_and_audit_page(db) -> None:
+# stored configurations as AuditConfig.canonical() writes them
+GREY = {
+    "dataset": "digits",
+    "attacks": ["fgsm", "pgd"],
+    "norms": ["linf"],
+    "eps": {"linf": [0.1, 0.2]},
+    "steps": 10,
+    "restarts": 1,
+    "limit": 100,
+    "seed": 0,
+    "surrogate": None,
+}
+COLOUR = {**GREY, "attacks": ["pgd"], "eps": {"linf": [2 / 255, 8 / 255]}, "steps": 20}
+COLOUR |= {"limit": None, "dataset": "/data/photos/rgb224.npz"}
+
+
+def test_newest_audit_per_configuration_of_each_version(db) -> None:
+    first = _audit(db, "1", {0.1: 0.5, 0.2: 0.1}, config=GREY)
+    _audit(db, "2", {0.1: 0.3, 0.2: 0.0}, config=GREY)  # re-audited below: replaced
+    grey = _audit(db, "2", {0.1: 0.6, 0.2: 0.2}, config=GREY)
+    colour = _audit(db, "2", {2 / 255: 0.9, 8 / 255: 0.7}, "h2", COLOUR)
+    failed = store.create(
+        db, name="m", version="2", dataset="digits", config=GREY, config_hash="h1", trigger="cli"
+    )
+    store.mark_ended(db, failed, "failed", "boom")  # newer, but failed: never shown
+    audits = queries.newest_audits(db, "m")
+    assert [(a.version, a.audit_id, a.config_hash) for a in audits] == [
+        ("2", colour, "h2"),
+        ("2", grey, "h1"),
+        ("1", first, "h1"),
+    ]
+    assert {p["eps"]: p["robust_accuracy"] for p in audits[1].points} == {0.1: 0.6, 0.2: 0.2}
+    assert {p["eps"]: p["robust_accuracy"] for p in audits[0].points} == {
+        2 / 255: 0.9,
+        8 / 255: 0.7,
+    }
+    assert (audits[0].clean_accuracy, audits[0].score) == (0.98, 50.0)
+    assert audits[0].label == "PGD · L∞ 2/255, 8/255 · 20 steps · all images · rgb224.npz · h2"
+    assert audits[1].label == "FGSM, PGD · L∞ 0.1, 0.2 · 10 steps · 100 images · digits · h1"
+    assert queries.newest_audits(db, "other") == []
+
+
+def test_config_labels_and_eps_as_typed() -> None:
+    both = {**GREY, "norms": ["l2", "linf"], "eps": {"l2": [0.5, 1.0], "linf": [1 / 255]}}
+    both |= {"restarts": 2, "seed": 3, "adaptive": False, "surrogate": "digits-cnn/2"}
+    assert queries.config_label(both, "digits", "0123456789abcdef") == (
+        "FGSM, PGD · L2 0.5, 1 · L∞ 1/255 · 10 steps · 2 restarts · 100 images · "
+        "naive (no BPDA/EOT) · surrogate digits-cnn/2 · seed 3 · digits · 01234567"
+    )
+    assert queries.config_label({}, "digits", "ab") == "attacks ? · all images · digits · ab"
+    assert [queries.eps_text(e) for e in (0.05, 0.3, 8 / 255, 0.2, 0.123456)] == [
+        "0.05",
+        "0.3",
+        "8/255",
+        "0.2",
+        "0.1235",
+    ]
+
+
+def test_class_matrix_and_audit_page(db) -> None:
     first = _audit(db, "1", {0.1: 0.5, 0.2: 0.1})
     _audit(db, "2", {0.1: 0.6, 0.2: 0.2})
-    _audit(db, "2", {0.1: 0.9}, config_hash="other")  # a one-off configuration
-    curves = queries.model_curves(db, "m")
-    assert [c.version for c in curves] == ["1", "2"]
-    assert {p["eps"]: p["robust_accuracy"] for p in curves[1].points} == {0.1: 0.6, 0.2: 0.2}
+    _audit(db, "2", {0.1: 0.9}, config_hash="other")
     matrix = queries.class_matrix(db, first)
     assert matrix["columns"] == ["clean", "linf 0.1", "linf 0.2"]
     assert matrix["values"][1] == [0.96, 0.25, 0.05]
