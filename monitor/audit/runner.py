@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, is_dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -101,14 +103,25 @@ def make_plan(
     an eps grid, the input kind that picks the default one (from the dataset's channels)."""
     ref = registry.resolve(reference)
     if config.eps is None and config.input_kind is None:
-        data = data if data is not None else load_dataset(config.dataset)
-        config = config.with_input_kind(data.image_shape[0])
+        channels = data.image_shape[0] if data is not None else dataset_channels(config.dataset)
+        config = config.with_input_kind(channels)
     surrogate = None
     if config.surrogate:
         surrogate = str(registry.resolve(config.surrogate))
     elif "pytorch" not in registry.flavors(ref):
         surrogate = str(registry.find_surrogate(config.dataset, exclude=ref.name))
     return Plan(ref, config.with_surrogate(surrogate))
+
+
+def dataset_channels(spec: str) -> int:
+    """Channels of a dataset's images (read once per file version: the scheduler plans often)."""
+    path = Path(spec).expanduser()
+    return _channels(spec, path.stat().st_mtime if path.exists() else None)
+
+
+@lru_cache(maxsize=32)
+def _channels(spec: str, _mtime: float | None) -> int:
+    return load_dataset(spec).image_shape[0]
 
 
 def plan_from_row(name: str, version: str, config: dict) -> Plan:
