@@ -15,7 +15,11 @@ from monitor.audit.config import LARGE_EPS
 from monitor.audit.measure import CellResult, Measurements
 
 PASSED, WARNING, SKIPPED = "passed", "warning", "skipped"
-FGSM_PGD_GAP = 0.30  # FGSM-only adversarial training: 0.87 under FGSM, 0.00 under PGD (eps 0.2)
+# fgsm_far_above_pgd: FGSM's success rate as a share of PGD's, at an accuracy gap over 0.30.
+# Measured (benchmarks/checks.py): ordinary CNNs 0.78 and up; FGSM-only training 0.35 and below.
+FGSM_MIN_SHARE = 0.5
+FGSM_PGD_GAP = 0.30
+NEAR_CHANCE = 1.5  # clean accuracy at most this many times chance (1 / classes)
 LARGE_EPS_MAX_ACCURACY = 0.05
 ZERO_GRADIENT_MAX_SHARE = 0.10
 DEFENCE_MAX_GAIN = 0.10  # robust accuracy an input transformation may add over its parent
@@ -47,6 +51,29 @@ def _pairs(m: Measurements, threat: str = "white-box") -> list[tuple[CellResult,
     ]
 
 
+def clean_accuracy_near_chance(m: Measurements) -> Check:
+    """A model near chance on clean data is usually fed pixels it does not expect (a wrong
+    input contract: scale, layout, mean/std) or a dataset with other labels."""
+    name = "clean_accuracy_near_chance"
+    if not m.n_classes:
+        return Check(name, SKIPPED, "needs the model's number of classes (probabilities).")
+    chance = 1 / m.n_classes
+    if m.clean_accuracy <= NEAR_CHANCE * chance:
+        return Check(
+            name,
+            WARNING,
+            f"clean accuracy {m.clean_accuracy:.3f} is near chance ({chance:.3f} for "
+            f"{m.n_classes} classes) on this dataset: check the model's input contract (scale, "
+            "layout, mean/std: tag robustness.input) or the dataset's labels.",
+        )
+    return Check(
+        name,
+        PASSED,
+        f"clean accuracy {m.clean_accuracy:.3f} is above {NEAR_CHANCE:g}× chance "
+        f"({chance:.3f} for {m.n_classes} classes).",
+    )
+
+
 def pgd_weaker_than_fgsm(m: Measurements) -> Check:
     name, tol = "pgd_weaker_than_fgsm", tolerance(m.n)
     pairs = _pairs(m)
@@ -66,25 +93,46 @@ def pgd_weaker_than_fgsm(m: Measurements) -> Check:
 
 
 def fgsm_far_above_pgd(m: Measurements) -> Check:
+    """FGSM-only adversarial training (catastrophic overfitting) leaves a model that one FGSM
+    step barely moves while PGD breaks it: FGSM fools under half as many inputs as PGD. Ordinary
+    models are less linear than FGSM assumes too (PGD beats FGSM by 0.33 at eps 0.2 on a plain
+    MNIST CNN), but there FGSM still fools most of what PGD fools."""
     name = "fgsm_far_above_pgd"
     pairs = _pairs(m)
-    if not pairs:
+    if not pairs or m.clean_accuracy == 0:
         return Check(name, SKIPPED, "needs white-box FGSM and PGD at the same eps.")
-    f, p = max(pairs, key=lambda fp: fp[0].robust_accuracy - fp[1].robust_accuracy)
-    gap = f.robust_accuracy - p.robust_accuracy
-    if gap > FGSM_PGD_GAP:
+    flagged = [
+        (f, p)
+        for f, p in pairs
+        if _fgsm_share(m, f, p) < FGSM_MIN_SHARE
+        and f.robust_accuracy - p.robust_accuracy > FGSM_PGD_GAP
+    ]
+    if flagged:
+        f, p = min(flagged, key=lambda fp: _fgsm_share(m, *fp))
         return Check(
             name,
             WARNING,
-            f"FGSM leaves {f.robust_accuracy:.3f} but PGD "
-            f"{p.robust_accuracy:.3f} at {f.norm} eps {f.eps:g}: the mark of "
-            "FGSM-only adversarial training or a masked gradient at the data points.",
+            f"FGSM leaves {f.robust_accuracy:.3f} but PGD {p.robust_accuracy:.3f} at {f.norm} "
+            f"eps {f.eps:g}: one step fools only {_fgsm_share(m, f, p):.0%} as many inputs as "
+            "PGD, the mark of FGSM-only adversarial training (catastrophic overfitting) or a "
+            "masked gradient.",
         )
+    f, p = max(pairs, key=lambda fp: fp[0].robust_accuracy - fp[1].robust_accuracy)
     return Check(
         name,
         PASSED,
-        f"largest FGSM-PGD gap {gap:.3f} (at eps {f.eps:g}) is within {FGSM_PGD_GAP:.2f}.",
+        f"largest FGSM-PGD gap {f.robust_accuracy - p.robust_accuracy:.3f} (at eps {f.eps:g}), "
+        f"where FGSM fools {_fgsm_share(m, f, p):.0%} as many inputs as PGD (warns under "
+        f"{FGSM_MIN_SHARE:.0%} with a gap over {FGSM_PGD_GAP:.2f}).",
     )
+
+
+def _fgsm_share(m: Measurements, f: CellResult, p: CellResult) -> float:
+    """How many inputs FGSM fools per input PGD fools (1.0 when PGD fools none)."""
+    fooled_by_pgd = m.clean_accuracy - p.robust_accuracy
+    if fooled_by_pgd <= 0:
+        return 1.0
+    return max(m.clean_accuracy - f.robust_accuracy, 0.0) / fooled_by_pgd
 
 
 def accuracy_rises_with_eps(m: Measurements) -> Check:
@@ -247,6 +295,7 @@ def defence_gain_plausible(m: Measurements) -> Check:
 
 
 CHECKS: tuple[Callable[[Measurements], Check], ...] = (
+    clean_accuracy_near_chance,
     pgd_weaker_than_fgsm,
     fgsm_far_above_pgd,
     accuracy_rises_with_eps,
