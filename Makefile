@@ -23,7 +23,7 @@ demo: setup
 
 # two workers, one test file each at a time (files share their module fixtures)
 test: setup
-	$(RUN) $(BIN)/python -m pytest -n 2 --dist loadfile
+	$(RUN) $(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -48,17 +48,40 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return robmon_home
 
 
+def seeded_store(tmp_path_factory: pytest.TempPathFactory, name: str, seed) -> Path:
+    """A ROBMON_HOME that ``seed(path)`` fills, built once per test run however many xdist
+    workers ask for it: under a file lock, a second worker waits for the first one's store
+    instead of training the same models again."""
+    import fcntl
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # shared by this run's workers, not by other runs
+    store, done = base / f"shared-{name}" / ".robmon", base / f"shared-{name}.done"
+    with (base / f"shared-{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(store.parent, ignore_errors=True)  # a build that failed half-way
+            store.parent.mkdir(parents=True)
+            seed(store)
+            done.touch()
+    return store
+
+
 @pytest.fixture(scope="session")
 def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ROBMON_HOME with the demo models in MLflow and their detector calibrations in the
-    database (seeded once per test session)."""
+    database (seeded once per test run, shared by the xdist workers)."""
+    return seeded_store(tmp_path_factory, "demo", _seed_demo)
+
+
+def _seed_demo(store: Path) -> None:
     from monitor.calibrate import calibrate_model
     from monitor.config import load_settings
     from monitor.db.session import open_database
     from monitor.demo import seed_demo_models
     from monitor.registry import Registry
 
-    store = tmp_path_factory.mktemp("demo") / ".robmon"
     settings = load_settings({"ROBMON_HOME": str(store)})
     registry = Registry(settings)
     models = seed_demo_models(registry)
@@ -66,13 +89,16 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for model in models:  # the ingester finds every demo model calibrated
         calibrate_model(db, registry, settings, model.ref)
     db.dispose()
-    return store
 
 
 @pytest.fixture(scope="session")
 def digits28_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ROBMON_HOME with two CNNs on 28×28 digits (``digits28-cnn`` v1, calibrated: the
-    target; v2: a surrogate for transfer attacks), seeded once per test session."""
+    target; v2: a surrogate for transfer attacks), seeded once per test run."""
+    return seeded_store(tmp_path_factory, "digits28", _seed_digits28)
+
+
+def _seed_digits28(store: Path) -> None:
     from monitor.architectures import cnn28
     from monitor.calibrate import calibrate_model
     from monitor.config import load_settings
@@ -80,7 +106,6 @@ def digits28_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from monitor.demo import register_trained
     from monitor.registry import Registry
 
-    store = tmp_path_factory.mktemp("digits28") / ".robmon"
     settings = load_settings({"ROBMON_HOME": str(store)})
     registry = Registry(settings)
     target, _ = register_trained(registry, "digits28-cnn", "digits28", cnn28, epochs=6, seed=0)
@@ -89,7 +114,6 @@ def digits28_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     db = open_database(settings)
     calibrate_model(db, registry, settings, target, limit=360)
     db.dispose()
-    return store
 
 
 def copy_store(store: Path, home: Path) -> Path:
@@ -258,3 +282,26 @@ def module_home(tmp_path_factory, demo_store):
         patch.chdir(home.parent)
         yield home
     assert not os.environ.get("ROBMON_HOME", "").startswith(str(home))
+
+
+# Files that take longest, in order: they start first so that the two xdist workers (one file at
+# a time, ``--dist loadfile --no-loadscope-reorder``) do not end on one long file while the other
+# worker idles. Every other file keeps its place after them.
+SLOW_FILES = (
+    "tests/alerts/test_probing.py",
+    "tests/deploy/test_workers.py",
+    "tests/deploy/test_redis_ingest.py",
+    "tests/test_scheduler.py",
+    "tests/alerts/test_simulation.py",
+    "tests/harden/test_harden.py",
+    "tests/test_demo.py",
+    "tests/ingest/test_exactly_once.py",
+    "tests/audit/test_runner.py",
+    "tests/test_gate.py",
+    "tests/dashboards/test_browser.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
