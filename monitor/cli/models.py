@@ -184,7 +184,7 @@ def demo(
             ],
         )
         print_table(
-            "robustness audits (FGSM and PGD, L∞ eps 0.05, 0.1, 0.2)",
+            "robustness audits (FGSM and PGD, L∞ eps 0.1, 0.2, 0.3)",
             ("audit", "model", "version", "clean acc", "score", "credibility"),
             [
                 (
