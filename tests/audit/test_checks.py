@@ -1,10 +1,18 @@
-"""Each credibility check on hand-made measurements (status and numbers in the detail)."""
+"""Each credibility check on hand-made measurements (status and numbers in the detail), and on
+real models trained here: ordinary ones pass, bad ones warn."""
 
 import pytest
+import torch
 
-from monitor.audit.checks import PASSED, SKIPPED, WARNING, run_checks
-from monitor.audit.measure import Baseline, CellResult, Measurements, Probes
+from monitor.architectures import InputRounding, Standardize, digits_cnn
+from monitor.attacks import fgsm
+from monitor.audit.checks import PASSED, SKIPPED, WARNING, Check, run_checks
+from monitor.audit.config import AuditConfig
+from monitor.audit.measure import Attackers, Baseline, CellResult, Measurements, Probes, measure
 from monitor.audit.score import robustness_score
+from monitor.classifiers import TorchClassifier
+from monitor.datasets import load_dataset
+from monitor.training import train_classifier
 
 
 def cell(attack, eps, acc, threat="white-box", norm="linf") -> CellResult:
@@ -151,3 +159,102 @@ def test_a_defence_far_above_its_parent_or_attacked_naively_warns() -> None:
 def test_a_randomised_model_attacked_with_eot_passes() -> None:
     m = measurements(HONEST, randomized=True, eot_samples=10)
     assert statuses(m)["randomized_model"] == PASSED
+
+
+def test_a_plain_models_fgsm_pgd_gap_passes_where_fgsm_still_fools_most() -> None:
+    # issue 18's plain MNIST CNN: FGSM 0.33 above PGD at eps 0.2, yet fooling 66% as many inputs
+    m = measurements([cell("fgsm", 0.2, 0.36), cell("pgd", 0.2, 0.03)])
+    m.clean_accuracy = 0.99
+    found = {c.name: c for c in run_checks(m)}["fgsm_far_above_pgd"]
+    assert found.status == PASSED
+    assert "largest FGSM-PGD gap 0.330 (at eps 0.2), where FGSM fools 66%" in found.detail
+
+
+def test_fgsm_barely_moving_a_model_that_pgd_breaks_warns() -> None:
+    m = measurements([cell("fgsm", 0.3, 0.66), cell("pgd", 0.3, 0.03)])
+    m.clean_accuracy = 0.925
+    found = {c.name: c for c in run_checks(m)}["fgsm_far_above_pgd"]
+    assert found.status == WARNING
+    assert "one step fools only 30% as many inputs as PGD" in found.detail
+
+
+def test_a_small_fgsm_share_within_a_small_gap_passes() -> None:
+    # a robust model at a small eps: FGSM fools 1 in 5 of PGD's few, but the gap is 0.08
+    cells = [cell("fgsm", 0.1, 0.88), cell("pgd", 0.1, 0.80)]
+    assert statuses(measurements(cells))["fgsm_far_above_pgd"] == PASSED
+
+
+@pytest.mark.parametrize(
+    ("clean", "n_classes", "status"),
+    [
+        (0.09, 10, WARNING),
+        (0.15, 10, WARNING),
+        (0.16, 10, PASSED),
+        (0.7, 2, WARNING),
+        (0.8, 2, PASSED),
+    ],
+)
+def test_clean_accuracy_near_chance(clean, n_classes, status) -> None:
+    m = measurements(HONEST)
+    m.clean_accuracy, m.n_classes = clean, n_classes
+    found = {c.name: c for c in run_checks(m)}["clean_accuracy_near_chance"]
+    assert found.status == status
+    if status == WARNING:
+        chance = f"({1 / n_classes:.3f} for {n_classes} classes)"
+        assert f"clean accuracy {clean:.3f} is near chance {chance}" in found.detail
+        assert "robustness.input" in found.detail
+
+
+def test_near_chance_is_skipped_without_the_number_of_classes() -> None:
+    m = Measurements(0.05, 500, None, {}, [cell("fgsm", 0.1, 0.0, threat="transfer")], Probes())
+    assert statuses(m)["clean_accuracy_near_chance"] == SKIPPED
+
+
+# End to end: real models trained here on the 8×8 digits, audited at the grayscale L∞ grid.
+
+GREY = (0.1, 0.2, 0.3)
+
+
+def audit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Check]:
+    config = AuditConfig(dataset="digits", eps=GREY)
+    m = measure(Attackers(TorchClassifier("model", model.eval())), x[:200], y[:200], config)
+    return {c.name: c for c in run_checks(m)}
+
+
+def warnings(checks: dict[str, Check]) -> set[str]:
+    return {name for name, c in checks.items() if c.status == WARNING}
+
+
+def test_a_plainly_trained_digits_cnn_raises_no_warning(trained_cnn, digits) -> None:
+    checks = audit(trained_cnn, digits.x, digits.y)
+    assert warnings(checks) == set()
+    assert checks["fgsm_far_above_pgd"].status == PASSED
+
+
+def test_fgsm_only_training_that_overfits_catastrophically_warns(digits) -> None:
+    train = load_dataset("digits", "train")
+    torch.manual_seed(0)
+    model = digits_cnn()
+    step = lambda m, x, y: fgsm(m, x, y, 0.4)  # noqa: E731  (no random start: overfits)
+    train_classifier(
+        model, train.x, train.y, epochs=20, lr=2e-3, transform=step, transform_ratio=1.0
+    )
+    checks = audit(model, digits.x, digits.y)
+    assert checks["fgsm_far_above_pgd"].status == WARNING
+    assert "FGSM-only adversarial training" in checks["fgsm_far_above_pgd"].detail
+
+
+def test_an_input_rounded_model_warns(trained_cnn, digits) -> None:
+    checks = audit(InputRounding(trained_cnn, levels=4), digits.x, digits.y)
+    assert {"zero_gradients", "large_eps_accuracy"} <= warnings(checks)
+
+
+def test_a_model_fed_pixels_on_the_wrong_scale_is_near_chance(digits) -> None:
+    train = load_dataset("digits", "train")
+    torch.manual_seed(0)
+    model = digits_cnn()
+    model[0] = Standardize(127.5, 127.5)  # trained on 0-255 pixels, audited on [0, 1]
+    train_classifier(model, train.x * 255, train.y, epochs=10, lr=2e-3)
+    checks = audit(model, digits.x, digits.y)
+    assert checks["clean_accuracy_near_chance"].status == WARNING
+    assert "check the model's input contract" in checks["clean_accuracy_near_chance"].detail
