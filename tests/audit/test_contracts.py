@@ -52,6 +52,19 @@ class Uint8ChannelsLast(mlflow.pyfunc.PythonModel):
             return torch.softmax(self.net((x - 0.5) / 0.5), dim=1).numpy()
 
 
+class Uint8Net(torch.nn.Module):
+    """A torch module declared uint8 (its signature) that also runs on whole-number floats."""
+
+    def __init__(self, net: torch.nn.Module, strict: bool = False) -> None:
+        super().__init__()
+        self.net, self.strict = net, strict
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.strict and x.dtype != torch.uint8:
+            raise TypeError(f"expected uint8 pixels, got {x.dtype}")
+        return self.net((x.float() / 255.0 - 0.5) / 0.5)
+
+
 @pytest.fixture(scope="module")
 def three_ways_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """digits-inside (a, pickle), digits-tagged (b, pt2), digits-uint8 (c, pyfunc)."""
@@ -87,6 +100,15 @@ def three_ways_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         ),
     )
+    uint8_example = (example * 255).round().to(torch.uint8)
+    for name, strict in (("digits-torch-uint8", False), ("digits-torch-uint8-only", True)):
+        registry.register_torch(
+            Uint8Net(raw, strict),
+            name,
+            uint8_example,
+            tags=DIGITS_TAGS,
+            serialization_format="pickle",
+        )
     return home
 
 
@@ -155,6 +177,29 @@ def test_the_classifier_keeps_pixel_space_shapes(context) -> None:
     assert uint8.input_shape == (1, 8, 8) and tagged.input_shape == (1, 8, 8)
     assert isinstance(tagged.module, PixelAdapter)
     assert uint8.contract.scale == "uint8" and uint8.layout == "nhwc"
+
+
+def test_a_uint8_torch_module_keeps_its_gradients(context, caplog) -> None:
+    """Declared uint8 by its signature: white-box through straight-through rounding when it
+    takes floats; a black box (with a warning) when it refuses them."""
+    from monitor.classifiers import BlackBoxClassifier, TorchClassifier
+
+    _, _, registry = context
+    loaded = registry.load(registry.resolve("digits-torch-uint8"))
+    assert isinstance(loaded, TorchClassifier) and loaded.module.round_to_integers
+    assert loaded.contract.scale == "uint8" and loaded.contract.source == "signature"
+    only = registry.load(registry.resolve("digits-torch-uint8-only"))
+    assert isinstance(only, BlackBoxClassifier) and np.dtype(only.dtype) == np.uint8
+    assert "takes uint8 tensors only, so it is audited as a black box" in caplog.text
+    inside, uint8 = _audit(context, "digits-inside"), _audit(context, "digits-torch-uint8")
+    assert uint8.clean_accuracy == inside.clean_accuracy
+    assert {r.threat for r in uint8.results} == {"white-box"}
+    a, u = _by_cell(inside), _by_cell(uint8)
+    for cell in a:  # whole-number inputs: a few samples apart at most
+        assert abs(u[cell] - a[cell]) * LIMIT <= 3, (cell, u[cell], a[cell])
+    assert u[("pgd", "linf", 0.1)] < 0.7  # the gradients got through
+    data = load_dataset("digits").head(LIMIT)  # the black box gets rounded uint8 arrays
+    assert int((only.labels(data.x) == data.y).sum()) == round(inside.clean_accuracy * LIMIT)
 
 
 def test_a_wrong_contract_says_to_check_it(context, home: Path) -> None:
