@@ -14,6 +14,7 @@ import time
 
 from monitor import metrics
 from monitor.audit import queue
+from monitor.audit.memory import BatchSize
 from monitor.errors import RobmonError
 from monitor.jobs import JobContext
 
@@ -31,6 +32,7 @@ def run_worker(
     """Run queued audits until ``context.stop`` is set (with ``once``: until the queue is
     empty). Returns one line per audit run."""
     finished: list[str] = []
+    batch = audit_batch_size(context)
     while not context.stop.is_set():
         queue.requeue_interrupted(context.db)
         claimed = queue.claim_next(context.db, context.worker, lease_seconds)
@@ -39,12 +41,24 @@ def run_worker(
                 break
             context.stop.wait(poll)
             continue
-        finished.append(_run(context, claimed, device, lease_seconds))
+        finished.append(_run(context, claimed, device, batch, lease_seconds))
     return finished
 
 
+def audit_batch_size(context: JobContext) -> BatchSize:
+    """``[watch] batch_size`` where set, else ``[audit] batch_size`` (default auto), with the
+    ``[audit] memory_limit``."""
+    audit = context.watch.audit
+    chosen = context.settings.section("watch").get("batch_size", audit.get("batch_size", "auto"))
+    return BatchSize.of(chosen, audit.get("memory_limit"))
+
+
 def _run(
-    context: JobContext, claimed: queue.Claimed, device: str | None, lease_seconds: float
+    context: JobContext,
+    claimed: queue.Claimed,
+    device: str | None,
+    batch: BatchSize,
+    lease_seconds: float,
 ) -> str:
     log.info("%s runs audit %s of %s", context.worker, claimed.id, claimed.plan.ref)
     started = time.perf_counter()
@@ -57,7 +71,7 @@ def _run(
             context.worker,
             stop=context.stop,
             device=device or context.watch.device,
-            batch_size=context.watch.batch_size,
+            batch_size=batch,
             lease_seconds=lease_seconds,
         )
         line = f"audit {audit.id} of {claimed.plan.ref}: succeeded, score {audit.score:.1f}"

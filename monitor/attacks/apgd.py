@@ -14,13 +14,16 @@ from torch import nn
 
 from monitor.attacks.core import (
     AttackStats,
+    Generators,
     Norm,
+    Seed,
     attack_mode,
     attacker_loss,
     check_inputs,
     get_norm,
     input_gradient,
     make_generator,
+    subset,
     succeeded,
 )
 
@@ -38,14 +41,15 @@ def apgd(
     steps: int = 100,
     restarts: int = 1,
     targeted: bool = False,
-    seed: int | None = None,
+    seed: Seed = None,
     stats: AttackStats | None = None,
 ) -> torch.Tensor:
     """APGD on the cross-entropy in the L∞ or L2 ball of radius ``eps``.
 
     Defaults: 100 steps (the paper's), one restart from a random point; each further restart
     runs only on samples not yet fooled. Per sample the first successful example is kept, else
-    the point of highest loss. ``x`` N×C×H×W in [0, 1]; returns x_adv on x's device.
+    the point of highest loss. ``seed`` as in ``pgd`` (an int, or one per sample).
+    ``x`` N×C×H×W in [0, 1]; returns x_adv on x's device.
     """
     check_inputs(x, y, eps)
     if steps < 1 or restarts < 1:
@@ -60,7 +64,9 @@ def apgd(
             idx = (~done).nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
-            adv, fooled = _run(model, x0[idx], y0[idx], eps, spec, steps, targeted, gen, stats)
+            adv, fooled = _run(
+                model, x0[idx], y0[idx], eps, spec, steps, targeted, subset(gen, idx), stats
+            )
             best[idx] = adv
             done[idx] |= fooled
     return best.to(x.device)
@@ -79,7 +85,7 @@ def _run(
     spec: Norm,
     steps: int,
     targeted: bool,
-    gen: torch.Generator | None,
+    gen: Generators,
     stats: AttackStats | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One restart: (x_adv, fooled) per sample."""

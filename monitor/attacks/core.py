@@ -8,7 +8,7 @@ restored when the attack ends.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -104,6 +104,57 @@ def succeeded(logits: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Te
     return pred == y if targeted else pred != y
 
 
+class SampleGenerators:
+    """One seeded CPU generator per sample: a sample's random draws (starts, restarts) do not
+    depend on which other samples share its batch, so an attack gives the same result per
+    sample at any batch size, on any device."""
+
+    def __init__(self, generators: list[torch.Generator]) -> None:
+        self.generators = generators
+
+    @staticmethod
+    def seeded(seeds: Sequence[int] | torch.Tensor) -> SampleGenerators:
+        values = seeds.tolist() if isinstance(seeds, torch.Tensor) else list(seeds)
+        return SampleGenerators([torch.Generator().manual_seed(int(s)) for s in values])
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def subset(self, idx: torch.Tensor) -> SampleGenerators:
+        """The generators of samples ``idx`` (the same objects: their streams go on)."""
+        return SampleGenerators([self.generators[i] for i in idx.tolist()])
+
+
+Generators = torch.Generator | SampleGenerators | None
+
+
+def draw(
+    fn: Callable[..., torch.Tensor],
+    shape: Sequence[int],
+    gen: Generators,
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> torch.Tensor:
+    """``fn(shape)`` (torch.rand or torch.randn) from one generator, or row by row from one
+    generator per sample."""
+    if not isinstance(gen, SampleGenerators):
+        return fn(tuple(shape), generator=gen, device=device, dtype=dtype)
+    if len(gen) != shape[0]:
+        raise ValueError(f"{len(gen)} sample generators for {shape[0]} samples")
+    if not len(gen):
+        return torch.empty(tuple(shape), device=device, dtype=dtype)
+    rows = [fn(tuple(shape[1:]), generator=g, dtype=dtype) for g in gen.generators]
+    return torch.stack(rows).to(device)
+
+
+def subset(gen: Generators, idx: torch.Tensor) -> Generators:
+    """The generator(s) for samples ``idx`` of a batch (a shared generator stays shared)."""
+    return gen.subset(idx) if isinstance(gen, SampleGenerators) else gen
+
+
+Seed = int | Sequence[int] | torch.Tensor | None
+
+
 def _flat_norm(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (t.ndim - 1)))
 
@@ -114,7 +165,7 @@ class Norm:
 
     step: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
     project: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
-    random_start: Callable[[torch.Tensor, float, torch.Generator | None], torch.Tensor]
+    random_start: Callable[[torch.Tensor, float, Generators], torch.Tensor]
     size: Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -126,8 +177,8 @@ def _linf_project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Ten
     return torch.clamp(x_adv, (x - eps).clamp_(min=0.0), (x + eps).clamp_(max=1.0))
 
 
-def _linf_random(x: torch.Tensor, eps: float, gen: torch.Generator | None) -> torch.Tensor:
-    noise = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+def _linf_random(x: torch.Tensor, eps: float, gen: Generators) -> torch.Tensor:
+    noise = draw(torch.rand, x.shape, gen, x.device, x.dtype)
     return (x + (2.0 * noise - 1.0) * eps).clamp_(0.0, 1.0)
 
 
@@ -141,9 +192,9 @@ def _l2_project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tenso
     return (x + delta).clamp_(0.0, 1.0)
 
 
-def _l2_random(x: torch.Tensor, eps: float, gen: torch.Generator | None) -> torch.Tensor:
-    direction = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-    radius = torch.rand((len(x),) + (1,) * (x.ndim - 1), generator=gen, device=x.device)
+def _l2_random(x: torch.Tensor, eps: float, gen: Generators) -> torch.Tensor:
+    direction = draw(torch.randn, x.shape, gen, x.device, x.dtype)
+    radius = draw(torch.rand, (len(x),) + (1,) * (x.ndim - 1), gen, x.device, None)
     delta = direction / (_flat_norm(direction) + _TINY) * radius * eps
     return (x + delta).clamp_(0.0, 1.0)
 
@@ -176,8 +227,11 @@ def check_inputs(x: torch.Tensor, y: torch.Tensor, eps: float) -> None:
         raise ValueError(f"eps must be non-negative, got {eps}")
 
 
-def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
-    """A seeded generator on ``device``, or None to use torch's global random state."""
+def make_generator(seed: Seed, device: torch.device) -> Generators:
+    """A seeded generator on ``device`` for an int; one CPU generator per sample for a
+    sequence of seeds (one per sample); None to use torch's global random state."""
     if seed is None:
         return None
-    return torch.Generator(device=device).manual_seed(seed)
+    if isinstance(seed, int) or (isinstance(seed, torch.Tensor) and seed.ndim == 0):
+        return torch.Generator(device=device).manual_seed(int(seed))
+    return SampleGenerators.seeded(seed)

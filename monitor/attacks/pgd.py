@@ -8,13 +8,16 @@ from torch import nn
 
 from monitor.attacks.core import (
     AttackStats,
+    Generators,
     Norm,
+    Seed,
     attack_mode,
     attacker_loss,
     check_inputs,
     get_norm,
     input_gradient,
     make_generator,
+    subset,
     succeeded,
 )
 
@@ -32,7 +35,7 @@ def pgd(
     restarts: int = 1,
     early_stop: bool = True,
     targeted: bool = False,
-    seed: int | None = None,
+    seed: Seed = None,
     stats: AttackStats | None = None,
 ) -> torch.Tensor:
     """Projected gradient descent on the cross-entropy, in the L∞ or L2 ball of radius ``eps``.
@@ -41,6 +44,8 @@ def pgd(
     ``early_stop`` stops spending passes on samples already misclassified (or at their target)
     and keeps their first successful example; each restart runs only on samples not yet fooled,
     and per sample the strongest result is kept (success first, then the higher loss).
+    ``seed``: an int seeds one generator for the batch; one seed per sample makes each
+    sample's random starts independent of the batch it is in.
     ``x`` N×C×H×W in [0, 1]; returns x_adv on x's device, inside the ball and inside [0, 1].
     """
     check_inputs(x, y, eps)
@@ -51,7 +56,7 @@ def pgd(
     with attack_mode(model) as device:
         x0, y0 = x.detach().to(device), y.to(device)
         gen = make_generator(seed, device)
-        run = lambda xs, ys, final_check: _run(  # noqa: E731
+        run = lambda xs, ys, g, final_check: _run(  # noqa: E731
             model,
             xs,
             ys,
@@ -62,12 +67,12 @@ def pgd(
             random_start,
             early_stop,
             targeted,
-            gen,
+            g,
             stats,
             final_check,
         )
         if restarts == 1:
-            return run(x0, y0, False)[0].to(x.device)
+            return run(x0, y0, gen, False)[0].to(x.device)
         best = x0.clone()
         best_loss = torch.full((len(x0),), -torch.inf, device=device)
         done = torch.zeros(len(x0), dtype=torch.bool, device=device)
@@ -77,7 +82,7 @@ def pgd(
             )
             if idx.numel() == 0:
                 break
-            adv, fooled, loss = run(x0[idx], y0[idx], True)
+            adv, fooled, loss = run(x0[idx], y0[idx], subset(gen, idx), True)
             open_ = ~done[idx]  # a sample already fooled keeps its first success
             better = open_ & (fooled | (loss > best_loss[idx]))
             best[idx[better]] = adv[better]
@@ -97,7 +102,7 @@ def _run(
     random_start: bool,
     early_stop: bool,
     targeted: bool,
-    gen: torch.Generator | None,
+    gen: Generators,
     stats: AttackStats | None,
     final_check: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -3,6 +3,11 @@ and the probes the credibility checks read. No database, no MLflow.
 
 Robust accuracy counts a sample as robust when the model classifies it correctly both clean and
 attacked (as AutoAttack does); only initially correct samples are attacked.
+
+Batches are sized by ``monitor.audit.memory`` (measured, halved on out-of-memory). Each sample's
+random start is drawn from its own seed (``config.seed`` and its position), so the numbers do
+not depend on the batch size; what can differ is float rounding in batched kernels, and the
+draws of models that are random themselves (randomised defences use torch's global generator).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from torch import nn
 from monitor.attacks import AttackStats, apgd, fgsm, perturbation_size, pgd
 from monitor.attacks.core import attack_mode, input_gradient
 from monitor.audit.config import LARGE_EPS, AuditConfig
+from monitor.audit.memory import BatchPlan, BatchSize, in_batches, plan_batches
 from monitor.classifiers import Classifier, TorchClassifier, check_input_shape
 from monitor.errors import ModelIncompatible
 from monitor.progress import Reporter, silent
@@ -24,9 +30,19 @@ from monitor.progress import Reporter, silent
 GALLERY_SIZE = 8
 PROBE_SAMPLES = 256
 
-# attack name -> (model, x, y, eps, norm, config, early_stop, seed, stats) -> x_adv
+# attack name -> (model, x, y, eps, norm, config, early_stop, seeds per sample, stats) -> x_adv
 Craft = Callable[
-    [nn.Module, torch.Tensor, torch.Tensor, float, str, AuditConfig, bool, int, AttackStats],
+    [
+        nn.Module,
+        torch.Tensor,
+        torch.Tensor,
+        float,
+        str,
+        AuditConfig,
+        bool,
+        torch.Tensor,
+        AttackStats,
+    ],
     torch.Tensor,
 ]
 CRAFT: dict[str, Craft] = {
@@ -111,6 +127,7 @@ class Measurements:
     cells: list[CellResult]
     probes: Probes
     baseline: Baseline | None = None
+    batch: dict | None = None  # how batches were sized: BatchPlan.record()
 
 
 @dataclass
@@ -135,12 +152,14 @@ def measure(
     y: torch.Tensor,
     config: AuditConfig,
     *,
-    batch_size: int = 256,
+    batch_size: BatchSize | int | str = "auto",
     report: Reporter = silent,
 ) -> Measurements:
-    """Clean accuracy, every (threat, attack, norm, eps) cell, and the probes."""
-    correct, n_classes = clean_predictions(attackers.target, x, y)
-    per_class_clean = per_class(correct, y)
+    """Clean accuracy, every (threat, attack, norm, eps) cell, and the probes; ``batch_size``
+    "auto" (measured against the free memory), N, or a BatchSize with a memory limit."""
+    check_input_shape(attackers.target, tuple(x.shape[1:]), "the dataset")
+    plan = batch_plan(attackers, x, BatchSize.of(batch_size))
+    correct, n_classes = clean_predictions(attackers.target, x, y, plan)
     cells = []
     for threat, crafter in attackers.threats():
         for attack, norm, eps in config.cells():
@@ -156,28 +175,36 @@ def measure(
                     eps,
                     config,
                     threat,
-                    batch_size,
+                    plan,
                     report,
                 )
             )
-    probes = probe(attackers, x, y, correct, config, batch_size)
+    probes = probe(attackers, x, y, correct, config, plan)
     return Measurements(
         clean_accuracy=int(correct.sum()) / len(y),
         n=len(y),
         n_classes=n_classes,
-        per_class_clean=per_class_clean,
+        per_class_clean=per_class(correct, y),
         cells=cells,
         probes=probes,
+        batch=plan.record(),
     )
 
 
+def batch_plan(attackers: Attackers, x: torch.Tensor, request: BatchSize) -> BatchPlan:
+    """The batch size for every crafting model of the audit (the largest need decides)."""
+    crafters = [crafter for _, crafter in attackers.threats()]
+    device = crafters[0].device if crafters else torch.device("cpu")
+    return plan_batches(request, [c.crafting_module for c in crafters], x, torch.device(device))
+
+
 def clean_predictions(
-    target: Classifier, x: torch.Tensor, y: torch.Tensor
+    target: Classifier, x: torch.Tensor, y: torch.Tensor, plan: BatchPlan | None = None
 ) -> tuple[torch.Tensor, int | None]:
     """Which samples the target gets right, and its number of classes (None: labels only)."""
     check_input_shape(target, tuple(x.shape[1:]), "the dataset")
     try:
-        probs = target.probabilities(x)
+        probs = _probabilities(target, x, plan)
     except (RuntimeError, AssertionError) as err:  # pt2 graphs assert on shapes
         raise ModelIncompatible(
             f"{target.name} cannot take inputs shaped {tuple(x.shape[1:])}: "
@@ -200,6 +227,21 @@ def clean_predictions(
     return probs.argmax(dim=1) == y, n_classes
 
 
+def _probabilities(
+    target: Classifier, x: torch.Tensor, plan: BatchPlan | None
+) -> torch.Tensor | None:
+    """The target's probabilities on x; a torch model's in the plan's batches."""
+    if plan is None or not isinstance(target, TorchClassifier):
+        return target.probabilities(x)
+    chunks: list[torch.Tensor] = []
+
+    def work(start: int, stop: int) -> None:
+        chunks.append(target.probabilities(x[start:stop]))
+
+    in_batches(plan, len(x), work, torch.device(target.device))
+    return torch.cat(chunks) if chunks else target.probabilities(x)
+
+
 def measure_cell(
     crafter: TorchClassifier,
     target: Classifier,
@@ -211,11 +253,13 @@ def measure_cell(
     eps: float,
     config: AuditConfig,
     threat: str,
-    batch_size: int,
+    batch: BatchPlan | int,
     report: Reporter = silent,
     task: str | None = None,
 ) -> CellResult:
-    """Attack the initially correct samples in batches; evaluate the target on the results."""
+    """Attack the initially correct samples in batches (halved on out-of-memory); evaluate the
+    target on the results."""
+    plan = batch if isinstance(batch, BatchPlan) else BatchPlan(batch, batch, "", "fixed")
     started = time.perf_counter()
     stats = AttackStats()
     robust = torch.zeros(len(y), dtype=torch.bool)
@@ -224,34 +268,19 @@ def measure_cell(
     todo = correct.nonzero().squeeze(1)
     task = task or f"{threat} {attack} {norm} eps={eps:g}"
     report(task, 0, len(todo))
-    early_stop = threat == "white-box"  # transfer examples are stronger at full strength
-    for start in range(0, len(todo), batch_size):
-        idx = todo[start : start + batch_size]
-        xb = x[idx].to(crafter.device)
-        adv = CRAFT[attack](
-            crafter.crafting_module,
-            xb,
-            y[idx].to(crafter.device),
-            eps,
-            norm,
-            config,
-            early_stop,
-            config.seed + start,
-            stats,
-        ).detach()
-        predicted = target.labels(adv).cpu()
-        still = predicted == y[idx]
+
+    def work(start: int, stop: int) -> None:  # keeps nothing from a batch that fails
+        idx = todo[start:stop]
+        done = _attack_batch(crafter, target, x, y, idx, attack, norm, eps, config, threat)
+        still, size, gallery, passes = done
         robust[idx] = still
-        fooled = ~still
-        if fooled.any():
-            sizes.append(
-                perturbation_size(adv[fooled.to(adv.device)], xb[fooled.to(xb.device)], norm).cpu()
-            )
-            for j in fooled.nonzero().squeeze(1)[: GALLERY_SIZE - len(examples)].tolist():
-                examples.append(
-                    Example(xb[j].cpu(), adv[j].cpu(), int(y[idx][j]), int(predicted[j]))
-                )
-        report(task, min(start + batch_size, len(todo)), len(todo))
+        stats.forward += passes
+        if size is not None:
+            sizes.append(size)
+        examples.extend(gallery[: GALLERY_SIZE - len(examples)])
+        report(task, stop, len(todo))
+
+    in_batches(plan, len(todo), work, torch.device(crafter.device))
     n_correct = int(correct.sum())
     size = torch.cat(sizes) if sizes else None
     return CellResult(
@@ -273,6 +302,52 @@ def measure_cell(
     )
 
 
+def _attack_batch(
+    crafter: TorchClassifier,
+    target: Classifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    idx: torch.Tensor,
+    attack: str,
+    norm: str,
+    eps: float,
+    config: AuditConfig,
+    threat: str,
+) -> tuple[torch.Tensor, torch.Tensor | None, list[Example], int]:
+    """Samples ``idx`` attacked: (still correct, perturbation sizes of the fooled ones, gallery
+    candidates, forward passes)."""
+    stats = AttackStats()
+    xb = x[idx].to(crafter.device)
+    adv = CRAFT[attack](
+        crafter.crafting_module,
+        xb,
+        y[idx].to(crafter.device),
+        eps,
+        norm,
+        config,
+        threat == "white-box",  # early stop; transfer examples are stronger at full strength
+        sample_seeds(config.seed, idx),
+        stats,
+    ).detach()
+    predicted = target.labels(adv).cpu()
+    still = predicted == y[idx]
+    fooled = ~still
+    if not fooled.any():
+        return still, None, [], stats.forward
+    size = perturbation_size(adv[fooled.to(adv.device)], xb[fooled.to(xb.device)], norm).cpu()
+    gallery = [
+        Example(xb[j].cpu(), adv[j].cpu(), int(y[idx][j]), int(predicted[j]))
+        for j in fooled.nonzero().squeeze(1)[:GALLERY_SIZE].tolist()
+    ]
+    return still, size, gallery, stats.forward
+
+
+def sample_seeds(seed: int, idx: torch.Tensor) -> torch.Tensor:
+    """One seed per sample from the audit's seed and the sample's position: a sample's random
+    start is the same in whatever batch it is attacked."""
+    return (seed % 2**32) * 2**32 + idx.cpu().long()
+
+
 def per_class(hits: torch.Tensor, y: torch.Tensor) -> dict[int, tuple[int, float]]:
     """label -> (count, accuracy)."""
     out = {}
@@ -288,7 +363,7 @@ def probe(
     y: torch.Tensor,
     correct: torch.Tensor,
     config: AuditConfig,
-    batch_size: int,
+    batch: BatchPlan | int,
 ) -> Probes:
     """Gradients, output kind, randomness and a very-large-eps attack, on the white-box model."""
     target = attackers.target
@@ -297,11 +372,23 @@ def probe(
     idx = correct.nonzero().squeeze(1)[:PROBE_SAMPLES]
     if idx.numel() == 0:
         return Probes()
-    xs, ys = x[idx].to(target.device), y[idx].to(target.device)
-    with attack_mode(target.module):  # gradients as the attacks see them (BPDA/EOT included)
-        grad, logits = input_gradient(target.crafting_module, xs, ys, targeted=False)
-        first, again = target.module(xs).detach(), target.module(xs).detach()
-    flat = grad.flatten(1)
+    plan = batch if isinstance(batch, BatchPlan) else BatchPlan(batch, batch, "", "fixed")
+    grads: list[torch.Tensor] = []
+    outputs: list[torch.Tensor] = []
+    changes: list[float] = []
+
+    def work(start: int, stop: int) -> None:
+        xs, ys = x[idx[start:stop]].to(target.device), y[idx[start:stop]].to(target.device)
+        with attack_mode(target.module):  # gradients as the attacks see them (BPDA/EOT included)
+            grad, logits = input_gradient(target.crafting_module, xs, ys, targeted=False)
+            first, again = target.module(xs).detach(), target.module(xs).detach()
+        change = float((again - first).abs().max())
+        grads.append(grad.flatten(1).cpu())
+        outputs.append(logits.cpu())
+        changes.append(change)
+
+    in_batches(plan, len(idx), work, torch.device(target.device))
+    flat, logits = torch.cat(grads), torch.cat(outputs)
     finite = torch.isfinite(flat).all(dim=1)
     zero = finite & (flat.abs().amax(dim=1) == 0)
     rows = logits.sum(dim=1)
@@ -322,13 +409,13 @@ def probe(
         LARGE_EPS[norm],
         config,
         "white-box",
-        batch_size,
+        plan,
     )
     return Probes(
         zero_gradient_share=float(zero.float().mean()),
         nonfinite_gradient_share=float((~finite).float().mean()),
         outputs_look_like_probabilities=looks_like_probs,
-        randomized=bool((again - first).abs().max() > 1e-4),
+        randomized=max(changes) > 1e-4,
         large_eps=large,
         **defence_record(target, config),
     )

@@ -45,7 +45,16 @@ def audit(
     norm: list[str] = typer.Option(None, "--norm", help="linf and/or l2 (repeatable)."),
     steps: int | None = typer.Option(None, help="PGD steps (default 10)."),
     restarts: int | None = typer.Option(None, help="PGD restarts (default 1)."),
-    batch_size: int | None = typer.Option(None, help="Samples per attack batch (default 256)."),
+    batch_size: str | None = typer.Option(
+        None,
+        help="Samples per attack batch: auto (the default: measured against the free memory, "
+        "halved on out-of-memory) or a number.",
+    ),
+    memory_limit: str | None = typer.Option(
+        None,
+        "--memory-limit",
+        help="With auto: the most memory the process may hold on the attack device, e.g. 4GB.",
+    ),
     limit: int | None = typer.Option(None, help="Audit only the first N samples."),
     seed: int | None = typer.Option(None, help="Random seed (default 0)."),
     surrogate: str | None = typer.Option(
@@ -71,13 +80,18 @@ def audit(
 ) -> None:
     """Attack a model version now and report its robustness (reuses a matching audit)."""
     from monitor.audit.config import AuditConfig, audit_defaults, parse_eps
+    from monitor.audit.memory import BatchSize
     from monitor.audit.report import audit_json
     from monitor.audit.runner import AuditRequest, run_audit
     from monitor.errors import AuditError
 
-    settings, registry = state.settings(), state.registry()
-    db = state.database()
+    settings = state.settings()
     defaults = audit_defaults(settings.section("audit"))
+    batch = BatchSize.of(
+        batch_size if batch_size is not None else defaults.get("batch_size", "auto"),
+        memory_limit if memory_limit is not None else defaults.get("memory_limit"),
+    )
+    registry, db = state.registry(), state.database()
     chosen = {
         "dataset": dataset,
         "attacks": tuple(attack) if attack else None,
@@ -105,7 +119,7 @@ def audit(
         config=AuditConfig(**fields),
         force=force,
         device=device or defaults.get("device"),
-        batch_size=batch_size or defaults.get("batch_size", 256),
+        batch_size=batch,
         fast=fast,
     )
     if queue:
