@@ -82,7 +82,10 @@ class InputContract:
         }
 
     def pixel_shape(self, shape: tuple[int, ...] | None) -> tuple[int, ...] | None:
-        """The pixel-space shape (C, H, W) of a model input shape without the batch axis."""
+        """The pixel-space shape (C, H, W) of a signature's shape without the batch axis; with
+        no signature, the contract's channels and size (when both are declared)."""
+        if shape is None and self.channels is not None and self.size is not None:
+            return (self.channels, *self.size)
         if shape is not None and len(shape) == 3 and self.layout == "nhwc":
             return (shape[2], shape[0], shape[1])
         return shape
@@ -263,6 +266,20 @@ def to_model_array(x: np.ndarray, contract: InputContract, dtype: np.dtype) -> n
     if np.dtype(dtype) == np.uint8:
         return np.clip(np.rint(x), 0, 255).astype(np.uint8)
     return x.astype(dtype, copy=False)
+
+
+def takes_floats(
+    module: torch.nn.Module, shape: tuple[int, ...] | None, device: torch.device
+) -> bool:
+    """Whether a module declared uint8 runs on float inputs (whole numbers 0–255)."""
+    if shape is None or len(shape) != 3 or any(d in (-1, None) for d in shape):
+        return True  # nothing to probe with: the audit says so if it fails
+    try:
+        with torch.no_grad():
+            module(torch.zeros(1, *shape, device=device))
+    except (RuntimeError, TypeError, AssertionError, ValueError):
+        return False
+    return True
 
 
 def _channel_tensor(values: tuple[float, ...] | None, fill: float) -> torch.Tensor:

@@ -29,6 +29,7 @@ from monitor.contracts import (
     from_signature,
     parse_contract,
     resolve_contract,
+    takes_floats,
 )
 from monitor.errors import ModelIncompatible, ModelNotFound, RegistryError, RegistryUnavailable
 
@@ -292,10 +293,10 @@ class Registry:
         module = module.to(device)
         shape, dtype = self.input_signature(ref)
         contract = contract or self.input_contract(ref)
-        pixel_shape = _pixel_shape(contract, shape)
+        pixel_shape = contract.pixel_shape(shape)
         if not contract.is_identity:
             module = PixelAdapter(module, contract, round_to_integers=dtype == "uint8").to(device)
-            if dtype == "uint8" and not _takes_floats(module, pixel_shape, device):
+            if dtype == "uint8" and not takes_floats(module, pixel_shape, device):
                 log.warning(
                     "%s takes uint8 tensors only, so it is audited as a black box "
                     "(transfer attacks; no gradients through it).",
@@ -320,7 +321,7 @@ class Registry:
             predict_fn=model.predict,
             layout="flat" if layout == "flat" else contract.layout,
             dtype=dtype,
-            input_shape=_pixel_shape(contract, shape),
+            input_shape=contract.pixel_shape(shape),
             contract=contract,
         )
 
@@ -527,27 +528,6 @@ class Registry:
                 if attempt == attempts - 1:
                     raise
                 time.sleep(delay * 2**attempt)
-
-
-def _pixel_shape(contract: InputContract, shape: tuple[int, ...] | None) -> tuple[int, ...] | None:
-    """C, H, W in pixel space: from the signature, else from the contract's channels and size."""
-    if shape is None and contract.channels is not None and contract.size is not None:
-        return (contract.channels, *contract.size)
-    return contract.pixel_shape(shape)
-
-
-def _takes_floats(
-    module: torch.nn.Module, shape: tuple[int, ...] | None, device: torch.device
-) -> bool:
-    """Whether a module declared uint8 runs on float inputs (whole numbers 0–255)."""
-    if shape is None or len(shape) != 3 or any(d in (-1, None) for d in shape):
-        return True  # nothing to probe with: the audit says so if it fails
-    try:
-        with torch.no_grad():
-            module(torch.zeros(1, *shape, device=device))
-    except (RuntimeError, TypeError, AssertionError, ValueError):
-        return False
-    return True
 
 
 def _search_all_models(client: Any) -> list[Any]:
