@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/checks.py [--test 300] [--resnet] [--only NAME ...]
 
-Every model is trained here, small and on CPU (about 3 minutes on one thread). Ordinary models
+Every model is trained here, small and on CPU (2 CPU minutes, one thread). Ordinary models
 — plain CNNs on ``digits`` (8×8) with 300 and all 1,257 training images, three seeds and a
 long-trained one, a wide CNN, CNNs on ``digits28`` (300 and all images, 8 and 30 epochs), a
 colour CNN on 32×32 colour digit photos (``--resnet`` adds a briefly trained ResNet-18, slow on
