@@ -11,8 +11,9 @@ by device and scale with ``--resnet-batch``, ``--batch224``, ``--steps224``, ``-
 
 Every ratio is measured in this one run (medians over repetitions). The floor is one forward
 plus one backward pass to the input with the model's parameters frozen, which is what an attack
-must pay per step; PGD-k is compared with k of those. With ``adversarial-robustness-toolbox``
-installed, ART's FGSM and PGD run on the same model and data.
+must pay per step (measured before and after the attacks; the lower counts); PGD-k is compared
+with k of those. With ``adversarial-robustness-toolbox`` installed, ART's FGSM and PGD run on
+the same model and data.
 """
 
 from __future__ import annotations
@@ -105,8 +106,14 @@ def bench(label, model, x, y, eps, steps, repeats, device, with_art):
     t_pgd_es = median_seconds(lambda: pgd(model, x, y, eps, steps=steps, seed=0), device, repeats)
     acc_fgsm = accuracy(model, fgsm(model, x, y, eps), y)
     acc_pgd = accuracy(model, pgd(model, x, y, eps, steps=steps, seed=0), y)
+    # measured again after the attacks: the lower of the two, so that a machine busier (or
+    # colder) at the start does not flatter the ratios
+    floor = min(floor, floor_seconds(model, x, y, device, repeats))
     print(f"\n== {label}: batch {len(x)}, eps {eps:.4g}, PGD-{steps}, device {device} ==")
-    print(f"clean accuracy {accuracy(model, x, y):.3f}; floor (1 fwd+bwd) {floor * 1e3:.2f} ms")
+    print(
+        f"clean accuracy {accuracy(model, x, y):.3f}; floor (1 fwd+bwd, lower of before and "
+        f"after) {floor * 1e3:.2f} ms"
+    )
     rows = [
         ("FGSM / 1 floor", f"{t_fgsm / floor:.3f}", f"{t_fgsm * 1e3:.1f} ms", f"{acc_fgsm:.3f}"),
         (
