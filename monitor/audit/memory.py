@@ -134,7 +134,7 @@ class BatchPlan:
     halvings: int = 0
 
     def halve(self) -> None:
-        """Half the batch size for the next try; below one sample the audit cannot run."""
+        """Halve the batch size for the next try; below one sample the audit cannot run."""
         if self.size <= 1:
             per = f" (about {self.per_sample_mb:.1f} MB per sample)" if self.per_sample_mb else ""
             raise AuditError(

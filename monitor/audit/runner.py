@@ -21,6 +21,7 @@ from monitor.audit import store
 from monitor.audit.checks import run_checks
 from monitor.audit.config import AuditConfig
 from monitor.audit.measure import Attackers, Baseline, Measurements, measure
+from monitor.audit.memory import BatchSize
 from monitor.audit.report import example_gallery, robust_accuracy_plot
 from monitor.audit.score import robustness_score
 from monitor.audit.store import AuditDetail
@@ -44,7 +45,7 @@ class AuditRequest:
     trigger: str = "cli"
     force: bool = False
     device: str | None = None
-    batch_size: int = 256
+    batch_size: BatchSize | int | str = "auto"  # measured against the free memory
     requested_by: str | None = None
     fast: bool = False  # CUDA only: craft with compile + bf16 + channels_last
 
@@ -155,7 +156,7 @@ def execute(
     audit_id: int,
     plan: Plan,
     device: torch.device | str | None = None,
-    batch_size: int = 256,
+    batch_size: BatchSize | int | str = "auto",
     report: Reporter = silent,
     data: Dataset | None = None,
     *,
@@ -326,7 +327,7 @@ def render_artifacts(
     return artifacts
 
 
-def failure_message(err: BaseException, device: object, batch_size: int) -> str:
+def failure_message(err: BaseException, device: object, batch_size: object) -> str:
     """One sentence for the audit's error column."""
     if isinstance(err, torch.OutOfMemoryError):
         return (

@@ -233,3 +233,22 @@ def test_cli_rejects_bad_batch_options_in_one_sentence(home, robmon, option, val
     assert result.code == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0]
+
+
+def test_audit_records_its_batch_and_keeps_its_numbers(demo_home, robmon) -> None:
+    args = ("audit", "digits-cnn", "--eps", "0.1", "--limit", "40", "--json")
+    small = robmon(*args, "--memory-limit", "1MB")
+    assert small.code == 0, small.stderr
+    batch = small.json()["run_info"]["batch"]
+    assert batch["requested"] == "auto" and batch["used"] == 1 and batch["halvings"] == 0
+    assert batch["why"].startswith("auto: ") and "memory limit 1 MB" in batch["why"]
+    large = robmon(*args, "--batch-size", "64", "--force")
+    assert large.json()["run_info"]["batch"]["used"] == 64
+
+    def cells(result) -> list:
+        return [
+            (r["attack"], r["eps"], r["robust_accuracy"], r["mean_perturbation"])
+            for r in result.json()["results"]
+        ]
+
+    assert cells(small) == cells(large)
