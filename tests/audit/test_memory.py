@@ -252,3 +252,24 @@ def test_audit_records_its_batch_and_keeps_its_numbers(demo_home, robmon) -> Non
         ]
 
     assert cells(small) == cells(large)
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        ("", BatchSize(None, None)),
+        ('[audit]\nbatch_size = 32\nmemory_limit = "2GB"\n', BatchSize(32, 2 * 2**30)),
+        ('[audit]\nmemory_limit = "2GB"\n[watch]\nbatch_size = 8\n', BatchSize(8, 2 * 2**30)),
+    ],
+)
+def test_workers_take_watch_then_audit_batch_settings(home, toml, expected) -> None:
+    from monitor.config import load_settings
+    from monitor.jobs import JobContext
+    from monitor.watch import WatchSettings
+    from monitor.worker import audit_batch_size
+
+    (home.parent / "robmon.toml").write_text(toml)
+    settings = load_settings({"ROBMON_CONFIG": str(home.parent / "robmon.toml")})
+    watch = WatchSettings.from_settings(settings)
+    context = JobContext(db=None, registry=None, settings=settings, watch=watch, worker="w")
+    assert audit_batch_size(context) == expected
