@@ -46,7 +46,7 @@ class WatchSettings:
     max_attempts: int = 5
     run_audits: bool = True  # False when `robmon worker` processes run the queue
     device: str | None = None
-    batch_size: int = 256
+    batch_size: int | str | None = None  # None: [audit] batch_size (default auto)
     lease_ttl: float = 30.0  # seconds a dead scheduler keeps its lease before a standby takes over
     per_model: dict[str, dict[str, Any]] = field(default_factory=dict)
     audit: dict[str, Any] = field(default_factory=dict)

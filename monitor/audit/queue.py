@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select, update
 
 from monitor.audit import store
+from monitor.audit.memory import BatchSize
 from monitor.audit.runner import Plan, execute, plan_from_row
 from monitor.audit.store import AuditAlreadyActive, AuditDetail
 from monitor.db.models import Audit
@@ -248,7 +249,7 @@ def run_claimed(
     *,
     stop: threading.Event | None = None,
     device: str | None = None,
-    batch_size: int = 256,
+    batch_size: BatchSize | int | str = "auto",
     report: Reporter = silent,
     lease_seconds: float = LEASE_SECONDS,
 ) -> AuditDetail:
