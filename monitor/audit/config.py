@@ -161,6 +161,19 @@ def parse_eps(text: str) -> tuple[float, ...]:
     return tuple(values)
 
 
+def eps_text(eps: float | str) -> str:
+    """An eps as it was likely typed (the inverse of ``parse_eps``): ``0.1``, or ``8/255`` for
+    a multiple of 1/255 that has no short decimal form; text that is no number as given."""
+    try:
+        value = float(eps)
+    except ValueError:
+        return str(eps)
+    short, steps = f"{value:g}", value * 255
+    if len(short) > 5 and abs(steps - round(steps)) < 1e-4 and round(steps) > 0:
+        return f"{round(steps)}/255"
+    return f"{value:.4g}"
+
+
 _DEFAULT_KEYS = {
     "dataset",
     "attacks",

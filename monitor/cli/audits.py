@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from monitor.audit.config import eps_text
 from monitor.cli.base import (
     JSON_OPTION,
     app,
@@ -266,7 +267,7 @@ def render_audit(detail) -> None:
                 r.threat,
                 r.attack,
                 r.norm,
-                f"{r.eps:g}",
+                eps_text(r.eps),
                 fmt(r.robust_accuracy),
                 fmt(r.attack_success_rate),
                 fmt(r.mean_perturbation, 4),
@@ -299,18 +300,10 @@ def _render_run_info(info: dict | None) -> None:
         say(f"Input: {info['contract']['text']}")
     if "eps" in info:
         grid = "; ".join(
-            f"{norm} {', '.join(_eps_text(e) for e in values)}"
+            f"{norm} {', '.join(eps_text(e) for e in values)}"
             for norm, values in info["eps"]["grid"].items()
         )
         say(f"Eps grid: {grid} ({info['eps']['why']})")
-
-
-def _eps_text(eps: float) -> str:
-    """8/255 for the colour grid's radii, else the number."""
-    for k in (1, 2, 4, 8, 16):
-        if abs(eps - k / 255) < 1e-9:
-            return f"{k}/255"
-    return f"{eps:g}"
 
 
 def _render_per_class(detail) -> None:
@@ -325,7 +318,7 @@ def _render_per_class(detail) -> None:
         if row.threat == strongest.threat and row.norm == strongest.norm and row.eps == eps:
             attacked[row.label] = min(attacked.get(row.label, 1.0), row.accuracy)
     print_table(
-        f"per-class accuracy (clean / worst attack at {strongest.norm} eps {eps:g})",
+        f"per-class accuracy (clean / worst attack at {strongest.norm} eps {eps_text(eps)})",
         ("class", *[str(k) for k in sorted(clean)]),
         [
             ("clean", *[fmt(clean[k], 2) for k in sorted(clean)]),

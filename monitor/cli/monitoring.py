@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from monitor.audit.config import eps_text
 from monitor.cli.base import (
     JSON_OPTION,
     METRICS_HOST,
@@ -127,7 +128,7 @@ def calibrate(
             (
                 d["detector"],
                 ", ".join(
-                    f"{_eps_text(e)}: {fmt(rate)} ({counts.get(e, '0 of 0')})"
+                    f"{eps_text(e)}: {fmt(rate)} ({counts.get(e, '0 of 0')})"
                     for e, rate in by_eps.items()
                 ),
                 fmt(sum(aucs) / len(aucs) if aucs else None),
@@ -151,16 +152,6 @@ def _counts_by_eps(detected: dict[str, list[int]]) -> dict[str, str]:
         total[0] += hits
         total[1] += n
     return {e: f"{h} of {n}" for e, (h, n) in totals.items()}
-
-
-def _eps_text(eps: str) -> str:
-    """``0.0313725`` -> ``8/255`` (colour strengths read as pixel steps); others as given."""
-    try:
-        value = float(eps)
-    except ValueError:
-        return eps
-    steps = value * 255
-    return f"{round(steps)}/255" if value < 0.1 and abs(steps - round(steps)) < 1e-3 else eps
 
 
 def _stopper() -> threading.Event:
