@@ -42,7 +42,11 @@ def audit(
     attack: list[str] = typer.Option(
         None, "--attack", help="fgsm, pgd and/or apgd (repeatable; default fgsm and pgd)."
     ),
-    eps: str | None = typer.Option(None, help="Comma-separated radii, e.g. 0.05,0.1,0.2 or 8/255."),
+    eps: str | None = typer.Option(
+        None,
+        help="Comma-separated radii, e.g. 0.1,0.2,0.3 or 8/255 (default by input kind: L∞ "
+        "0.1,0.2,0.3 on grayscale, 2/255,4/255,8/255 on colour).",
+    ),
     norm: list[str] = typer.Option(None, "--norm", help="linf and/or l2 (repeatable)."),
     steps: int | None = typer.Option(None, help="PGD steps (default 10)."),
     restarts: int | None = typer.Option(None, help="PGD restarts (default 1)."),
