@@ -183,6 +183,7 @@ def test_model_page_lists_configurations_and_switching_changes_the_numbers(site,
     page.open("/models/digits-cnn", "#model-results tbody tr:has(td)")
     assert page.rows("model-results") == shown(newer.id)  # the newest audit first
     assert [r.split("\t")[2] for r in page.rows("model-results")] == ["0.05", "0.3"]
+    page.shot("model-newest-configuration")
     page.tab.click("#model-config")
     options = page.tab.get_by_role("option").all_inner_texts()
     assert len(options) == 2, options
@@ -398,6 +399,7 @@ def test_dead_letters_page_shows_bad_input_as_text(hostile, browser) -> None:
         ("/dead-letters?page=" + "9" * 5000, "#dead-letters-table"),
         ("/sources?sort=inputs&sort=x&page=1&page=2&q=10.&q=y&source=a&source=b", "#sources-table"),
         ("/alerts?done=resolved&done=x&id=1&id=2&status=a&status=b", "#alerts-table"),
+        ("/models/digits-cnn?version=9" + "9" * 40 + "&config=%3Cb%3Ex&config=y", "#model-results"),
     ],
 )
 def test_hostile_query_parameters_give_pages(site, browser, path, ready) -> None:
