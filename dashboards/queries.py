@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Float, and_, case, cast, func, or_, select
 
 from monitor.alerts.queries import rule_in
+from monitor.audit.config import eps_text
 from monitor.db.models import (
     Alert,
     Audit,
@@ -274,16 +275,6 @@ def config_label(config: dict[str, Any], dataset: str, config_hash: str) -> str:
     name = str(config.get("dataset") or dataset)
     parts += [name.replace("\\", "/").rsplit("/", 1)[-1], config_hash[:8]]
     return " · ".join(parts)
-
-
-def eps_text(eps: float) -> str:
-    """An eps as it was likely typed: ``0.1``, or ``8/255`` for a multiple of 1/255 that has no
-    short decimal form."""
-    short = f"{eps:g}"
-    steps = eps * 255
-    if len(short) > 5 and abs(steps - round(steps)) < 1e-6 and round(steps) > 0:
-        return f"{round(steps)}/255"
-    return f"{eps:.4g}"
 
 
 def class_matrix(db: Database, audit_id: int) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from dashboards.components import (
     when,
 )
 from dashboards.context import current
+from monitor.audit.config import eps_text
 from monitor.audit.store import get_audit
 from monitor.gate.record import history
 
@@ -169,7 +170,7 @@ def _results(audit: queries.ConfigAudit) -> dash_table.DataTable:
             {
                 "attack": p["attack"].upper(),
                 "norm": queries.NORM_NAMES.get(p["norm"], p["norm"]),
-                "eps": queries.eps_text(p["eps"]),
+                "eps": eps_text(p["eps"]),
                 "threat": p["threat"],
                 "robust acc": number(p["robust_accuracy"]),
             }

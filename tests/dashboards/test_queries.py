@@ -208,7 +208,7 @@ def test_newest_audit_per_configuration_of_each_version(db) -> None:
     assert queries.newest_audits(db, "other") == []
 
 
-def test_config_labels_and_eps_as_typed() -> None:
+def test_config_labels_name_every_setting_that_differs_from_the_defaults() -> None:
     both = {**GREY, "norms": ["l2", "linf"], "eps": {"l2": [0.5, 1.0], "linf": [1 / 255]}}
     both |= {"restarts": 2, "seed": 3, "adaptive": False, "surrogate": "digits-cnn/2"}
     assert queries.config_label(both, "digits", "0123456789abcdef") == (
@@ -216,13 +216,6 @@ def test_config_labels_and_eps_as_typed() -> None:
         "naive (no BPDA/EOT) · surrogate digits-cnn/2 · seed 3 · digits · 01234567"
     )
     assert queries.config_label({}, "digits", "ab") == "attacks ? · all images · digits · ab"
-    assert [queries.eps_text(e) for e in (0.05, 0.3, 8 / 255, 0.2, 0.123456)] == [
-        "0.05",
-        "0.3",
-        "8/255",
-        "0.2",
-        "0.1235",
-    ]
 
 
 def test_class_matrix_and_audit_page(db) -> None:
