@@ -260,6 +260,8 @@ def config_label(config: dict[str, Any], dataset: str, config_hash: str) -> str:
         grid = eps.get(norm) if isinstance(eps, dict) else eps
         values = ", ".join(eps_text(e) for e in grid) if grid else "default eps"
         parts.append(f"{NORM_NAMES.get(norm, norm)} {values}")
+    if config.get("input_kind"):  # the grid is the default for this kind of input
+        parts.append(f"{config['input_kind']} default eps")
     if config.get("steps") is not None:
         parts.append(f"{config['steps']} steps")
     if (config.get("restarts") or 1) > 1:

@@ -216,6 +216,10 @@ def test_config_labels_name_every_setting_that_differs_from_the_defaults() -> No
         "naive (no BPDA/EOT) · surrogate digits-cnn/2 · seed 3 · digits · 01234567"
     )
     assert queries.config_label({}, "digits", "ab") == "attacks ? · all images · digits · ab"
+    default = {**GREY, "eps": {"linf": [2 / 255, 4 / 255, 8 / 255]}, "input_kind": "colour"}
+    assert queries.config_label(default, "digits", "ab").startswith(
+        "FGSM, PGD · L∞ 2/255, 4/255, 8/255 · colour default eps · 10 steps"
+    )
 
 
 def test_class_matrix_and_audit_page(db) -> None:
