@@ -60,6 +60,7 @@ def _configure_logging(debug: bool, verbose: bool, log_format: str = "text") -> 
     else:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.getLogger("monitor").setLevel(logging.NOTSET)  # a service's INFO ends with its run
     for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "PIL", "apscheduler"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
     if not debug:
