@@ -195,7 +195,14 @@ def resolve_contract(declared: list[tuple[str, dict[str, Any], str]]) -> InputCo
                 normalised_by = (name, where)
     if normalised_by is not None:
         name, where = normalised_by
-        _check_normalisation(fields, where, ConfigError if name == "config" else ModelIncompatible)
+        error = ConfigError if name == "config" else ModelIncompatible
+        _check_normalisation(fields, where, error)
+        if fields.get("scale") == "uint8":
+            raise error(
+                f"{where}: mean and std cannot go with scale uint8 (a model normalising 0–255 "
+                "pixels takes (255·x − m) / s = (x − m/255) / (s/255)): give mean and std in "
+                "[0, 1] units with scale unit."
+            )
     return replace(InputContract(**fields), source=source)
 
 

@@ -239,6 +239,7 @@ def test_a_wrong_contract_says_to_check_it(context, home: Path) -> None:
         ('{"mean": [0.5], "std": [0]}', "every std must be positive"),
         ('{"scale": 255', "is not valid JSON"),
         ('{"layout": "chw"}', "layout must be nchw or nhwc, not 'chw'"),
+        ('{"scale": "uint8", "mean": [0.5], "std": [0.5]}', "cannot go with scale uint8"),
     ],
 )
 def test_an_invalid_tag_is_one_sentence(context, tag: str, message: str) -> None:
