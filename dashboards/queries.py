@@ -603,7 +603,11 @@ def kept_inputs(db: Database, score_ids: list[int]) -> list[dict[str, Any]]:
     with db.session() as s:
         rows = s.execute(
             select(
-                InputScore.id, InputScore.kept_path, InputScore.predicted, InputScore.confidence
+                InputScore.id,
+                InputScore.kept_path,
+                InputScore.predicted,
+                InputScore.confidence,
+                InputScore.conversion,
             ).where(InputScore.id.in_(score_ids), InputScore.kept_path.is_not(None))
         ).all()
     return [dict(r._mapping) for r in rows]

@@ -404,8 +404,12 @@ def _thumbnails(score_ids: list[int]) -> html.Div:
                             "border": "1px solid #dee2e6",
                         },
                     ),
-                    html.Figcaption(f"→ {k['predicted']}", className="small text-center"),
+                    html.Figcaption(
+                        f"→ {k['predicted']}" + (" (converted)" if k["conversion"] else ""),
+                        className="small text-center",
+                    ),
                 ],
+                title=k["conversion"] or None,  # e.g. "resized 512×512→224×224 (crop); L→RGB"
                 className="me-2 d-inline-block",
             )
             for k in kept

@@ -311,6 +311,7 @@ def inputs_stats(
             "low-confidence rate",
             "mean confidence",
             "max divergence",
+            "converted",
             "last seen (UTC)",
         ),
         [
@@ -322,6 +323,7 @@ def inputs_stats(
                 fmt(s.low_confidence_rate),
                 fmt(s.mean_confidence),
                 fmt(s.max_divergence),
+                s.converted,
                 s.last_seen.strftime("%Y-%m-%d %H:%M"),
             )
             for s in stats

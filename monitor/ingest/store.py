@@ -248,6 +248,7 @@ class SourceStats:
     max_divergence: float | None
     first_seen: datetime
     last_seen: datetime
+    converted: int = 0  # inputs resized or colour-converted to fit the model ([ingest.convert])
 
 
 def source_stats(
@@ -262,6 +263,7 @@ def source_stats(
     first)."""
     flagged = func.sum(case((InputScore.flagged, 1), else_=0))
     low = func.sum(case((InputScore.low_confidence, 1), else_=0))
+    converted = func.sum(case((InputScore.conversion.is_not(None), 1), else_=0))
     count = func.count()
     query = select(
         InputScore.source,
@@ -272,6 +274,7 @@ def source_stats(
         func.max(InputScore.max_divergence).label("max_div"),
         func.min(InputScore.ts).label("first"),
         func.max(InputScore.ts).label("last"),
+        converted.label("converted"),
     ).group_by(InputScore.source)
     conditions = []
     if since is not None:
@@ -295,6 +298,7 @@ def source_stats(
                 max_divergence=float(r.max_div) if r.max_div is not None else None,
                 first_seen=_aware(r.first),
                 last_seen=_aware(r.last),
+                converted=int(r.converted or 0),
             )
             for r in s.execute(query)
         ]

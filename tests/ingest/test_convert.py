@@ -303,6 +303,8 @@ def test_with_a_configured_rule_every_input_is_converted_and_recorded(
     after = _conversions()
     assert after[(MODEL, "resize")] - before[(MODEL, "resize")] == 3
     assert after[(MODEL, "colour")] - before[(MODEL, "colour")] == 3
+    [stats] = robmon("inputs", "stats", "--json").json()
+    assert (stats["count"], stats["converted"]) == (6, 5)
     # the model saw the closed forms: a constant colour stays constant, grey is repeated,
     # a transparent image is white
     expected = {
