@@ -163,7 +163,7 @@ def test_one_second_poll_audits_a_new_version_exactly_once(context) -> None:
 def _scheduler(*args: str, command: str = "scheduler") -> subprocess.Popen:
     """``robmon <command>`` with its output in a file (a pipe nobody reads fills up and stalls
     the process's logging, and with it the lease renewals)."""
-    output = tempfile.TemporaryFile("w+")
+    output = tempfile.TemporaryFile("w+")  # noqa: SIM115 (kept open with the process)
     process = subprocess.Popen(
         [sys.executable, "-m", "monitor", command, *args], stdout=output, stderr=subprocess.STDOUT
     )

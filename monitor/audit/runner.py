@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from monitor.audit import store
-from monitor.audit.checks import run_checks
+from monitor.audit.checks import near_chance, run_checks
 from monitor.audit.config import AuditConfig
 from monitor.audit.measure import Attackers, Baseline, Measurements, measure
 from monitor.audit.memory import BatchSize
@@ -35,7 +35,6 @@ from monitor.progress import Reporter, silent
 from monitor.registry import PARENT_TAG, ModelVersionRef, Registry
 
 log = logging.getLogger(__name__)
-NEAR_CHANCE = 1.5  # clean accuracy at most this many times chance: the contract looks wrong
 
 
 @dataclass(frozen=True)
@@ -271,9 +270,9 @@ def run_info(
 def contract_hint(
     ref: ModelVersionRef, target: Classifier, clean_accuracy: float, n_classes: int | None
 ) -> str | None:
-    """One sentence when the clean accuracy is near chance (at most 1.5 / classes): the usual
+    """One sentence when the clean accuracy is near chance (``checks.near_chance``): the usual
     cause is an input contract that does not match the model (scale, layout, mean, std)."""
-    if not n_classes or clean_accuracy > NEAR_CHANCE / n_classes:
+    if not n_classes or not near_chance(clean_accuracy, n_classes):
         return None
     return (
         f"clean accuracy {clean_accuracy:.3f} is near chance for {n_classes} classes: check the "
