@@ -40,6 +40,7 @@ DEFAULT_ALIAS = "champion"
 MODELS_EXPERIMENT = "robmon-models"
 DATASET_TAG = "robustness.dataset"
 PARENT_TAG = "robustness.parent"  # NAME/VERSION a hardened or defended version derives from
+METHOD_TAG = "robustness.method"  # how robmon derived it (fgsm-rs, pgd, defend)
 _REF = re.compile(r"^(?:models:/)?(?P<name>[^/@]+?)(?:/(?P<version>\d+)|@(?P<alias>[\w.-]+))?$")
 # the store behind the server is down or busy: a pause, never an answer about what was asked
 _UNAVAILABLE_CODES = ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED")
@@ -255,7 +256,13 @@ class Registry:
         """How the version takes pixels: robmon.toml ``[input."NAME"]`` over the tag
         ``robustness.input`` over what the signature says."""
         shape, dtype = self.input_signature(ref)
-        tag = self.version_tags(ref).get(CONTRACT_TAG)
+        tags = self.version_tags(ref)
+        signature = ("signature", from_signature(shape, dtype), f"the MLflow signature of {ref}")
+        if tags.get(PARENT_TAG) and tags.get(METHOD_TAG):
+            # made by robmon harden/defend around the parent's adapter: it takes pixels, whatever
+            # [input."NAME"] says about the other versions of the name
+            return resolve_contract([signature])
+        tag = tags.get(CONTRACT_TAG)
         config = self.settings.section("input").get(ref.name)
         tag_where, config_where = (
             f"the tag {CONTRACT_TAG} of {ref}",
@@ -263,7 +270,7 @@ class Registry:
         )
         return resolve_contract(
             [
-                ("signature", from_signature(shape, dtype), f"the MLflow signature of {ref}"),
+                signature,
                 ("tag", parse_contract(tag, tag_where, "tag") if tag else {}, tag_where),
                 (
                     "config",

@@ -27,7 +27,7 @@ from monitor.errors import AuditError, ModelIncompatible
 from monitor.harden.training import EpochStats, Recipe, TrainingResult, adversarial_training
 from monitor.harden.transforms import DefendedModel, parse_transform
 from monitor.progress import Reporter, silent
-from monitor.registry import DATASET_TAG, PARENT_TAG, ModelVersionRef, Registry
+from monitor.registry import DATASET_TAG, METHOD_TAG, PARENT_TAG, ModelVersionRef, Registry
 
 
 @dataclass
@@ -63,7 +63,7 @@ def harden(
     result = adversarial_training(module, train.x, train.y, recipe, on_epoch)
     tags = {
         PARENT_TAG: f"{parent.name}/{parent.version}",
-        "robustness.method": recipe.method,
+        METHOD_TAG: recipe.method,
         "robustness.eps": f"{recipe.eps:g}",
         "robustness.epochs": str(recipe.epochs),
         "robustness.clean_ratio": f"{recipe.clean_ratio:g}",
@@ -107,7 +107,7 @@ def defend(
     model = DefendedModel(classifier.module, parts, shape)
     tags = {
         PARENT_TAG: f"{parent.name}/{parent.version}",
-        "robustness.method": "defend",
+        METHOD_TAG: "defend",
         "robustness.transforms": ",".join(t.spec for t in parts),
     }
     dataset = registry.version_tags(parent).get(DATASET_TAG)

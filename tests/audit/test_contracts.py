@@ -327,3 +327,25 @@ def test_uint8_adapter_rounds_but_keeps_gradients() -> None:
     expected = to_model_array(x.detach().numpy(), contract, np.dtype(np.uint8))
     assert np.array_equal(fed.numpy(), expected.astype(np.float32))
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_a_defended_version_of_a_configured_model_takes_pixels(context, home: Path) -> None:
+    """[input."NAME"] declares the raw network's normalisation; robmon defend wraps the adapted
+    parent, so the new version of the same name takes pixels and is not normalised twice."""
+    (home.parent / "robmon.toml").write_text('[input."digits-tagged"]\nmean = [0.5]\nstd = [0.5]\n')
+    from monitor.config import load_settings
+    from monitor.harden.lineage import defend
+    from monitor.harden.transforms import DefendedModel
+    from monitor.registry import Registry
+
+    _, db, _ = context
+    registry = Registry(load_settings())
+    derived = defend(db, registry, "digits-tagged", ["bits:6"], audit=replace(CONFIG, limit=60))
+    child = registry.load(derived.child)
+    assert child.contract.is_identity and isinstance(child.module, DefendedModel)
+    assert registry.load(derived.parent).contract.mean == (0.5,)  # the parent keeps its contract
+    # 6 bits barely change the digits: the child is as accurate as its parent, not near chance
+    assert derived.child_audit.clean_accuracy == pytest.approx(
+        derived.parent_audit.clean_accuracy, abs=0.04
+    )
+    assert derived.child_audit.clean_accuracy > 0.9
