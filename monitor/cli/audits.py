@@ -297,7 +297,8 @@ def render_audit(detail) -> None:
 
 
 def _render_run_info(info: dict | None) -> None:
-    """The "Input: ..." and "Eps grid: ... (why)" lines (audits from before run_info: none)."""
+    """The "Input: ...", "Eps grid: ... (why)" and "Batch size: ..." lines (audits from before
+    run_info: none)."""
     if not info:
         return
     if "contract" in info:
@@ -308,6 +309,10 @@ def _render_run_info(info: dict | None) -> None:
             for norm, values in info["eps"]["grid"].items()
         )
         say(f"Eps grid: {grid} ({info['eps']['why']})")
+    if info.get("batch"):
+        batch = info["batch"]
+        halved = f", halved {batch['halvings']}× on out-of-memory" if batch.get("halvings") else ""
+        say(f"Batch size: {batch['used']} on {batch.get('device', '?')} ({batch['why']}{halved})")
 
 
 def _render_per_class(detail) -> None:
