@@ -252,7 +252,7 @@ def test_audit_records_its_batch_and_keeps_its_numbers(demo_home, robmon) -> Non
         ]
 
     assert cells(small) == cells(large)
-    shown = robmon("audits", "show", str(small.json()["id"]))
+    shown = robmon("audits", "show", str(small.json()["audit_id"]))
     assert "Batch size: 1 on cpu (auto: " in shown.stdout
 
 
