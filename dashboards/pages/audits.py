@@ -22,6 +22,8 @@ from dashboards.components import (
     when,
 )
 from dashboards.context import current
+from monitor.audit.config import eps_text
+from monitor.audit.report import run_info_lines
 from monitor.audit.store import get_audit
 from monitor.errors import NotFound
 
@@ -136,6 +138,9 @@ def _detail(requested: str) -> html.Div:
         className="text-muted small",
     )
     parts = [header, facts]
+    ran = run_info_lines(audit.run_info)
+    if ran:
+        parts.append(html.Ul([html.Li(line) for line in ran], className="small", id="audits-run"))
     if audit.error:
         parts.append(dbc.Alert(audit.error, color="danger"))
     if audit.results:
@@ -159,7 +164,7 @@ def _detail(requested: str) -> html.Div:
                         "threat": r.threat,
                         "attack": r.attack,
                         "norm": r.norm,
-                        "eps": r.eps,
+                        "eps": eps_text(r.eps),
                         "robust accuracy": number(r.robust_accuracy),
                         "success rate": number(r.attack_success_rate),
                         "seconds": number(r.seconds, 2),

@@ -7,6 +7,7 @@ import io
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from monitor.audit.config import eps_text
 from monitor.audit.measure import Example
 from monitor.audit.store import AuditDetail
 
@@ -64,6 +65,29 @@ def audit_json(detail: AuditDetail) -> dict[str, Any]:
         "mlflow_run_id": detail.mlflow_run_id,
         "writeback_error": detail.writeback_error,
     }
+
+
+def run_info_lines(info: dict[str, Any] | None) -> list[str]:
+    """How the audit ran, one line each: "Input: ...", "Eps grid: ... (why)", "Batch size: ..."
+    (audits from before run_info have none)."""
+    if not info:
+        return []
+    lines = []
+    if "contract" in info:
+        lines.append(f"Input: {info['contract']['text']}")
+    if "eps" in info:
+        grid = "; ".join(
+            f"{norm} {', '.join(eps_text(e) for e in values)}"
+            for norm, values in info["eps"]["grid"].items()
+        )
+        lines.append(f"Eps grid: {grid} ({info['eps']['why']})")
+    if info.get("batch"):
+        batch = info["batch"]
+        halved = f", halved {batch['halvings']}× on out-of-memory" if batch.get("halvings") else ""
+        lines.append(
+            f"Batch size: {batch['used']} on {batch.get('device', '?')} ({batch['why']}{halved})"
+        )
+    return lines
 
 
 def _figure_png(fig: Any) -> bytes:

@@ -297,22 +297,10 @@ def render_audit(detail) -> None:
 
 
 def _render_run_info(info: dict | None) -> None:
-    """The "Input: ...", "Eps grid: ... (why)" and "Batch size: ..." lines (audits from before
-    run_info: none)."""
-    if not info:
-        return
-    if "contract" in info:
-        say(f"Input: {info['contract']['text']}")
-    if "eps" in info:
-        grid = "; ".join(
-            f"{norm} {', '.join(eps_text(e) for e in values)}"
-            for norm, values in info["eps"]["grid"].items()
-        )
-        say(f"Eps grid: {grid} ({info['eps']['why']})")
-    if info.get("batch"):
-        batch = info["batch"]
-        halved = f", halved {batch['halvings']}× on out-of-memory" if batch.get("halvings") else ""
-        say(f"Batch size: {batch['used']} on {batch.get('device', '?')} ({batch['why']}{halved})")
+    from monitor.audit.report import run_info_lines
+
+    for line in run_info_lines(info):
+        say(line)
 
 
 def _render_per_class(detail) -> None:

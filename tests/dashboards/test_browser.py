@@ -214,6 +214,8 @@ def test_audits_filter_narrows_the_table(site, browser) -> None:
     page.open("/audits?model=digits-cnn&status=succeeded&id=2", "#audits-detail-body")
     assert len(page.rows("audits-table")) == 3
     assert "digits-cnn v2" in page.tab.inner_text("#audits-detail-body")
+    ran = page.tab.inner_text("#audits-run")  # how the audit ran: contract, eps grid, batch
+    assert "Input: [0, 1], N×C×H×W, 1×8×8" in ran and "Batch size: " in ran
     page.shot("audits")
     page.clean()
 
