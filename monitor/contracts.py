@@ -81,6 +81,14 @@ class InputContract:
             "text": self.text(),
         }
 
+    def key(self) -> str | None:
+        """Canonical JSON of what changes the model's input (not where it was declared), or
+        None for plain pixels: part of an audit's configuration hash."""
+        if self.is_identity:
+            return None
+        fields = {k: v for k, v in self.as_dict().items() if k not in ("source", "text")}
+        return json.dumps(fields, sort_keys=True, separators=(",", ":"))
+
     def pixel_shape(self, shape: tuple[int, ...] | None) -> tuple[int, ...] | None:
         """The pixel-space shape (C, H, W) of a signature's shape without the batch axis; with
         no signature, the contract's channels and size (when both are declared)."""

@@ -333,11 +333,14 @@ class Registry:
         )
 
     def find_surrogate(self, dataset: str, exclude: str | None = None) -> ModelVersionRef:
-        """The newest torch model version registered for ``dataset`` (tag robustness.dataset)."""
+        """The newest torch model version registered for ``dataset`` (tag robustness.dataset)
+        whose signature takes floats (a module declared uint8 may refuse them: no gradients)."""
         versions = self.search_versions(f"tags.`{DATASET_TAG}` = '{_quote(dataset)}'")
         for v in sorted(versions, key=lambda v: v.creation_timestamp, reverse=True):
             ref = ModelVersionRef(v.name, str(v.version))
-            if v.name != exclude and "pytorch" in self.flavors(ref):
+            if v.name == exclude or "pytorch" not in self.flavors(ref):
+                continue
+            if self.input_signature(ref)[1] != "uint8":
                 return ref
         raise ModelNotFound(
             f"no torch model is registered for dataset {dataset!r} to craft transfer attacks on; "

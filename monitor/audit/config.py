@@ -49,6 +49,9 @@ class AuditConfig:
     eot_samples: int = 10
     # grayscale | colour: picks the default eps grid when ``eps`` is None (see input_kind_of)
     input_kind: str | None = None
+    # the model's input contract (canonical JSON) when it is not plain pixels: a changed
+    # contract changes the numbers, so it is a different audit (None: [0, 1] N×C×H×W)
+    input_contract: str | None = None
 
     def __post_init__(self) -> None:
         for attack in self.attacks:
@@ -131,7 +134,7 @@ class AuditConfig:
         return replace(self, surrogate=surrogate)
 
 
-_HASH_DEFAULTS = {"adaptive": True, "eot_samples": 10, "input_kind": None}
+_HASH_DEFAULTS = {"adaptive": True, "eot_samples": 10, "input_kind": None, "input_contract": None}
 
 
 def input_kind_of(channels: int) -> str:

@@ -9,8 +9,9 @@ propagate; partial results are never stored as a finished audit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from monitor.classifiers import Classifier, TorchClassifier
 from monitor.contracts import CONTRACT_TAG
 from monitor.datasets import Dataset, load_dataset
 from monitor.db.session import Database
-from monitor.errors import AuditError, ModelIncompatible, RobmonError
+from monitor.errors import AuditError, ModelIncompatible, ModelNotFound, RobmonError
 from monitor.progress import Reporter, silent
 from monitor.registry import PARENT_TAG, ModelVersionRef, Registry
 
@@ -105,11 +106,18 @@ def make_plan(
     if config.eps is None and config.input_kind is None:
         channels = data.image_shape[0] if data is not None else dataset_channels(config.dataset)
         config = config.with_input_kind(channels)
+    contract = registry.input_contract(ref)
+    config = replace(config, input_contract=contract.key())
     surrogate = None
     if config.surrogate:
         surrogate = str(registry.resolve(config.surrogate))
     elif "pytorch" not in registry.flavors(ref):
         surrogate = str(registry.find_surrogate(config.dataset, exclude=ref.name))
+    elif contract.scale == "uint8" and registry.input_signature(ref)[1] == "uint8":
+        # a torch module declared uint8 may refuse floats (then it is a black box): a
+        # transfer baseline beside the white-box attacks, where a surrogate is registered
+        with contextlib.suppress(ModelNotFound):
+            surrogate = str(registry.find_surrogate(config.dataset, exclude=ref.name))
     return Plan(ref, config.with_surrogate(surrogate))
 
 
@@ -227,7 +235,10 @@ def load_attackers(
                 "crafted with gradients."
             )
     if not isinstance(target, TorchClassifier) and surrogate is None:
-        raise ModelIncompatible(f"{plan.ref} is a black box and no surrogate was found.")
+        raise ModelIncompatible(
+            f"{plan.ref} is a black box and no surrogate was found; pass --surrogate MODEL (a "
+            "torch model trained on the same data) to attack it by transfer."
+        )
     if isinstance(target, TorchClassifier) and plan.config.adaptive:
         from monitor.harden.transforms import DefendedModel
 
@@ -288,7 +299,9 @@ def parent_baseline(db: Database, registry: Registry, plan: Plan) -> Baseline | 
     if not parent or "/" not in parent:
         return None
     name, version = parent.rsplit("/", 1)
-    audit_id = store.find_reusable(db, name, version, plan.config_hash)
+    contract = registry.input_contract(ModelVersionRef(name, version)).key()
+    parent_hash = replace(plan.config, input_contract=contract).hash()  # the parent's own input
+    audit_id = store.find_reusable(db, name, version, parent_hash)
     if audit_id is None:
         return None
     audit = store.get_audit(db, audit_id)

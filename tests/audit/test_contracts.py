@@ -124,8 +124,12 @@ def _audit(context, reference: str, config: AuditConfig = CONFIG):
     return run_audit(db, registry, AuditRequest(reference, config)).detail
 
 
-def _by_cell(detail) -> dict[tuple[str, str, float], float]:
-    return {(r.attack, r.norm, r.eps): r.robust_accuracy for r in detail.results}
+def _by_cell(detail, threat: str | None = None) -> dict[tuple[str, str, float], float]:
+    return {
+        (r.attack, r.norm, r.eps): r.robust_accuracy
+        for r in detail.results
+        if threat in (None, r.threat)
+    }
 
 
 def test_the_same_network_logged_three_ways_gives_the_same_audit(context) -> None:
@@ -193,8 +197,9 @@ def test_a_uint8_torch_module_keeps_its_gradients(context, caplog) -> None:
     assert "takes uint8 tensors only, so it is audited as a black box" in caplog.text
     inside, uint8 = _audit(context, "digits-inside"), _audit(context, "digits-torch-uint8")
     assert uint8.clean_accuracy == inside.clean_accuracy
-    assert {r.threat for r in uint8.results} == {"white-box"}
-    a, u = _by_cell(inside), _by_cell(uint8)
+    # a module declared uint8 may refuse floats: it gets a transfer baseline beside white-box
+    assert {r.threat for r in uint8.results} == {"white-box", "transfer"}
+    a, u = _by_cell(inside), _by_cell(uint8, "white-box")
     for cell in a:  # whole-number inputs: a few samples apart at most
         assert abs(u[cell] - a[cell]) * LIMIT <= 3, (cell, u[cell], a[cell])
     assert u[("pgd", "linf", 0.1)] < 0.7  # the gradients got through
@@ -349,3 +354,28 @@ def test_a_defended_version_of_a_configured_model_takes_pixels(context, home: Pa
         derived.parent_audit.clean_accuracy, abs=0.04
     )
     assert derived.child_audit.clean_accuracy > 0.9
+
+
+def test_a_uint8_only_torch_module_is_attacked_by_transfer(context) -> None:
+    """It refuses floats, so it is a black box: the plan finds it a surrogate as for pyfuncs."""
+    only = _audit(context, "digits-torch-uint8-only", replace(CONFIG, attacks=("fgsm",)))
+    assert only.status == "succeeded" and only.surrogate == "digits-tagged/1"  # takes floats
+    assert {r.threat for r in only.results} == {"transfer"}
+    assert only.clean_accuracy > 0.9
+
+
+def test_a_changed_contract_is_a_new_audit(context) -> None:
+    """The contract is part of the configuration: changing it audits again, changing it back
+    reuses the first audit."""
+    _, db, registry = context
+    config = replace(CONFIG, attacks=("fgsm",), limit=60)
+    ref = registry.resolve("digits-tagged")
+    first = run_audit(db, registry, AuditRequest("digits-tagged", config))
+    registry.set_tags(ref, {CONTRACT_TAG: json.dumps({"mean": [0.9], "std": [0.05]})})
+    wrong = run_audit(db, registry, AuditRequest("digits-tagged", config))
+    assert not wrong.reused and wrong.detail.id != first.detail.id
+    assert wrong.detail.clean_accuracy != first.detail.clean_accuracy
+    assert "mean 0.9 std 0.05" in wrong.detail.run_info["contract"]["text"]
+    registry.set_tags(ref, {CONTRACT_TAG: json.dumps({"mean": [0.5], "std": [0.5]})})
+    again = run_audit(db, registry, AuditRequest("digits-tagged", config))
+    assert again.reused and again.detail.id == first.detail.id
