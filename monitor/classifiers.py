@@ -134,8 +134,13 @@ def check_input_shape(model: Classifier, image_shape: tuple[int, ...], data: str
     )
     if not fits:
         shown = "×".join(str(d) for d in expected)
+        contract = getattr(model, "contract", None)
+        read = ""
+        if contract is not None and contract.layout == "nhwc" and contract.source != "signature":
+            where = "robmon.toml" if contract.source == "config" else "its tag"
+            read = f", read as N×H×W×C as the input contract in {where} says"
         raise ModelIncompatible(
-            f"{model.name} takes inputs shaped {shown} (its signature) but {data} is "
+            f"{model.name} takes inputs shaped {shown} (its signature{read}) but {data} is "
             f"{'×'.join(str(d) for d in image_shape)}."
         )
 
