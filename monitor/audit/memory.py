@@ -171,7 +171,9 @@ def plan_batches(
     inputs ``x`` (N×C×H×W): fixed as asked, or measured (auto, at most N)."""
     n = len(x)
     if request.fixed is not None:
-        return BatchPlan(request.fixed, request.fixed, str(device), f"fixed at {request.fixed}")
+        size = min(request.fixed, max(n, 1))
+        why = f"fixed at {request.fixed}" + (f" (all {n} samples)" if size < request.fixed else "")
+        return BatchPlan(request.fixed, size, str(device), why)
     if n == 0 or not modules:
         return BatchPlan("auto", 1, str(device), "auto: nothing to attack")
     try:

@@ -72,12 +72,12 @@ def test_tiny_memory_limit_gives_small_batches_and_the_same_numbers(trained_cnn,
     assert tiny.batch["per_sample_mb"] > 0 and tiny.batch["halvings"] == 0
     assert fixed.batch == {
         "requested": 64,
-        "used": 64,
+        "used": 60,  # all 60 samples: no batch is bigger than the data
         "per_sample_mb": None,
         "budget_mb": None,
         "halvings": 0,
         "device": "cpu",
-        "why": "fixed at 64",
+        "why": "fixed at 64 (all 60 samples)",
     }
     assert numbers(tiny) == numbers(fixed) == numbers(uneven)
     pgd = next(c for c in fixed.cells if c.attack == "pgd")
@@ -186,7 +186,7 @@ def test_allocation_failures_halve_down_to_one_and_then_fail_in_one_sentence(
     x, y = digits.x[:60], digits.y[:60]
     greedy = Attackers(TorchClassifier("greedy", GreedyBelow(trained_cnn, 12)))
     halved = measure(greedy, x, y, CONFIG, batch_size=64)
-    assert halved.batch["used"] == 8 and halved.batch["halvings"] == 3  # 64 → 32 → 16 → 8
+    assert halved.batch["used"] == 7 and halved.batch["halvings"] == 3  # 60 → 30 → 15 → 7
     plain = measure(Attackers(TorchClassifier("plain", trained_cnn)), x, y, CONFIG, batch_size=8)
     assert numbers(halved) == numbers(plain)
 
@@ -243,7 +243,7 @@ def test_audit_records_its_batch_and_keeps_its_numbers(demo_home, robmon) -> Non
     assert batch["requested"] == "auto" and batch["used"] == 1 and batch["halvings"] == 0
     assert batch["why"].startswith("auto: ") and "memory limit 1 MB" in batch["why"]
     large = robmon(*args, "--batch-size", "64", "--force")
-    assert large.json()["run_info"]["batch"]["used"] == 64
+    assert large.json()["run_info"]["batch"]["used"] == 40  # the 40 samples, not 64
 
     def cells(result) -> list:
         return [
