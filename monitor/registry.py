@@ -103,6 +103,7 @@ class Registry:
         self.client = MlflowClient(
             tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri
         )
+        self._model_infos: dict[tuple[str, str, str], Any] = {}
 
     # -- errors ---------------------------------------------------------------------------
 
@@ -225,10 +226,22 @@ class Registry:
         version = self._call(f"read {ref}", self.client.get_model_version, ref.name, ref.version)
         return dict(version.tags or {})
 
-    def flavors(self, ref: ModelVersionRef) -> dict[str, Any]:
+    def _model_info(self, ref: ModelVersionRef) -> Any:
+        """The version's MLmodel (flavors, signature), downloaded once per model source: a
+        version's model files never change (a model deleted and registered again has another
+        source), and a load or a plan asks for them several times."""
         from mlflow.models import get_model_info
 
-        return self._call(f"read the MLmodel of {ref}", get_model_info, ref.uri).flavors
+        version = self._call(f"read {ref}", self.client.get_model_version, ref.name, ref.version)
+        key = (ref.name, ref.version, version.source)
+        if key not in self._model_infos:
+            self._model_infos[key] = self._call(
+                f"read the MLmodel of {ref}", get_model_info, ref.uri
+            )
+        return self._model_infos[key]
+
+    def flavors(self, ref: ModelVersionRef) -> dict[str, Any]:
+        return self._model_info(ref).flavors
 
     # -- loading --------------------------------------------------------------------------
 
@@ -243,9 +256,7 @@ class Registry:
 
     def input_signature(self, ref: ModelVersionRef) -> tuple[tuple[int, ...] | None, str]:
         """(shape without the batch axis, dtype) of the model's tensor input signature."""
-        from mlflow.models import get_model_info
-
-        info = self._call(f"read the MLmodel of {ref}", get_model_info, ref.uri)
+        info = self._model_info(ref)
         schema = info.signature.inputs if info.signature is not None else None
         if schema is None or not schema.is_tensor_spec():
             return None, "float32"
