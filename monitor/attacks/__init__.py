@@ -1,14 +1,28 @@
 """Adversarial attacks on differentiable classifiers: pure functions on tensors, no I/O.
 
-``fgsm(model, x, y, eps)``, ``pgd(model, x, y, eps, norm=..., steps=...)`` and ``apgd`` (same
-arguments as pgd) take pixel-space
-inputs in [0, 1] (N×C×H×W) and a model returning logits, on whatever device the model is on.
+``fgsm(model, x, y, eps)``, ``pgd(model, x, y, eps, norm=..., steps=...)``, ``apgd`` (same
+arguments as pgd, plus ``loss="ce" | "dlr"``) and ``apgd_targeted`` (AutoAttack's APGD-T) take
+pixel-space inputs in [0, 1] (N×C×H×W) and a model returning logits, on whatever device the
+model is on. ``dlr_loss`` is the DLR loss they ascend.
+``square(scores, x, y, eps, norm=..., queries=...)`` needs only scores (logits or
+log-probabilities) from any callable: a black-box attack on a query budget.
 Importing this package needs only torch.
 """
 
-from monitor.attacks.apgd import apgd
-from monitor.attacks.core import NORMS, AttackStats, perturbation_size
+from monitor.attacks.apgd import apgd, apgd_targeted
+from monitor.attacks.core import NORMS, AttackStats, dlr_loss, perturbation_size
 from monitor.attacks.fgsm import fgsm
 from monitor.attacks.pgd import pgd
+from monitor.attacks.square import square
 
-__all__ = ["NORMS", "AttackStats", "apgd", "fgsm", "perturbation_size", "pgd"]
+__all__ = [
+    "NORMS",
+    "AttackStats",
+    "apgd",
+    "apgd_targeted",
+    "dlr_loss",
+    "fgsm",
+    "perturbation_size",
+    "pgd",
+    "square",
+]

@@ -25,6 +25,7 @@ class AttackStats:
 
     forward: int = 0
     backward: int = 0
+    queries: torch.Tensor | None = None  # query attacks (square): int64 per sample, CPU
 
 
 @contextmanager
@@ -69,25 +70,58 @@ def attacker_loss(logits: torch.Tensor, y: torch.Tensor, targeted: bool) -> torc
     return -loss if targeted else loss
 
 
+# (logits N×K, labels N) -> the per-sample loss N that the attacker ascends
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def dlr_loss(
+    logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-sample Difference of Logits Ratio (Croce & Hein 2020), the attacker ascends it.
+
+    With z sorted in decreasing order as π: -(z_y - max_{i≠y} z_i) / (z_π1 - z_π3), and
+    towards ``target`` t: -(z_y - z_t) / (z_π1 - (z_π3 + z_π4) / 2), 1e-12 added below. The
+    ratio does not change when the logits are shifted or scaled, so a model cannot hide behind
+    the scale of its logits as it can with cross-entropy. Its scale needs 3 logits (4 towards a
+    target): with fewer classes it falls back to ``attacker_loss`` (cross-entropy, negated
+    towards the target). ``logits`` N×K; ``y`` (the true labels) and ``target`` N, int64.
+    """
+    z = logits.float()
+    if z.shape[1] < (3 if target is None else 4):
+        return attacker_loss(z, y if target is None else target, target is not None)
+    top = z.sort(dim=1, descending=True).values
+    z_y = z.gather(1, y[:, None]).squeeze(1)
+    if target is None:
+        runner_up = torch.where(top[:, 0] == z_y, top[:, 1], top[:, 0])  # max over i != y
+        return -(z_y - runner_up) / (top[:, 0] - top[:, 2] + _TINY)
+    z_t = z.gather(1, target[:, None]).squeeze(1)
+    return -(z_y - z_t) / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + _TINY)
+
+
 def input_gradient(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     targeted: bool,
     stats: AttackStats | None = None,
+    *,
+    loss: LossFn | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradient of the summed attacker loss with respect to x, and the logits at x.
 
-    A randomised model that declares ``eot_samples = k`` (a defended model's attack view) gets
-    EOT (Athalye et al. 2018): the loss gradient averaged over k draws, in one batched pass;
-    the logits returned are the mean over the draws.
+    The loss is ``loss(logits, y)`` per sample, by default ``attacker_loss`` (cross-entropy,
+    negated when ``targeted``). A randomised model that declares ``eot_samples = k`` (a
+    defended model's attack view) gets EOT (Athalye et al. 2018): the loss gradient averaged
+    over k draws, in one batched pass; the logits returned are the mean over the draws.
     """
     k = int(getattr(model, "eot_samples", 1) or 1)
+    per_sample = loss or (lambda z, labels: attacker_loss(z, labels, targeted))
     x = x.detach().requires_grad_(True)
     logits = model(x.repeat(k, *([1] * (x.ndim - 1))) if k > 1 else x)
-    loss = attacker_loss(logits, y.repeat(k) if k > 1 else y, targeted).sum() / k
-    if loss.requires_grad:
-        (grad,) = torch.autograd.grad(loss, x)
+    draws = logits.view(k, len(x), -1) if k > 1 else (logits,)
+    total = sum(per_sample(z, y).sum() for z in draws) / k
+    if total.requires_grad:
+        (grad,) = torch.autograd.grad(total, x)
     else:  # the model cut the graph (a non-differentiable defence attacked naively)
         grad = torch.zeros_like(x)
     if k > 1:
