@@ -99,3 +99,9 @@ def first_line(err: BaseException) -> str:
     one); the error's type when the message is empty."""
     lines = str(getattr(err, "orig", None) or err).strip().splitlines()
     return lines[0] if lines else type(err).__name__
+
+
+class EndpointError(RobmonError):
+    """Raised when a model served over HTTP (``mlflow models serve``) cannot be queried: a bad
+    URL or option, an unreachable server (after bounded retries), an HTTP error or redirect, or
+    an answer that is not predictions for the rows sent."""
