@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Float, and_, case, cast, func, or_, select
 
 from monitor.alerts.queries import rule_in
-from monitor.audit.config import eps_text
+from monitor.audit.config import eps_text, headline_rank, stored_preset
 from monitor.db.models import (
     Alert,
     Audit,
@@ -46,6 +46,7 @@ class ModelOverview:
     name: str
     champion: str | None
     score: float | None
+    score_preset: str | None  # the preset of the audit the score comes from
     trend: list[tuple[datetime, float, str]]  # (finished, score, version)
     last_audit_status: str | None
     last_audit_at: datetime | None
@@ -79,6 +80,9 @@ def overview(
                 Audit.score,
                 Audit.created_at,
                 Audit.finished_at,
+                Audit.config,
+                Audit.config_hash,
+                Audit.id,
             )
             .where(Audit.model_name.in_(names))
             .order_by(Audit.id)
@@ -113,13 +117,19 @@ def overview(
         champion = champions.get(name)
         succeeded = [a for a in mine if a.status == "succeeded" and a.score is not None]
         of_champion = [a for a in succeeded if a.model_version == champion] or succeeded
+        # the headline: the most trustworthy configuration (gate-grade preset, whole dataset,
+        # default grid), newest first; the trend compares only audits of that configuration
+        headline = max(of_champion, key=lambda a: (headline_rank(a.config), a.id), default=None)
+        if headline is not None:
+            succeeded = [a for a in succeeded if a.config_hash == headline.config_hash]
         last = mine[-1] if mine else None
         v24, v7 = volumes.get((name, "24h"), (0, 0)), volumes.get((name, "7d"), (0, 0))
         rows.append(
             ModelOverview(
                 name=name,
                 champion=champion,
-                score=of_champion[-1].score if of_champion else None,
+                score=headline.score if headline else None,
+                score_preset=stored_preset(headline.config) if headline else None,
                 trend=[
                     (a.finished_at or a.created_at, a.score, a.model_version) for a in succeeded
                 ],

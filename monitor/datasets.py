@@ -7,6 +7,7 @@ optionally ``classes``), or a folder with one subfolder of images per class.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -211,3 +212,34 @@ def _image_folder(root: Path) -> Dataset:
         labels.append(label)
     x, y = validate_arrays(np.stack(images), np.asarray(labels), str(root))
     return Dataset(str(root), x, y, tuple(classes))
+
+
+def dataset_digest(spec: str) -> str | None:
+    """SHA-256 of a dataset's contents (a file's bytes; a folder's relative paths and bytes),
+    so that new images or labels under the same path are a new audit; None for built-ins.
+    Read once per (path, size, modification time) of each file."""
+    if spec in BUILTIN:
+        return None
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise DatasetError(
+            f"dataset {spec!r} is neither a built-in ({', '.join(BUILTIN)}) nor an existing path."
+        )
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        stat = file.stat()
+        rel = "" if file == path else file.relative_to(path).as_posix()
+        digest.update(
+            f"{rel}\0{_file_digest(str(file), stat.st_size, stat.st_mtime_ns)}\0".encode()
+        )
+    return digest.hexdigest()[:32]
+
+
+@lru_cache(maxsize=4096)
+def _file_digest(path: str, _size: int, _mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

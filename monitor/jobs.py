@@ -149,7 +149,7 @@ def _queue_audit(context: JobContext, ref: ModelVersionRef, trigger: str, force:
     """One line saying what happened: queued, reused (already audited) or skipped (why)."""
     from monitor.audit import store
 
-    config = audit_config_for(context.registry, ref, context.watch)
+    config = audit_config_for(context.registry, ref, context.watch, trigger)
     if isinstance(config, str):
         return f"skipped: {config}"
     try:

@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from monitor.audit.config import AuditConfig, audit_defaults
+from monitor.audit.config import (
+    PRESETS,
+    AuditConfig,
+    audit_defaults,
+    config_from,
+    merge_levels,
+)
 from monitor.config import Settings
 from monitor.errors import AuditError, ConfigError, RobmonError
 from monitor.registry import DATASET_TAG, ModelVersionRef, Registry
@@ -31,6 +37,8 @@ _KEYS = {
     "device",
     "batch_size",
     "lease_ttl",
+    "poll_preset",
+    "sweep_preset",
 }
 _HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
@@ -48,6 +56,11 @@ class WatchSettings:
     device: str | None = None
     batch_size: int | str | None = None  # None: [audit] batch_size (default auto)
     lease_ttl: float = 30.0  # seconds a dead scheduler keeps its lease before a standby takes over
+    # the attack preset of each trigger, beneath [audit] and [watch.config.NAME] (which may name
+    # their own preset or attacks): the poll gives fast feedback on a new version, the nightly
+    # sweep (and so the headline score) is gate-grade
+    poll_preset: str = "quick"
+    sweep_preset: str = "standard"
     per_model: dict[str, dict[str, Any]] = field(default_factory=dict)
     audit: dict[str, Any] = field(default_factory=dict)
 
@@ -86,8 +99,18 @@ class WatchSettings:
             values["aliases"] = tuple(table.pop("aliases"))
         if "sweep" in table:
             values["sweep"] = _sweep(table.pop("sweep"))
+        for key in ("poll_preset", "sweep_preset"):
+            if key in table and table[key] not in PRESETS:
+                raise ConfigError(
+                    f"robmon.toml: watch.{key} must be one of {', '.join(PRESETS)}, "
+                    f"not {table[key]!r}."
+                )
         values.update(table)
         return WatchSettings(**values)
+
+    def preset_for(self, trigger: str) -> str:
+        """The preset a trigger audits with: quick for the registry poll, else the sweep's."""
+        return self.poll_preset if trigger == "registry-poll" else self.sweep_preset
 
     def watches(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -126,21 +149,21 @@ def _sweep(value: Any) -> str:
 
 
 def audit_config_for(
-    registry: Registry, ref: ModelVersionRef, watch: WatchSettings
+    registry: Registry, ref: ModelVersionRef, watch: WatchSettings, trigger: str = "nightly-sweep"
 ) -> AuditConfig | str:
-    """The scheduled audit configuration of a version, or why it is skipped."""
-    fields = {k: v for k, v in watch.audit.items() if k in AuditConfig.__dataclass_fields__}
+    """The scheduled audit configuration of a version for a trigger (its preset beneath
+    [audit] and [watch.config.NAME]), or why it is skipped."""
     overrides = audit_defaults(watch.per_model.get(ref.name, {}))
-    fields.update({k: v for k, v in overrides.items() if k in AuditConfig.__dataclass_fields__})
     tag = registry.version_tags(ref).get(DATASET_TAG)
+    levels = [{"preset": watch.preset_for(trigger)}, watch.audit, overrides]
     if tag:
-        fields["dataset"] = tag
-    if not fields.get("dataset"):
-        return (
-            f"{ref} has no dataset: set its {DATASET_TAG} tag or "
-            f"[watch.config.{ref.name}].dataset (or [audit].dataset)"
-        )
+        levels.append({"dataset": tag})
     try:
-        return AuditConfig(**fields)
+        if not merge_levels(*levels).get("dataset"):
+            return (
+                f"{ref} has no dataset: set its {DATASET_TAG} tag or "
+                f"[watch.config.{ref.name}].dataset (or [audit].dataset)"
+            )
+        return config_from(*levels)
     except AuditError as err:
         return f"{ref}: {err}"

@@ -156,7 +156,14 @@ def _row(r: queries.ModelOverview) -> html.Tr:
         [
             html.Td(dcc.Link(r.name, href=f"/models/{r.name}", className="fw-semibold")),
             html.Td(f"v{r.champion}" if r.champion else html.Span("none", className="text-muted")),
-            html.Td(html.Span("—" if r.score is None else f"{r.score:.1f}", className="fs-5")),
+            html.Td(
+                [
+                    html.Span("—" if r.score is None else f"{r.score:.1f}", className="fs-5"),
+                    html.Div(f"{r.score_preset} preset", className="small text-muted")
+                    if r.score_preset
+                    else None,
+                ]
+            ),
             html.Td(
                 dcc.Graph(figure=trend, config={"displayModeBar": False, "staticPlot": True})
                 if len(r.trend) > 1

@@ -302,6 +302,97 @@ def defence_gain_plausible(m: Measurements) -> Check:
     )
 
 
+# attack families: a stronger family taking off more than the noise margin means the weaker
+# ones flatter the model (CE-loss gradients misled, or gradients masked altogether)
+FAMILIES = {
+    "fgsm": "gradient (cross-entropy)",
+    "pgd": "gradient (cross-entropy)",
+    "apgd": "gradient (cross-entropy)",
+    "apgd-t": "gradient (targeted DLR)",
+    "square": "query (Square)",
+}
+
+
+def weaker_family_flatters(m: Measurements) -> Check:
+    """In a chain: what each later family takes off beyond the earlier ones; standalone: each
+    family's lowest robust accuracy against the others'."""
+    name, tol = "weaker_family_flatters", tolerance(m.n)
+    if len({FAMILIES[c.attack] for c in m.cells if c.threat != "query"}) < 2:
+        return Check(name, SKIPPED, "needs attacks of more than one family (--preset standard).")
+    found = []
+    for (threat, norm, eps), cells in _by_point(m).items():
+        best: dict[str, float] = {}
+        for c in cells:
+            family = FAMILIES[c.attack]
+            best[family] = min(best.get(family, 1.0), c.robust_accuracy)
+        if len(best) < 2:
+            continue
+        order = list(dict.fromkeys(FAMILIES[c.attack] for c in cells))
+        for i, family in enumerate(order[1:], 1):
+            before = min(best[f] for f in order[:i])
+            if before - best[family] > tol:
+                found.append((before - best[family], threat, norm, eps, order[:i], family))
+    if not found:
+        return Check(
+            name, PASSED, f"no attack family takes more than {tol:.3f} off what the others leave."
+        )
+    # a chain's result already is the worst case: a stronger gradient loss is news, not a red
+    # flag; queries beating gradients are (masked gradients), and so is any gap in a result
+    # that reports each attack alone (a criterion on the weaker one would flatter)
+    masking = [f for f in found if f[5] == FAMILIES["square"]]
+    gap, threat, norm, eps, weaker, stronger = max(masking or found)
+    what = (
+        f"{stronger} attacks take {gap:.3f} more off than {' and '.join(weaker)} at {threat} "
+        f"{norm} eps {eps:g}"
+    )
+    if masking:
+        return Check(
+            name,
+            WARNING,
+            f"{what}: the gradients mislead the gradient attacks (masking); the worst case is "
+            "counted, but more queries may find more (--preset thorough).",
+        )
+    if not m.chained:
+        return Check(name, WARNING, f"{what}: the weaker attacks alone flatter this model.")
+    return Check(
+        name,
+        PASSED,
+        f"{what} (counted: the chain keeps the worst case); an audit with the weaker ones alone "
+        "(the quick preset) would flatter this model by that much.",
+    )
+
+
+def _by_point(m: Measurements) -> dict[tuple[str, str, float], list[CellResult]]:
+    groups: dict[tuple[str, str, float], list[CellResult]] = {}
+    for c in m.cells:
+        if c.threat != "query":
+            groups.setdefault((c.threat, c.norm, c.eps), []).append(c)
+    return groups
+
+
+def query_weaker_than_transfer(m: Measurements) -> Check:
+    """A black box's query attack should find at least what transfer from a surrogate does."""
+    name, tol = "query_weaker_than_transfer", tolerance(m.n)
+    transfer: dict[tuple[str, float], float] = {}
+    for c in _cells(m, threat="transfer"):
+        transfer[(c.norm, c.eps)] = min(transfer.get((c.norm, c.eps), 1.0), c.robust_accuracy)
+    both = [(q, transfer[(q.norm, q.eps)]) for q in _cells(m, threat="query")
+            if (q.norm, q.eps) in transfer]  # fmt: skip
+    if not both:
+        return Check(name, SKIPPED, "needs query and transfer attacks on a black box.")
+    bad = [(q, t) for q, t in both if q.robust_accuracy > t + tol]
+    if bad:
+        q, t = bad[0]
+        return Check(
+            name,
+            WARNING,
+            f"Square with {q.steps} queries leaves {q.robust_accuracy:.3f} but transfer "
+            f"{t:.3f} at {q.norm} eps {q.eps:g}: the query budget is too small or the model's "
+            "scores are flattened (rounded, top-1 only); the transfer number is the tighter.",
+        )
+    return Check(name, PASSED, "query attacks are at least as strong as transfer attacks.")
+
+
 CHECKS: tuple[Callable[[Measurements], Check], ...] = (
     clean_accuracy_near_chance,
     pgd_weaker_than_fgsm,
@@ -314,6 +405,8 @@ CHECKS: tuple[Callable[[Measurements], Check], ...] = (
     randomized_model,
     defence_attacked_adaptively,
     defence_gain_plausible,
+    weaker_family_flatters,
+    query_weaker_than_transfer,
 )
 
 

@@ -1,4 +1,5 @@
-"""What an audit runs: dataset, attacks, norms, eps grid, steps, restarts, sample limit, seed.
+"""What an audit runs: dataset, attacks (or a preset), norms, eps grid, steps, restarts,
+sample limit, seed.
 
 Two audits with the same model version and the same ``config_hash`` are the same audit: the
 hash covers everything that changes the numbers (not batch size or device).
@@ -17,7 +18,9 @@ from typing import Any
 
 from monitor.errors import AuditError
 
-ATTACK_NAMES = ("fgsm", "pgd", "apgd")
+ATTACK_NAMES = ("fgsm", "pgd", "apgd", "apgd-t", "square")
+GRADIENT_ATTACKS = ("fgsm", "pgd", "apgd", "apgd-t")  # crafted on a differentiable model
+QUERY_ATTACKS = ("square",)  # need only the target's scores: white boxes and black boxes alike
 NORMS = ("linf", "l2")
 # input kind -> norm -> default grid (L∞ 8/255 and L2 0.5 are RobustBench's CIFAR-10 radii)
 DEFAULT_EPS = {
@@ -30,6 +33,41 @@ GRAYSCALE_DATASETS = ("digits", "digits28")  # built-ins whose kind is known wit
 LARGE_EPS = {"linf": 1.0, "l2": 100.0}
 
 
+# Presets: named sets of attack settings. ``quick`` is FGSM + PGD-10 (fast feedback, flatters
+# adversarially trained models by several points); ``standard`` is gate-grade, AutoAttack's
+# structure (APGD-CE, APGD-T on the DLR loss, Square on the scores) chained so that each attack
+# runs only on the samples still robust after the previous ones; ``thorough`` adds restarts and
+# queries. An audit's preset is read back from its settings (``preset_of``), never stored apart.
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {
+        "attacks": ("fgsm", "pgd"),
+        "steps": 10,
+        "restarts": 1,
+        "chain": False,
+    },
+    "standard": {
+        "attacks": ("apgd", "apgd-t", "square"),
+        "restarts": 1,
+        "apgd_steps": 100,
+        "target_classes": 9,
+        "queries": 5000,
+        "chain": True,
+    },
+    "thorough": {
+        "attacks": ("apgd", "apgd-t", "square"),
+        "restarts": 3,
+        "apgd_steps": 100,
+        "target_classes": 9,
+        "queries": 10000,
+        "chain": True,
+    },
+}
+PRESET_KEYS = ("attacks", "steps", "restarts", "apgd_steps", "target_classes", "queries", "chain")
+GATE_GRADE = ("standard", "thorough")
+# how much a preset's numbers can be trusted, to pick a headline score (custom: unknown)
+PRESET_RANK = {"custom": 0, "quick": 1, "standard": 2, "thorough": 3}
+
+
 @dataclass(frozen=True)
 class AuditConfig:
     """An audit's configuration; ``surrogate`` is a resolved ``name/version`` once hashed."""
@@ -38,8 +76,8 @@ class AuditConfig:
     attacks: tuple[str, ...] = ("fgsm", "pgd")
     norms: tuple[str, ...] = ("linf",)
     eps: tuple[float, ...] | None = None
-    steps: int = 10
-    restarts: int = 1
+    steps: int = 10  # PGD steps
+    restarts: int = 1  # PGD and APGD-CE restarts (APGD-T and Square run once)
     limit: int | None = None
     seed: int = 0
     surrogate: str | None = None
@@ -52,6 +90,14 @@ class AuditConfig:
     # the model's input contract (canonical JSON) when it is not plain pixels: a changed
     # contract changes the numbers, so it is a different audit (None: [0, 1] N×C×H×W)
     input_contract: str | None = None
+    apgd_steps: int = 100  # APGD-CE and APGD-T steps (the paper's 100)
+    target_classes: int = 9  # APGD-T: the top classes other than the true one, each a target
+    queries: int = 5000  # Square: queries per sample (the budget)
+    # chained: each attack runs only on the samples still robust after the earlier ones, and a
+    # result is the worst case so far (AutoAttack's structure); else each attack stands alone
+    chain: bool = False
+    # content digest of the dataset (files and image folders): new data is a new audit
+    dataset_digest: str | None = None
 
     def __post_init__(self) -> None:
         for attack in self.attacks:
@@ -72,6 +118,8 @@ class AuditConfig:
             raise AuditError("every eps must be a positive number.")
         if self.steps < 1 or self.restarts < 1:
             raise AuditError("--steps and --restarts must be at least 1.")
+        if self.apgd_steps < 1 or self.queries < 1 or self.target_classes < 1:
+            raise AuditError("--apgd-steps, --queries and --target-classes must be at least 1.")
         if self.limit is not None and self.limit < 1:
             raise AuditError("--limit must be at least 1.")
         if self.eot_samples < 1:
@@ -110,8 +158,28 @@ class AuditConfig:
         return replace(self, input_kind=input_kind_of(channels))
 
     def cells(self) -> list[tuple[str, str, float]]:
-        """Every (attack, norm, eps) the audit measures."""
-        return [(a, n, e) for n in self.norms for e in self.eps_for(n) for a in self.attacks]
+        """Every (attack, norm, eps) the audit measures; a chain's attacks in their order."""
+        return [(a, n, e) for n in self.norms for e in self.eps_for(n) for a in self.ordered()]
+
+    def ordered(self) -> tuple[str, ...]:
+        """The attacks in the order they run: a chain goes from the cheapest to the query
+        attack (AutoAttack's order), so later ones see only what earlier ones left."""
+        if not self.chain:
+            return self.attacks
+        return tuple(sorted(self.attacks, key=ATTACK_NAMES.index))
+
+    def steps_of(self, attack: str) -> int:
+        """Steps of one attack (queries for Square)."""
+        return {"fgsm": 1, "pgd": self.steps, "square": self.queries}.get(attack, self.apgd_steps)
+
+    def restarts_of(self, attack: str) -> int:
+        return self.restarts if attack in ("pgd", "apgd") else 1
+
+    @property
+    def preset(self) -> str:
+        """quick, standard or thorough when the attack settings are exactly a preset's,
+        else custom (the limit, eps grid and dataset do not matter)."""
+        return preset_of(self)
 
     def canonical(self) -> dict[str, Any]:
         data = asdict(self)
@@ -123,6 +191,9 @@ class AuditConfig:
         for key, default in _HASH_DEFAULTS.items():  # added later: old audits keep their hash
             if data[key] == default:
                 del data[key]
+        for key, users in _USED_BY.items():  # settings of attacks the audit does not run
+            if not set(users) & set(self.attacks):
+                data.pop(key, None)
         return data
 
     def hash(self) -> str:
@@ -134,7 +205,112 @@ class AuditConfig:
         return replace(self, surrogate=surrogate)
 
 
-_HASH_DEFAULTS = {"adaptive": True, "eot_samples": 10, "input_kind": None, "input_contract": None}
+_HASH_DEFAULTS = {
+    "adaptive": True,
+    "eot_samples": 10,
+    "input_kind": None,
+    "input_contract": None,
+    "chain": False,
+    "dataset_digest": None,
+}
+# settings that change the numbers only when one of these attacks runs
+_USED_BY = {
+    "apgd_steps": ("apgd", "apgd-t"),
+    "target_classes": ("apgd-t",),
+    "queries": ("square",),
+}
+
+
+def preset_of(config: AuditConfig) -> str:
+    """The preset whose attack settings ``config`` has (settings of attacks it does not run
+    do not count), else custom."""
+    for name, values in PRESETS.items():
+        if sorted(config.attacks) != sorted(values["attacks"]) or config.chain != values["chain"]:
+            continue
+        if all(
+            getattr(config, key) == value
+            for key, value in values.items()
+            if key not in ("attacks", "chain") and _matters(config, key)
+        ):
+            return name
+    return "custom"
+
+
+def _matters(config: AuditConfig, key: str) -> bool:
+    if key == "steps":
+        return "pgd" in config.attacks
+    return not (key in _USED_BY and not set(_USED_BY[key]) & set(config.attacks))
+
+
+def stored_preset(config: dict[str, Any]) -> str:
+    """The preset of a stored (canonical) configuration; custom when it cannot be read."""
+    keys = set(PRESET_KEYS) | {"dataset"}
+    fields = {k: v for k, v in config.items() if k in keys}
+    fields["attacks"] = tuple(fields.get("attacks", ()))
+    try:
+        return preset_of(AuditConfig(**fields, eps=(1.0,)))
+    except (AuditError, TypeError):
+        return "custom"
+
+
+def headline_rank(config: dict) -> tuple[int, int, int]:
+    """How much an audit's score can stand for the version: gate-grade presets first, then
+    the whole dataset, then the input kind's default eps grid (what the watch and gate use)."""
+    return (
+        PRESET_RANK[stored_preset(config)],
+        int(config.get("limit") is None),
+        int(config.get("input_kind") is not None),
+    )
+
+
+def preset_text(config: AuditConfig) -> str:
+    """One line for reports: the preset and the attacks it runs."""
+    names = {
+        "fgsm": "FGSM",
+        "pgd": f"PGD-{config.steps}",
+        "apgd": f"APGD-CE-{config.apgd_steps}",
+        "apgd-t": f"APGD-T-{config.apgd_steps} ({config.target_classes} targets)",
+        "square": f"Square ({config.queries} queries)",
+    }
+    joined = (" → " if config.chain else " + ").join(names[a] for a in config.ordered())
+    restarts = f", {config.restarts} restarts" if config.restarts > 1 else ""
+    kind = {
+        "quick": "fast feedback, not gate-grade",
+        "standard": "gate-grade",
+        "thorough": "gate-grade, with restarts",
+        "custom": "not a preset",
+    }[config.preset]
+    return f"{config.preset} ({kind}): {joined}{restarts}"
+
+
+def cell_key(cell: Any) -> str:
+    """``"white-box square linf 0.1"``: how run_info names a result cell."""
+    return f"{cell.threat} {cell.attack} {cell.norm} {cell.eps:g}"
+
+
+def merge_levels(*levels: dict[str, Any]) -> dict[str, Any]:
+    """Audit settings from lowest to highest precedence; a level that names a preset (or its
+    own attacks) replaces the attack settings of the levels below it (a preset on the command
+    line beats attacks in robmon.toml); a preset is expanded into its settings."""
+    out: dict[str, Any] = {}
+    for level in levels:
+        level = {k: v for k, v in level.items() if v is not None}
+        if "preset" in level:
+            name = level.pop("preset")
+            if name not in PRESETS:
+                raise AuditError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}.")
+            out = {k: v for k, v in out.items() if k not in PRESET_KEYS}
+            out.update(PRESETS[name])
+        elif "attacks" in level:  # attacks named without a preset: nothing of one below
+            out = {k: v for k, v in out.items() if k not in PRESET_KEYS}
+        out.update(level)
+    return out
+
+
+def config_from(*levels: dict[str, Any]) -> AuditConfig:
+    """An AuditConfig from settings levels (``merge_levels``), unknown keys left out."""
+    fields = merge_levels(*levels)
+    return AuditConfig(**{k: v for k, v in fields.items() if k in AuditConfig.__dataclass_fields__})
 
 
 def input_kind_of(channels: int) -> str:
@@ -191,6 +367,10 @@ _DEFAULT_KEYS = {
     "device",
     "adaptive",
     "eot_samples",
+    "preset",
+    "apgd_steps",
+    "target_classes",
+    "queries",
 }
 
 
@@ -219,7 +399,11 @@ def audit_defaults(table: dict[str, Any]) -> dict[str, Any]:
             out["eps"] = tuple(float(v) for v in eps)
         else:
             raise AuditError("robmon.toml: audit.eps must be a list of numbers.")
-    for key in ("steps", "restarts", "limit", "seed"):
+    if "preset" in out and out["preset"] not in PRESETS:
+        raise AuditError(
+            f"robmon.toml: audit.preset must be one of {', '.join(PRESETS)}, not {out['preset']!r}."
+        )
+    for key in ("steps", "restarts", "limit", "seed", "apgd_steps", "target_classes", "queries"):
         if key in out and not isinstance(out[key], int):
             raise AuditError(f"robmon.toml: audit.{key} must be an integer.")
     from monitor.audit.memory import batch_settings  # "auto" or N, and a size in bytes

@@ -13,15 +13,14 @@ draws of models that are random themselves (randomised defences use torch's glob
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
-from monitor.attacks import AttackStats, apgd, fgsm, perturbation_size, pgd
+from monitor.attacks import AttackStats, perturbation_size
 from monitor.attacks.core import attack_mode, input_gradient
-from monitor.audit.config import LARGE_EPS, AuditConfig
+from monitor.audit.config import LARGE_EPS, QUERY_ATTACKS, AuditConfig
+from monitor.audit.crafting import attacks_for, craft
 from monitor.audit.memory import BatchPlan, BatchSize, in_batches, plan_batches
 from monitor.classifiers import Classifier, TorchClassifier, check_input_shape
 from monitor.errors import ModelIncompatible
@@ -29,41 +28,6 @@ from monitor.progress import Reporter, silent
 
 GALLERY_SIZE = 8
 PROBE_SAMPLES = 256
-
-# attack name -> (model, x, y, eps, norm, config, early_stop, seeds per sample, stats) -> x_adv
-Craft = Callable[
-    [
-        nn.Module,
-        torch.Tensor,
-        torch.Tensor,
-        float,
-        str,
-        AuditConfig,
-        bool,
-        torch.Tensor,
-        AttackStats,
-    ],
-    torch.Tensor,
-]
-CRAFT: dict[str, Craft] = {
-    "fgsm": lambda m, x, y, eps, norm, cfg, es, seed, st: fgsm(m, x, y, eps, norm=norm, stats=st),
-    "pgd": lambda m, x, y, eps, norm, cfg, es, seed, st: pgd(
-        m,
-        x,
-        y,
-        eps,
-        norm=norm,
-        steps=cfg.steps,
-        restarts=cfg.restarts,
-        early_stop=es,
-        seed=seed,
-        stats=st,
-    ),
-    "apgd": lambda m, x, y, eps, norm, cfg, es, seed, st: apgd(
-        m, x, y, eps, norm=norm, steps=cfg.steps, restarts=cfg.restarts, seed=seed, stats=st
-    ),
-}
-STEPS = {"fgsm": lambda cfg: 1, "pgd": lambda cfg: cfg.steps, "apgd": lambda cfg: cfg.steps}
 
 
 @dataclass
@@ -81,7 +45,7 @@ class CellResult:
     attack: str
     norm: str
     eps: float
-    threat: str  # white-box | transfer
+    threat: str  # white-box | transfer | query
     steps: int
     restarts: int
     robust_accuracy: float
@@ -93,6 +57,9 @@ class CellResult:
     passes: int
     per_class: dict[int, tuple[int, float]]
     examples: list[Example] = field(default_factory=list, repr=False)
+    robust: torch.Tensor | None = field(default=None, repr=False)  # per sample, for a chain
+    attacked: int = 0  # samples this attack ran on (a chain: those the earlier ones left)
+    queries: dict | None = None  # query attacks: per-sample queries (mean, median, max, budget)
 
 
 @dataclass
@@ -128,6 +95,7 @@ class Measurements:
     probes: Probes
     baseline: Baseline | None = None
     batch: dict | None = None  # how batches were sized: BatchPlan.record()
+    chained: bool = False  # each attack ran on what the earlier ones left (results cumulative)
 
 
 @dataclass
@@ -138,12 +106,22 @@ class Attackers:
     surrogate: TorchClassifier | None = None
 
     def threats(self) -> list[tuple[str, TorchClassifier]]:
+        """The crafting models: the target (white-box) and the surrogate (transfer)."""
         pairs = []
         if isinstance(self.target, TorchClassifier):
             pairs.append(("white-box", self.target))
         if self.surrogate is not None:
             pairs.append(("transfer", self.surrogate))
         return pairs
+
+    def plan(self, config: AuditConfig) -> list[tuple[str, TorchClassifier | None, tuple]]:
+        """(threat, crafting model, attacks in order) of every threat the audit runs; a black
+        box that returns scores is also attacked by queries (what a real attacker gets)."""
+        out = [(t, c, attacks_for(t, config)) for t, c in self.threats()]
+        scores = not isinstance(self.target, TorchClassifier) and self.target.outputs != "labels"
+        if scores and set(config.attacks) & set(QUERY_ATTACKS):
+            out.append(("query", None, attacks_for("query", config)))
+        return [(t, c, attacks) for t, c, attacks in out if attacks]
 
 
 def measure(
@@ -161,24 +139,28 @@ def measure(
     plan = batch_plan(attackers, x, BatchSize.of(batch_size))
     correct, n_classes = clean_predictions(attackers.target, x, y, plan)
     cells = []
-    for threat, crafter in attackers.threats():
-        for attack, norm, eps in config.cells():
-            cells.append(
-                measure_cell(
-                    crafter,
-                    attackers.target,
-                    x,
-                    y,
-                    correct,
-                    attack,
-                    norm,
-                    eps,
-                    config,
-                    threat,
-                    plan,
-                    report,
-                )
-            )
+    for threat, crafter, attacks in attackers.plan(config):
+        for norm in config.norms:
+            for eps in config.eps_for(norm):
+                left = correct  # a chain attacks only what the earlier attacks left robust
+                for attack in attacks:
+                    cell = measure_cell(
+                        crafter or attackers.target,
+                        attackers.target,
+                        x,
+                        y,
+                        left,
+                        attack,
+                        norm,
+                        eps,
+                        config,
+                        threat,
+                        plan,
+                        report,
+                    )
+                    cells.append(cell)
+                    if config.chain:
+                        left = cell.robust
     probes = probe(attackers, x, y, correct, config, plan)
     return Measurements(
         clean_accuracy=int(correct.sum()) / len(y),
@@ -188,12 +170,16 @@ def measure(
         cells=cells,
         probes=probes,
         batch=plan.record(),
+        chained=config.chain,
     )
 
 
 def batch_plan(attackers: Attackers, x: torch.Tensor, request: BatchSize) -> BatchPlan:
     """The batch size for every crafting model of the audit (the largest need decides)."""
     crafters = [crafter for _, crafter in attackers.threats()]
+    if not crafters and request.fixed is None:  # queries only: no gradients to hold
+        why = "auto: query attacks only, every sample in one batch"
+        return BatchPlan("auto", max(len(x), 1), "cpu", why)
     device = crafters[0].device if crafters else torch.device("cpu")
     return plan_batches(request, [c.crafting_module for c in crafters], x, torch.device(device))
 
@@ -243,7 +229,7 @@ def _probabilities(
 
 
 def measure_cell(
-    crafter: TorchClassifier,
+    crafter: Classifier,
     target: Classifier,
     x: torch.Tensor,
     y: torch.Tensor,
@@ -257,12 +243,14 @@ def measure_cell(
     report: Reporter = silent,
     task: str | None = None,
 ) -> CellResult:
-    """Attack the initially correct samples in batches (halved on out-of-memory); evaluate the
-    target on the results."""
+    """Attack the samples of ``correct`` (the initially correct ones; in a chain, those still
+    robust) in batches (halved on out-of-memory); evaluate the target on the results."""
     plan = batch if isinstance(batch, BatchPlan) else BatchPlan(batch, batch, "", "fixed")
+    device = torch.device(getattr(crafter, "device", "cpu"))
     started = time.perf_counter()
     stats = AttackStats()
     robust = torch.zeros(len(y), dtype=torch.bool)
+    queries: list[torch.Tensor] = []
     sizes: list[torch.Tensor] = []
     examples: list[Example] = []
     todo = correct.nonzero().squeeze(1)
@@ -271,16 +259,18 @@ def measure_cell(
 
     def work(start: int, stop: int) -> None:  # keeps nothing from a batch that fails
         idx = todo[start:stop]
-        done = _attack_batch(crafter, target, x, y, idx, attack, norm, eps, config, threat)
-        still, size, gallery, passes = done
+        done = _attack_batch(crafter, target, x, y, idx, attack, norm, eps, config, threat, device)
+        still, size, gallery, passes, used = done
         robust[idx] = still
         stats.forward += passes
+        if used is not None:
+            queries.append(used)
         if size is not None:
             sizes.append(size)
         examples.extend(gallery[: GALLERY_SIZE - len(examples)])
         report(task, stop, len(todo))
 
-    in_batches(plan, len(todo), work, torch.device(crafter.device))
+    in_batches(plan, len(todo), work, device)
     n_correct = int(correct.sum())
     size = torch.cat(sizes) if sizes else None
     return CellResult(
@@ -288,8 +278,8 @@ def measure_cell(
         norm=norm,
         eps=eps,
         threat=threat,
-        steps=STEPS[attack](config),
-        restarts=config.restarts if attack in ("pgd", "apgd") else 1,
+        steps=config.steps_of(attack),
+        restarts=config.restarts_of(attack),
         robust_accuracy=int(robust.sum()) / len(y),
         attack_success_rate=1.0 - int(robust.sum()) / n_correct if n_correct else None,
         n=len(y),
@@ -299,11 +289,27 @@ def measure_cell(
         passes=stats.forward,
         per_class=per_class(robust, y),
         examples=examples,
+        robust=robust,
+        attacked=n_correct,
+        queries=query_summary(queries, config.queries) if attack in QUERY_ATTACKS else None,
     )
 
 
+def query_summary(used: list[torch.Tensor], budget: int) -> dict | None:
+    """Queries per attacked sample: mean, median, max and the budget."""
+    if not used:
+        return None
+    q = torch.cat(used).double()
+    return {
+        "mean": float(q.mean()),
+        "median": float(q.median()),
+        "max": int(q.max()),
+        "budget": budget,
+    }
+
+
 def _attack_batch(
-    crafter: TorchClassifier,
+    crafter: Classifier,
     target: Classifier,
     x: torch.Tensor,
     y: torch.Tensor,
@@ -313,33 +319,37 @@ def _attack_batch(
     eps: float,
     config: AuditConfig,
     threat: str,
-) -> tuple[torch.Tensor, torch.Tensor | None, list[Example], int]:
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor | None, list[Example], int, torch.Tensor | None]:
     """Samples ``idx`` attacked: (still correct, perturbation sizes of the fooled ones, gallery
-    candidates, forward passes)."""
+    candidates, forward passes, queries per sample of a query attack)."""
     stats = AttackStats()
-    xb = x[idx].to(crafter.device)
-    adv = CRAFT[attack](
-        crafter.crafting_module,
+    xb = x[idx].to(device)
+    adv = craft(
+        attack,
+        crafter if isinstance(crafter, TorchClassifier) else None,
+        target,
         xb,
-        y[idx].to(crafter.device),
+        y[idx].to(device),
         eps,
         norm,
         config,
-        threat == "white-box",  # early stop; transfer examples are stronger at full strength
+        threat != "transfer",  # early stop; transfer examples are stronger at full strength
         sample_seeds(config.seed, idx),
         stats,
-    ).detach()
+    )
     predicted = target.labels(adv).cpu()
     still = predicted == y[idx]
     fooled = ~still
+    used = stats.queries.cpu() if getattr(stats, "queries", None) is not None else None
     if not fooled.any():
-        return still, None, [], stats.forward
+        return still, None, [], stats.forward, used
     size = perturbation_size(adv[fooled.to(adv.device)], xb[fooled.to(xb.device)], norm).cpu()
     gallery = [
         Example(xb[j].cpu(), adv[j].cpu(), int(y[idx][j]), int(predicted[j]))
         for j in fooled.nonzero().squeeze(1)[:GALLERY_SIZE].tolist()
     ]
-    return still, size, gallery, stats.forward
+    return still, size, gallery, stats.forward, used
 
 
 def sample_seeds(seed: int, idx: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ import io
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from monitor.audit.config import eps_text
+from monitor.audit.config import cell_key, eps_text, stored_preset
 from monitor.audit.measure import Example
 from monitor.audit.store import AuditDetail
 
@@ -23,6 +23,7 @@ def audit_json(detail: AuditDetail) -> dict[str, Any]:
         "clean_accuracy": detail.clean_accuracy,
         "n": detail.n_samples,
         "score": detail.score,
+        "preset": stored_preset(detail.config),
         "results": [
             {
                 "attack": r.attack,
@@ -37,6 +38,7 @@ def audit_json(detail: AuditDetail) -> dict[str, Any]:
                 "mean_perturbation": r.mean_perturbation,
                 "max_perturbation": r.max_perturbation,
                 "seconds": r.seconds,
+                "queries": (detail.run_info or {}).get("queries", {}).get(cell_key(r)),
             }
             for r in detail.results
         ],
@@ -73,6 +75,19 @@ def run_info_lines(info: dict[str, Any] | None) -> list[str]:
     if not info:
         return []
     lines = []
+    if "preset" in info:
+        chained = (
+            "; chained: each attack runs on what the earlier ones left, a result is the worst "
+            "case so far"
+            if info["preset"].get("chain")
+            else ""
+        )
+        lines.append(f"Attacks: {info['preset']['text']}{chained}")
+    for cell, q in (info.get("queries") or {}).items():
+        lines.append(
+            f"Queries ({cell}): mean {q['mean']:.0f}, median {q['median']:.0f}, "
+            f"max {q['max']} of {q['budget']} per attacked sample"
+        )
     if "contract" in info:
         lines.append(f"Input: {info['contract']['text']}")
     if "eps" in info:

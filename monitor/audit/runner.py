@@ -20,7 +20,13 @@ import torch
 
 from monitor.audit import store
 from monitor.audit.checks import near_chance, run_checks
-from monitor.audit.config import AuditConfig
+from monitor.audit.config import (
+    GRADIENT_ATTACKS,
+    QUERY_ATTACKS,
+    AuditConfig,
+    cell_key,
+    preset_text,
+)
 from monitor.audit.measure import Attackers, Baseline, Measurements, measure
 from monitor.audit.memory import BatchSize
 from monitor.audit.report import example_gallery, robust_accuracy_plot
@@ -29,7 +35,7 @@ from monitor.audit.store import AuditDetail
 from monitor.audit.writeback import tag_failure, write_back
 from monitor.classifiers import Classifier, TorchClassifier
 from monitor.contracts import CONTRACT_TAG
-from monitor.datasets import Dataset, load_dataset
+from monitor.datasets import Dataset, dataset_digest, load_dataset
 from monitor.db.session import Database
 from monitor.errors import AuditError, ModelIncompatible, ModelNotFound, RobmonError
 from monitor.progress import Reporter, silent
@@ -107,12 +113,20 @@ def make_plan(
         channels = data.image_shape[0] if data is not None else dataset_channels(config.dataset)
         config = config.with_input_kind(channels)
     contract = registry.input_contract(ref)
-    config = replace(config, input_contract=contract.key())
+    config = replace(
+        config, input_contract=contract.key(), dataset_digest=dataset_digest(config.dataset)
+    )
     surrogate = None
     if config.surrogate:
         surrogate = str(registry.resolve(config.surrogate))
     elif "pytorch" not in registry.flavors(ref):
-        surrogate = str(registry.find_surrogate(config.dataset, exclude=ref.name))
+        if not set(config.attacks) & set(GRADIENT_ATTACKS):
+            pass  # query attacks only: no surrogate needed
+        elif set(config.attacks) & set(QUERY_ATTACKS):  # a transfer baseline where one exists
+            with contextlib.suppress(ModelNotFound):
+                surrogate = str(registry.find_surrogate(config.dataset, exclude=ref.name))
+        else:
+            surrogate = str(registry.find_surrogate(config.dataset, exclude=ref.name))
     elif contract.scale == "uint8" and registry.input_signature(ref)[1] == "uint8":
         # a torch module declared uint8 may refuse floats (then it is a black box): a
         # transfer baseline beside the white-box attacks, where a surrogate is registered
@@ -234,10 +248,12 @@ def load_attackers(
                 f"surrogate {plan.config.surrogate} is not a torch model; transfer attacks are "
                 "crafted with gradients."
             )
-    if not isinstance(target, TorchClassifier) and surrogate is None:
+    queries = bool(set(plan.config.attacks) & set(QUERY_ATTACKS))
+    if not isinstance(target, TorchClassifier) and surrogate is None and not queries:
         raise ModelIncompatible(
             f"{plan.ref} is a black box and no surrogate was found; pass --surrogate MODEL (a "
-            "torch model trained on the same data) to attack it by transfer."
+            "torch model trained on the same data) to attack it by transfer, or --preset "
+            "standard to attack it by queries (Square)."
         )
     if isinstance(target, TorchClassifier) and plan.config.adaptive:
         from monitor.harden.transforms import DefendedModel
@@ -264,9 +280,17 @@ def run_info(
     info: dict[str, Any] = {
         "contract": target.contract.as_dict(),
         "eps": {"grid": plan.config.eps_grid(), "why": plan.config.eps_why()},
+        "preset": {
+            "name": plan.config.preset,
+            "text": preset_text(plan.config),
+            "chain": plan.config.chain,
+        },
     }
     if measurements is None:
         return info
+    queries = {cell_key(c): c.queries for c in measurements.cells if c.queries}
+    if queries:
+        info["queries"] = queries
     batch = getattr(measurements, "batch", None)
     if batch is not None:
         info["batch"] = asdict(batch) if is_dataclass(batch) else batch

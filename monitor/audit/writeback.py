@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from monitor.audit.config import headline_rank, stored_preset
 from monitor.audit.report import audit_json
 from monitor.audit.store import AuditDetail
 from monitor.registry import ModelVersionRef, Registry
@@ -58,10 +59,12 @@ def write_back(registry: Registry, detail: AuditDetail, artifacts: dict[str, byt
             "robustness.trigger": detail.trigger,
         },
     )
+    ref = ModelVersionRef(detail.model_name, detail.model_version)
     registry.set_tags(
-        ModelVersionRef(detail.model_name, detail.model_version),
+        ref,
         {
-            "robustness.score": f"{detail.score:.4f}" if detail.score is not None else "",
+            **headline_tags(registry.version_tags(ref), detail),
+            f"robustness.score.{stored_preset(config)}": _score_text(detail.score),
             "robustness.audit_id": detail.id,
             "robustness.audited_at": (detail.finished_at or detail.created_at).isoformat(),
             "robustness.status": detail.status,
@@ -69,6 +72,27 @@ def write_back(registry: Registry, detail: AuditDetail, artifacts: dict[str, byt
         },
     )
     return run_id
+
+
+def headline_tags(tags: dict[str, str], detail: AuditDetail) -> dict[str, str]:
+    """The version's headline score (``robustness.score`` and what produced it): replaced
+    only by an audit of at least the same rank, so a quick or one-eps audit run later never
+    stands in for the gate-grade score."""
+    rank = headline_rank(detail.config)
+    old = tags.get("robustness.score_rank")
+    if old and tuple(int(v) for v in old.split(".")) > rank:
+        return {}
+    preset = stored_preset(detail.config)
+    scope = "whole dataset" if detail.config.get("limit") is None else f"{detail.n_samples} samples"
+    return {
+        "robustness.score": _score_text(detail.score),
+        "robustness.score_rank": ".".join(str(v) for v in rank),
+        "robustness.score_source": f"{preset} preset, audit {detail.id}, {scope}",
+    }
+
+
+def _score_text(score: float | None) -> str:
+    return f"{score:.4f}" if score is not None else ""
 
 
 def contract_params(run_info: dict | None) -> dict[str, str]:

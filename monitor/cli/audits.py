@@ -33,14 +33,24 @@ def _interrupt(_signum: int, _frame: object) -> None:
 
 @app.command("audit")
 def audit(
-    model: str = typer.Argument(..., help="NAME, models:/NAME/VERSION or models:/NAME@ALIAS."),
+    model: str | None = typer.Argument(
+        None, help="NAME, models:/NAME/VERSION or models:/NAME@ALIAS (or --endpoint URL)."
+    ),
     dataset: str | None = typer.Option(
         None,
         help="digits, digits28, a .npz file or an image folder "
         "(default: the version's robustness.dataset tag, then robmon.toml [audit].dataset).",
     ),
+    preset: str | None = typer.Option(
+        None,
+        help="quick (FGSM + PGD-10: fast feedback, the default), standard (gate-grade: "
+        "APGD-CE, APGD-T, Square, chained as AutoAttack) or thorough (standard with restarts "
+        "and more queries); robmon.toml [audit] preset sets the default.",
+    ),
     attack: list[str] = typer.Option(
-        None, "--attack", help="fgsm, pgd and/or apgd (repeatable; default fgsm and pgd)."
+        None,
+        "--attack",
+        help="fgsm, pgd, apgd, apgd-t and/or square (repeatable; replaces the preset's).",
     ),
     eps: str | None = typer.Option(
         None,
@@ -49,7 +59,22 @@ def audit(
     ),
     norm: list[str] = typer.Option(None, "--norm", help="linf and/or l2 (repeatable)."),
     steps: int | None = typer.Option(None, help="PGD steps (default 10)."),
-    restarts: int | None = typer.Option(None, help="PGD restarts (default 1)."),
+    restarts: int | None = typer.Option(None, help="PGD and APGD-CE restarts (default 1)."),
+    apgd_steps: int | None = typer.Option(
+        None, "--apgd-steps", help="APGD-CE and APGD-T steps (default 100, the paper's)."
+    ),
+    target_classes: int | None = typer.Option(
+        None, "--target-classes", help="APGD-T target classes (default 9, the top ones)."
+    ),
+    queries: int | None = typer.Option(
+        None, help="Square: query budget per sample (default 5000)."
+    ),
+    chain: bool | None = typer.Option(
+        None,
+        "--chain/--no-chain",
+        help="Run each attack only on the samples still robust after the earlier ones, "
+        "keeping the worst case (the standard and thorough presets do).",
+    ),
     batch_size: str | None = typer.Option(
         None,
         help="Samples per attack batch: auto (the default: measured against the free memory, "
@@ -81,10 +106,25 @@ def audit(
     fast: bool = typer.Option(
         False, help="CUDA only: craft attacks with torch.compile, bf16 and channels_last."
     ),
+    endpoint: str | None = typer.Option(
+        None,
+        help="Audit a served model by queries instead of a registry version: the URL of MLflow's "
+        "scoring server (mlflow models serve), e.g. http://127.0.0.1:5001/invocations; needs "
+        "--dataset.",
+    ),
+    layout: str = typer.Option(
+        "nchw", help="With --endpoint: how images are sent (nchw, nhwc or flat feature rows)."
+    ),
+    query_batch: int = typer.Option(
+        256, "--query-batch", help="With --endpoint: images per HTTP request."
+    ),
+    rate_limit: float | None = typer.Option(
+        None, "--rate-limit", help="With --endpoint: at most this many requests per second."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Attack a model version now and report its robustness (reuses a matching audit)."""
-    from monitor.audit.config import AuditConfig, audit_defaults, parse_eps
+    from monitor.audit.config import audit_defaults, config_from, parse_eps
     from monitor.audit.memory import BatchSize
     from monitor.audit.report import audit_json
     from monitor.audit.runner import AuditRequest, run_audit
@@ -98,6 +138,7 @@ def audit(
     )
     registry, db = state.registry(), state.database()
     chosen = {
+        "preset": preset,
         "dataset": dataset,
         "attacks": tuple(attack) if attack else None,
         "norms": tuple(norm) if norm else None,
@@ -109,19 +150,25 @@ def audit(
         "surrogate": surrogate,
         "adaptive": None if adaptive else False,
         "eot_samples": eot_samples,
+        "apgd_steps": apgd_steps,
+        "target_classes": target_classes,
+        "queries": queries,
+        "chain": chain,
     }
-    fields = {k: v for k, v in defaults.items() if k in AuditConfig.__dataclass_fields__}
-    fields.update({k: v for k, v in chosen.items() if v is not None})
-    if not fields.get("dataset"):
+    if endpoint is not None or model is None:
+        _endpoint_audit(endpoint, model, defaults, chosen, layout, query_batch, rate_limit,
+                        force, as_json)  # fmt: skip
+        return
+    if not defaults.get("dataset") and not dataset:
         ref = registry.resolve(model)
-        fields["dataset"] = registry.version_tags(ref).get("robustness.dataset")
-        if not fields["dataset"]:
+        chosen["dataset"] = registry.version_tags(ref).get("robustness.dataset")
+        if not chosen["dataset"]:
             raise AuditError(
                 f"{ref} has no robustness.dataset tag and no dataset is configured; pass --dataset."
             )
     request = AuditRequest(
         reference=model,
-        config=AuditConfig(**fields),
+        config=config_from(defaults, chosen),
         force=force,
         device=device or defaults.get("device"),
         batch_size=batch,
@@ -139,6 +186,43 @@ def audit(
     if outcome.reused:
         note(
             f"reusing audit {outcome.detail.id} (same version and configuration; "
+            "--force runs it again)"
+        )
+    render_audit(outcome.detail)
+
+
+def _endpoint_audit(
+    url, model, defaults, chosen, layout, query_batch, rate_limit, force, as_json
+) -> None:
+    from monitor.audit.config import config_from
+    from monitor.audit.report import audit_json
+    from monitor.audit.served import EndpointRequest, run_endpoint_audit
+    from monitor.errors import AuditError
+
+    if url is None:
+        raise AuditError("name a model (NAME or models:/NAME/VERSION) or pass --endpoint URL.")
+    if model is not None:
+        raise AuditError("give a registered model or --endpoint URL, not both.")
+    check_choice("--layout", layout, ("nchw", "nhwc", "flat"))
+    if not (chosen.get("dataset") or defaults.get("dataset")):
+        raise AuditError("--endpoint needs --dataset (an endpoint has no robustness.dataset tag).")
+    request = EndpointRequest(
+        url,
+        config_from({"preset": "standard"}, defaults, chosen),
+        layout=layout,
+        batch_size=query_batch,
+        rate_limit=rate_limit,
+        force=force,
+    )
+    signal.signal(signal.SIGTERM, _interrupt)
+    with progress_bars(not as_json) as report:
+        outcome = run_endpoint_audit(state.database(), state.registry(), request, report)
+    if as_json:
+        emit_json({**audit_json(outcome.detail), "reused": outcome.reused})
+        return
+    if outcome.reused:
+        note(
+            f"reusing audit {outcome.detail.id} (same endpoint and configuration; "
             "--force runs it again)"
         )
     render_audit(outcome.detail)

@@ -32,6 +32,11 @@ def harden(
     clean_ratio: float = typer.Option(0.5, help="Share of each batch left clean."),
     lr: float = typer.Option(1e-3, help="Adam learning rate (fine-tuning from the parent)."),
     seed: int = typer.Option(0, help="Random seed."),
+    preset: str = typer.Option(
+        "standard",
+        help="Audit preset for parent and child (default standard: gate-grade, so the gain "
+        "reported is not inflated by a weak attack; quick for a fast look).",
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Adversarially train a registered torch model; register the result and audit it."""
@@ -63,6 +68,7 @@ def harden(
             model,
             recipe,
             dataset=dataset,
+            preset=preset,
             on_epoch=on_epoch,
             report=report,
         )
@@ -77,13 +83,20 @@ def defend(
         "--transform",
         help="jpeg:QUALITY, blur:SIGMA, bits:N or random-resize:PIXELS (repeatable, in order).",
     ),
+    preset: str = typer.Option(
+        "standard",
+        help="Audit preset for parent and child (default standard: gate-grade, so the gain "
+        "reported is not inflated by a weak attack; quick for a fast look).",
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Register a version that transforms inputs before the model; audit it with BPDA/EOT."""
     from monitor.harden.lineage import defend as run_defend
 
     with progress_bars(not as_json) as report:
-        derived = run_defend(state.database(), state.registry(), model, transform, report=report)
+        derived = run_defend(
+            state.database(), state.registry(), model, transform, preset=preset, report=report
+        )
     _render(derived, as_json)
 
 

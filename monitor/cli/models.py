@@ -21,6 +21,11 @@ from monitor.cli.base import (
 models_app = command_group("models", help="Models in the MLflow registry.")
 
 
+def _preset(source: str | None) -> str:
+    """``standard`` from "standard preset, audit 7, whole dataset" (older tags: empty)."""
+    return source.split(" preset", 1)[0] if source else ""
+
+
 @models_app.command("list")
 def list_models(
     name: str | None = typer.Argument(None, help="Only this registered model."),
@@ -41,6 +46,7 @@ def list_models(
                             "created_at": v.created_at,
                             "dataset": v.tags.get("robustness.dataset"),
                             "robustness_score": _float(v.tags.get("robustness.score")),
+                            "robustness_score_source": v.tags.get("robustness.score_source"),
                             "robustness_status": v.tags.get("robustness.status"),
                             "tags": v.tags,
                         }
@@ -62,6 +68,7 @@ def list_models(
             v.created_at.strftime("%Y-%m-%d %H:%M"),
             v.tags.get("robustness.dataset", ""),
             fmt(_float(v.tags.get("robustness.score")), 1),
+            _preset(v.tags.get("robustness.score_source")),
             v.tags.get("robustness.status", ""),
         )
         for m in models
@@ -69,7 +76,7 @@ def list_models(
     ]
     print_table(
         "registered models",
-        ("model", "version", "aliases", "created (UTC)", "dataset", "score", "last audit"),
+        ("model", "version", "aliases", "created (UTC)", "dataset", "score", "from", "last audit"),
         rows,
     )
 

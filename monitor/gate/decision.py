@@ -17,6 +17,7 @@ from typing import Any
 
 from monitor.audit import store as audits
 from monitor.audit.checks import tolerance
+from monitor.audit.config import preset_text
 from monitor.audit.runner import AuditRequest, Plan, make_plan, run_audit
 from monitor.audit.store import AuditDetail
 from monitor.calibrate import current_calibration
@@ -132,8 +133,8 @@ def _matching_audit(run: GateRun, ref: ModelVersionRef, policy: Policy, role: st
         eps = ", ".join(f"{e:g}" for n in c.norms for e in c.eps_for(n))
         raise GateUndecided(
             f"no audit of the {role} {ref} matches the policy (dataset {c.dataset}, "
-            f"{'+'.join(c.attacks)}, {'/'.join(c.norms)} eps {eps}, {c.steps} steps, "
-            f"{c.restarts} restarts); run it with `robmon audit` or pass --audit-if-missing."
+            f"{preset_text(c)}, {'/'.join(c.norms)} eps {eps}); run it with `robmon audit` "
+            "or pass --audit-if-missing."
         )
     request = AuditRequest(ref.uri, plan.config, trigger="gate", device=run.device)
     return run_audit(run.db, run.registry, request, run.report).detail
@@ -190,11 +191,12 @@ def _score(run, policy, ref, audit, baseline, baseline_audit) -> list[Criterion]
 
 
 def _cells(audit: AuditDetail) -> dict[tuple[str, str, float], float]:
-    """(attack, norm, eps) -> the lowest robust accuracy over threats."""
+    """(attack, norm, eps) -> the lowest robust accuracy over threats; attack ``worst`` is the
+    lowest over every attack (a chained audit's worst case per sample)."""
     cells: dict[tuple[str, str, float], float] = {}
     for r in audit.results:
-        key = (r.attack, r.norm, r.eps)
-        cells[key] = min(cells.get(key, 1.0), r.robust_accuracy)
+        for key in ((r.attack, r.norm, r.eps), ("worst", r.norm, r.eps)):
+            cells[key] = min(cells.get(key, 1.0), r.robust_accuracy)
     return cells
 
 

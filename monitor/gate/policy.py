@@ -19,11 +19,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from monitor.audit.config import AuditConfig, audit_defaults
+from monitor.audit.config import AuditConfig, audit_defaults, config_from, merge_levels
 from monitor.errors import AuditError, PolicyError, RobmonError
 from monitor.times import parse_duration
 
 DETECTORS = ("confidence", "squeezing", "combined")
+DEFAULT_PRESET = "standard"  # a policy that names no preset or attacks gates on gate-grade audits
 _TOP = {"audit", "criteria", "baseline"}
 _CRITERIA = {
     "min_clean_accuracy",
@@ -75,15 +76,17 @@ class Policy:
         return bool(self.max_absolute_drop or self.max_relative_drop)
 
     def audit_config(self, dataset: str | None) -> AuditConfig:
-        fields = {k: v for k, v in self.audit.items() if k in AuditConfig.__dataclass_fields__}
-        if dataset and not fields.get("dataset"):
-            fields["dataset"] = dataset
-        if not fields.get("dataset"):
+        """The audit the decision needs: gate-grade (the standard preset) unless the policy
+        names a preset or its attacks."""
+        levels = [{"preset": DEFAULT_PRESET}, self.audit]
+        if dataset and not self.audit.get("dataset"):
+            levels.append({"dataset": dataset})
+        if not merge_levels(*levels).get("dataset"):
             raise PolicyError(
                 "policy: audit.dataset is missing and the version has no robustness.dataset tag."
             )
         try:
-            return AuditConfig(**fields)
+            return config_from(*levels)
         except AuditError as err:
             raise PolicyError(f"policy [audit]: {err}") from None
 

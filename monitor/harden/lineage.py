@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from monitor.audit.config import AuditConfig
+from monitor.audit.config import AuditConfig, config_from
 from monitor.audit.runner import AuditRequest, run_audit
 from monitor.audit.store import AuditDetail
 from monitor.classifiers import TorchClassifier
@@ -50,6 +50,7 @@ def harden(
     *,
     dataset: str | None = None,
     audit: AuditConfig | None = None,
+    preset: str = "standard",
     on_epoch: Callable[[EpochStats], None] = lambda stats: None,
     report: Reporter = silent,
 ) -> Derived:
@@ -82,7 +83,9 @@ def harden(
             "fine-tuned in eval mode (identical for models without dropout or batch norm; batch "
             "norm statistics stay frozen otherwise)."
         )
-    parent_audit, child_audit = _audit_both(db, registry, parent, child, tags, audit, report)
+    parent_audit, child_audit = _audit_both(
+        db, registry, parent, child, tags, audit, report, preset
+    )
     return Derived(parent, child, parent_audit, child_audit, result, note)
 
 
@@ -93,6 +96,7 @@ def defend(
     transforms: list[str],
     *,
     audit: AuditConfig | None = None,
+    preset: str = "standard",
     report: Reporter = silent,
 ) -> Derived:
     """Register ``reference`` behind input transformations as a new version (a torch module)."""
@@ -116,7 +120,9 @@ def defend(
     child = registry.register_torch(
         model, parent.name, torch.rand(2, *shape), tags=tags, serialization_format="pickle"
     )
-    parent_audit, child_audit = _audit_both(db, registry, parent, child, tags, audit, report)
+    parent_audit, child_audit = _audit_both(
+        db, registry, parent, child, tags, audit, report, preset
+    )
     return Derived(parent, child, parent_audit, child_audit)
 
 
@@ -155,13 +161,15 @@ def _audit_both(
     tags: dict[str, str],
     config: AuditConfig | None,
     report: Reporter,
+    preset: str = "standard",
 ) -> tuple[AuditDetail, AuditDetail]:
     """Parent first (reused when it exists), so that the child's checks compare against it."""
     if config is None:
         dataset = tags.get(DATASET_TAG)
         if not dataset:
             raise AuditError(f"{parent} has no {DATASET_TAG} tag to audit on; pass --dataset.")
-        config = AuditConfig(dataset=dataset, attacks=("fgsm", "pgd", "apgd"))
+        # gate-grade: a weak attack would inflate the robustness the training claims to add
+        config = config_from({"preset": preset}, {"dataset": dataset})
     parent_audit = run_audit(db, registry, AuditRequest(parent.uri, config, "harden"), report)
     child_audit = run_audit(db, registry, AuditRequest(child.uri, config, "harden"), report)
     return parent_audit.detail, child_audit.detail
