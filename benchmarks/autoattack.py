@@ -66,8 +66,8 @@ def ours(model, x, y, eps: float, preset: str) -> tuple[float, float, dict]:
     started = time.process_time()
     m = measure(Attackers(TorchClassifier("bench", model)), x, y, config, batch_size=500)
     seconds = time.process_time() - started - _probe_seconds(m)
-    per_attack = {c.attack: c.robust_accuracy for c in m.cells}
-    return min(per_attack.values()), seconds, per_attack
+    per_attack = {c.attack: (c.robust_accuracy, c.seconds) for c in m.cells}
+    return min(v for v, _ in per_attack.values()), seconds, per_attack
 
 
 def _probe_seconds(m) -> float:
@@ -110,7 +110,7 @@ def main() -> None:
                 acc, seconds, per_attack = ours(model, x, y, eps, preset)
                 times[preset] = seconds
                 row += [f"{acc:.3f}", f"{seconds:.0f}"]
-                steps = " ".join(f"{a} {v:.3f}" for a, v in per_attack.items())
+                steps = ", ".join(f"{a} {v:.3f} in {t:.0f} s" for a, (v, t) in per_attack.items())
                 print(f"{name} eps {eps:g} {preset}: {steps} ({seconds:.0f} s)", flush=True)
             if not args.no_autoattack:
                 acc, seconds = autoattack(model, x, y, eps)

@@ -51,6 +51,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "apgd_steps": 100,
         "target_classes": 9,
         "queries": 5000,
+        "query_probe": 500,
         "chain": True,
     },
     "thorough": {
@@ -59,10 +60,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         "apgd_steps": 100,
         "target_classes": 9,
         "queries": 10000,
+        "query_probe": 0,
         "chain": True,
     },
 }
-PRESET_KEYS = ("attacks", "steps", "restarts", "apgd_steps", "target_classes", "queries", "chain")
+PRESET_KEYS = (
+    "attacks",
+    "steps",
+    "restarts",
+    "apgd_steps",
+    "target_classes",
+    "queries",
+    "query_probe",
+    "chain",
+)
 GATE_GRADE = ("standard", "thorough")
 # how much a preset's numbers can be trusted, to pick a headline score (custom: unknown)
 PRESET_RANK = {"custom": 0, "quick": 1, "standard": 2, "thorough": 3}
@@ -93,6 +104,9 @@ class AuditConfig:
     apgd_steps: int = 100  # APGD-CE and APGD-T steps (the paper's 100)
     target_classes: int = 9  # APGD-T: the top classes other than the true one, each a target
     queries: int = 5000  # Square: queries per sample (the budget)
+    # Square spends the rest of its budget only where its first ``query_probe`` queries fooled
+    # some sample the gradient attacks left (a sign of masked gradients); 0: always all of it
+    query_probe: int = 0
     # chained: each attack runs only on the samples still robust after the earlier ones, and a
     # result is the worst case so far (AutoAttack's structure); else each attack stands alone
     chain: bool = False
@@ -120,6 +134,8 @@ class AuditConfig:
             raise AuditError("--steps and --restarts must be at least 1.")
         if self.apgd_steps < 1 or self.queries < 1 or self.target_classes < 1:
             raise AuditError("--apgd-steps, --queries and --target-classes must be at least 1.")
+        if self.query_probe < 0:
+            raise AuditError("--query-probe must be 0 (off) or a number of queries.")
         if self.limit is not None and self.limit < 1:
             raise AuditError("--limit must be at least 1.")
         if self.eot_samples < 1:
@@ -212,12 +228,14 @@ _HASH_DEFAULTS = {
     "input_contract": None,
     "chain": False,
     "dataset_digest": None,
+    "query_probe": 0,
 }
 # settings that change the numbers only when one of these attacks runs
 _USED_BY = {
     "apgd_steps": ("apgd", "apgd-t"),
     "target_classes": ("apgd-t",),
     "queries": ("square",),
+    "query_probe": ("square",),
 }
 
 
@@ -270,7 +288,12 @@ def preset_text(config: AuditConfig) -> str:
         "pgd": f"PGD-{config.steps}",
         "apgd": f"APGD-CE-{config.apgd_steps}",
         "apgd-t": f"APGD-T-{config.apgd_steps} ({config.target_classes} targets)",
-        "square": f"Square ({config.queries} queries)",
+        "square": f"Square ({config.queries} queries"
+        + (
+            f"; {config.query_probe} where they fool none the others left)"
+            if 0 < config.query_probe < config.queries
+            else ")"
+        ),
     }
     joined = (" → " if config.chain else " + ").join(names[a] for a in config.ordered())
     restarts = f", {config.restarts} restarts" if config.restarts > 1 else ""
@@ -371,6 +394,7 @@ _DEFAULT_KEYS = {
     "apgd_steps",
     "target_classes",
     "queries",
+    "query_probe",
 }
 
 
@@ -403,7 +427,16 @@ def audit_defaults(table: dict[str, Any]) -> dict[str, Any]:
         raise AuditError(
             f"robmon.toml: audit.preset must be one of {', '.join(PRESETS)}, not {out['preset']!r}."
         )
-    for key in ("steps", "restarts", "limit", "seed", "apgd_steps", "target_classes", "queries"):
+    for key in (
+        "steps",
+        "restarts",
+        "limit",
+        "seed",
+        "apgd_steps",
+        "target_classes",
+        "queries",
+        "query_probe",
+    ):
         if key in out and not isinstance(out[key], int):
             raise AuditError(f"robmon.toml: audit.{key} must be an integer.")
     from monitor.audit.memory import batch_settings  # "auto" or N, and a size in bytes

@@ -13,7 +13,7 @@ draws of models that are random themselves (randomised defences use torch's glob
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -28,6 +28,7 @@ from monitor.progress import Reporter, silent
 
 GALLERY_SIZE = 8
 PROBE_SAMPLES = 256
+RANDOM_DRAWS = 6  # forward passes compared to tell a randomised model from a deterministic one
 
 
 @dataclass
@@ -60,6 +61,7 @@ class CellResult:
     robust: torch.Tensor | None = field(default=None, repr=False)  # per sample, for a chain
     attacked: int = 0  # samples this attack ran on (a chain: those the earlier ones left)
     queries: dict | None = None  # query attacks: per-sample queries (mean, median, max, budget)
+    query_counts: torch.Tensor | None = field(default=None, repr=False)  # per sample (0: none)
 
 
 @dataclass
@@ -144,7 +146,8 @@ def measure(
             for eps in config.eps_for(norm):
                 left = correct  # a chain attacks only what the earlier attacks left robust
                 for attack in attacks:
-                    cell = measure_cell(
+                    run = measure_probed if attack in QUERY_ATTACKS else measure_cell
+                    cell = run(
                         crafter or attackers.target,
                         attackers.target,
                         x,
@@ -250,7 +253,7 @@ def measure_cell(
     started = time.perf_counter()
     stats = AttackStats()
     robust = torch.zeros(len(y), dtype=torch.bool)
-    queries: list[torch.Tensor] = []
+    counts = torch.zeros(len(y), dtype=torch.long)
     sizes: list[torch.Tensor] = []
     examples: list[Example] = []
     todo = correct.nonzero().squeeze(1)
@@ -264,7 +267,7 @@ def measure_cell(
         robust[idx] = still
         stats.forward += passes
         if used is not None:
-            queries.append(used)
+            counts[idx] = used
         if size is not None:
             sizes.append(size)
         examples.extend(gallery[: GALLERY_SIZE - len(examples)])
@@ -291,15 +294,64 @@ def measure_cell(
         examples=examples,
         robust=robust,
         attacked=n_correct,
-        queries=query_summary(queries, config.queries) if attack in QUERY_ATTACKS else None,
+        queries=query_summary(counts[todo], config.queries) if attack in QUERY_ATTACKS else None,
+        query_counts=counts if attack in QUERY_ATTACKS else None,
     )
 
 
-def query_summary(used: list[torch.Tensor], budget: int) -> dict | None:
+def measure_probed(
+    crafter: Classifier,
+    target: Classifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    correct: torch.Tensor,
+    attack: str,
+    norm: str,
+    eps: float,
+    config: AuditConfig,
+    threat: str,
+    batch: BatchPlan | int,
+    report: Reporter = silent,
+) -> CellResult:
+    """A query attack in two steps: ``query_probe`` queries on every sample, then the rest of
+    the budget (a fresh search) on those still robust, only when the probe fooled any of them,
+    i.e. where the gradient attacks before it missed something. Decided over the whole cell,
+    so the numbers do not depend on the batch size; the budget is the configured one."""
+    args = (crafter, target, x, y, correct, attack, norm, eps)
+    if not 0 < config.query_probe < config.queries:
+        return measure_cell(*args, config, threat, batch, report)
+    probe_config = replace(config, queries=config.query_probe)
+    first = measure_cell(*args, probe_config, threat, batch, report)
+    n = int(correct.sum())
+    if first.queries is not None:
+        first.queries["budget"] = config.queries
+    if int(first.robust.sum()) == n:
+        return replace(first, steps=config.queries)
+    rest = replace(config, queries=config.queries - config.query_probe, seed=config.seed + 1)
+    second = measure_cell(*args[:4], first.robust, *args[5:], rest, threat, batch, report)
+    counts = first.query_counts + second.query_counts
+    fooled = (n - int(first.robust.sum()), int(first.robust.sum()) - int(second.robust.sum()))
+    sizes = [(c, k) for c, k in zip((first, second), fooled, strict=True) if k]
+    return replace(
+        second,
+        steps=config.queries,
+        attack_success_rate=1.0 - int(second.robust.sum()) / n,
+        seconds=first.seconds + second.seconds,
+        passes=first.passes + second.passes,
+        examples=(first.examples + second.examples)[:GALLERY_SIZE],
+        attacked=n,
+        mean_perturbation=sum(c.mean_perturbation * k for c, k in sizes) / sum(fooled),
+        max_perturbation=max(c.max_perturbation for c, _ in sizes),
+        queries=query_summary(counts[correct], config.queries),
+        query_counts=counts,
+    )
+
+
+def query_summary(used: torch.Tensor, budget: int) -> dict | None:
     """Queries per attacked sample: mean, median, max and the budget."""
-    if not used:
+    if not len(used):
         return None
-    q = torch.cat(used).double()
+    q = used.double()
     return {
         "mean": float(q.mean()),
         "median": float(q.median()),
@@ -391,8 +443,9 @@ def probe(
         xs, ys = x[idx[start:stop]].to(target.device), y[idx[start:stop]].to(target.device)
         with attack_mode(target.module):  # gradients as the attacks see them (BPDA/EOT included)
             grad, logits = input_gradient(target.crafting_module, xs, ys, targeted=False)
-            first, again = target.module(xs).detach(), target.module(xs).detach()
-        change = float((again - first).abs().max())
+            # several draws: a random transform that draws once per batch may repeat itself
+            first, *again = (target.module(xs).detach() for _ in range(RANDOM_DRAWS))
+        change = max(float((other - first).abs().max()) for other in again)
         grads.append(grad.flatten(1).cpu())
         outputs.append(logits.cpu())
         changes.append(change)
