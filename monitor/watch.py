@@ -40,6 +40,7 @@ _KEYS = {
     "poll_preset",
     "sweep_preset",
 }
+POLL_TRIGGERS = ("registry-poll", "alias-moved")  # what the registry poll queues audits for
 _HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
 
@@ -109,8 +110,9 @@ class WatchSettings:
         return WatchSettings(**values)
 
     def preset_for(self, trigger: str) -> str:
-        """The preset a trigger audits with: quick for the registry poll, else the sweep's."""
-        return self.poll_preset if trigger == "registry-poll" else self.sweep_preset
+        """The preset a trigger audits with: the poll's for what the registry poll finds (new
+        versions, moved aliases), else the sweep's."""
+        return self.poll_preset if trigger in POLL_TRIGGERS else self.sweep_preset
 
     def watches(self, model: str) -> bool:
         return self.models is None or model in self.models

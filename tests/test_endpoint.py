@@ -326,3 +326,55 @@ def test_answers_mlflow_writes_are_parsed(body: bytes, expected: list) -> None:
 def test_unusable_answers_are_one_sentence(body: bytes, message: str) -> None:
     with pytest.raises(EndpointError, match=message):
         parse_predictions(body, 2, "http://h:1/invocations")
+
+
+def exact_linf_robust(model: LogisticRegression, x: np.ndarray, y: np.ndarray, eps: float):
+    """Per sample: robust to every L∞ perturbation of size eps inside [0, 1] (closed form for a
+    linear model: each rival class's worst case is taken coordinate by coordinate)."""
+    w, b = model.coef_, model.intercept_
+    lo, hi = np.maximum(x - eps, 0.0), np.minimum(x + eps, 1.0)
+    robust = model.predict(x) == y
+    for i in np.nonzero(robust)[0]:
+        diff = w[y[i]] - w  # K×D: true class minus each rival
+        worst = np.where(diff > 0, lo[i], hi[i])  # the point that hurts each pair most
+        margins = (diff * worst).sum(axis=1) + b[y[i]] - b
+        margins[y[i]] = np.inf
+        robust[i] = margins.min() > 0
+    return robust
+
+
+def test_robmon_audits_a_served_model_by_queries(served: Served, home, robmon) -> None:
+    """`robmon audit --endpoint`: Square through HTTP, never below the closed form of the
+    linear model's robust accuracy (that would be a counting bug) and close above it."""
+    result = robmon(
+        "audit", "--endpoint", served.url, "--dataset", "digits", "--layout", "flat",
+        "--eps", "0.1", "--limit", "60", "--queries", "400", "--query-batch", "64", "--json",
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    data = result.json()
+    assert data["model"] == {"name": served.url.removeprefix("http://") + "/invocations",
+                             "version": "endpoint"}  # fmt: skip
+    [row] = data["results"]
+    assert (row["threat"], row["attack"], row["steps"]) == ("query", "square", 400)
+    digits = load_dataset("digits")
+    x, y = digits.x[:60].reshape(60, -1).numpy(), digits.y[:60].numpy()
+    exact = float(exact_linf_robust(served.model, x, y, 0.1).mean())
+    assert exact - 1e-9 <= row["robust_accuracy"] <= exact + 0.1, (row, exact)
+    assert row["queries"]["budget"] == 400 and row["queries"]["max"] <= 400
+    shown = robmon("audits", "show", str(data["audit_id"]), "--json").json()
+    assert shown["results"] == data["results"]
+    again = robmon(
+        "audit", "--endpoint", served.url, "--dataset", "digits", "--layout", "flat",
+        "--eps", "0.1", "--limit", "60", "--queries", "400", "--json",
+    ).json()  # fmt: skip
+    assert again["reused"] is True
+
+
+def test_endpoint_audit_errors_are_one_sentence(home, robmon) -> None:
+    result = robmon("audit", "--endpoint", "ftp://example.invalid/x", "--dataset", "digits")
+    assert result.code == 1 and "must start with http:// or https://" in result.stderr
+    result = robmon("audit", "--endpoint", "http://127.0.0.1:9/invocations")
+    assert result.code == 1 and "--endpoint needs --dataset" in result.stderr
+    result = robmon("audit")
+    assert result.code == 1 and "--endpoint URL" in result.stderr
+    assert "Traceback" not in result.stderr

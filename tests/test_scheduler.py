@@ -296,11 +296,18 @@ def test_nightly_sweep_reaudits_watched_aliases_and_stale_audits(context) -> Non
     assert reasons[:2] == ["alias challenger", "alias champion"]
     assert reasons[2].startswith("last audit ")
     swept = audits(context.db, trigger="nightly-sweep")
-    assert {(a.model_name, a.model_version, a.status) for a in swept} == {
-        ("digits-cnn", "1", "succeeded"),
-        ("digits-cnn", "2", "succeeded"),
-        ("digits-logreg", "1", "succeeded"),
+    assert {(a.model_name, a.model_version, a.status, a.error) for a in swept} == {
+        ("digits-cnn", "1", "succeeded", None),
+        ("digits-cnn", "2", "succeeded", None),
+        ("digits-logreg", "1", "succeeded", None),
     }
+    # the poll gives fast feedback (quick); the sweep, and so the headline score, is gate-grade
+    from monitor.audit.config import stored_preset
+
+    assert {stored_preset(a.config) for a in audits(context.db, trigger="registry-poll")} == {
+        "quick"
+    }
+    assert {stored_preset(a.config) for a in swept} == {"standard"}
 
 
 def test_watch_configuration_errors_name_the_key(demo_home, robmon) -> None:

@@ -126,6 +126,7 @@ def apgd_targeted(
     steps: int = 100,
     target_classes: int = 9,
     restarts: int = 1,
+    skip_targets: int = 0,
     seed: Seed = None,
     stats: AttackStats | None = None,
 ) -> torch.Tensor:
@@ -137,7 +138,9 @@ def apgd_targeted(
     classified; success is a misclassification (into any class). Per sample the clean input is
     kept where it is already misclassified, else the first misclassified example, else the
     point of highest loss. Models with fewer than 4 classes are attacked on the targeted
-    cross-entropy (see ``dlr_loss``). ``seed`` as in ``pgd`` (an int, or one per sample).
+    cross-entropy (see ``dlr_loss``). ``skip_targets`` leaves out the first targets (a caller
+    that ran them already: the targets are then ranks skip+2 .. target_classes+1).
+    ``seed`` as in ``pgd`` (an int, or one per sample).
     ``x`` N×C×H×W in [0, 1], ``y`` N true labels; returns x_adv on x's device.
     """
     check_inputs(x, y, eps)
@@ -155,7 +158,7 @@ def apgd_targeted(
         ranked = logits.argsort(dim=1, descending=True)
         run = partial(_run, model, eps=eps, spec=spec, steps=steps, stats=stats)
         best = _Best.start(x0, done=succeeded(logits, y0, targeted=False))
-        for rank in range(1, min(target_classes, logits.shape[1] - 1) + 1):
+        for rank in range(1 + skip_targets, min(target_classes, logits.shape[1] - 1) + 1):
             objective = _Objective("dlr", target=ranked[:, rank])
             _restarts(run, x0, y0, objective, gen, restarts, best)
     return best.x.to(x.device)

@@ -50,6 +50,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "restarts": 1,
         "apgd_steps": 100,
         "target_classes": 9,
+        "target_stop": 3,
         "queries": 5000,
         "query_probe": 500,
         "chain": True,
@@ -59,6 +60,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "restarts": 3,
         "apgd_steps": 100,
         "target_classes": 9,
+        "target_stop": 0,
         "queries": 10000,
         "query_probe": 0,
         "chain": True,
@@ -70,6 +72,7 @@ PRESET_KEYS = (
     "restarts",
     "apgd_steps",
     "target_classes",
+    "target_stop",
     "queries",
     "query_probe",
     "chain",
@@ -103,6 +106,9 @@ class AuditConfig:
     input_contract: str | None = None
     apgd_steps: int = 100  # APGD-CE and APGD-T steps (the paper's 100)
     target_classes: int = 9  # APGD-T: the top classes other than the true one, each a target
+    # APGD-T runs its targets after the first ``target_stop`` only while the one before fooled
+    # some sample (less likely targets fool fewer); 0: always every target
+    target_stop: int = 0
     queries: int = 5000  # Square: queries per sample (the budget)
     # Square spends the rest of its budget only where its first ``query_probe`` queries fooled
     # some sample the gradient attacks left (a sign of masked gradients); 0: always all of it
@@ -134,8 +140,8 @@ class AuditConfig:
             raise AuditError("--steps and --restarts must be at least 1.")
         if self.apgd_steps < 1 or self.queries < 1 or self.target_classes < 1:
             raise AuditError("--apgd-steps, --queries and --target-classes must be at least 1.")
-        if self.query_probe < 0:
-            raise AuditError("--query-probe must be 0 (off) or a number of queries.")
+        if self.query_probe < 0 or self.target_stop < 0:
+            raise AuditError("--query-probe and --target-stop must be 0 (off) or more.")
         if self.limit is not None and self.limit < 1:
             raise AuditError("--limit must be at least 1.")
         if self.eot_samples < 1:
@@ -229,11 +235,13 @@ _HASH_DEFAULTS = {
     "chain": False,
     "dataset_digest": None,
     "query_probe": 0,
+    "target_stop": 0,
 }
 # settings that change the numbers only when one of these attacks runs
 _USED_BY = {
     "apgd_steps": ("apgd", "apgd-t"),
     "target_classes": ("apgd-t",),
+    "target_stop": ("apgd-t",),
     "queries": ("square",),
     "query_probe": ("square",),
 }
@@ -287,7 +295,12 @@ def preset_text(config: AuditConfig) -> str:
         "fgsm": "FGSM",
         "pgd": f"PGD-{config.steps}",
         "apgd": f"APGD-CE-{config.apgd_steps}",
-        "apgd-t": f"APGD-T-{config.apgd_steps} ({config.target_classes} targets)",
+        "apgd-t": f"APGD-T-{config.apgd_steps} ({config.target_classes} targets"
+        + (
+            f"; after {config.target_stop}, while the one before fools any)"
+            if 0 < config.target_stop < config.target_classes
+            else ")"
+        ),
         "square": f"Square ({config.queries} queries"
         + (
             f"; {config.query_probe} where they fool none the others left)"
@@ -395,6 +408,7 @@ _DEFAULT_KEYS = {
     "target_classes",
     "queries",
     "query_probe",
+    "target_stop",
 }
 
 
@@ -436,6 +450,7 @@ def audit_defaults(table: dict[str, Any]) -> dict[str, Any]:
         "target_classes",
         "queries",
         "query_probe",
+        "target_stop",
     ):
         if key in out and not isinstance(out[key], int):
             raise AuditError(f"robmon.toml: audit.{key} must be an integer.")

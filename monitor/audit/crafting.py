@@ -28,11 +28,11 @@ CRAFT: dict[str, Craft] = {
     "apgd": lambda m, x, y, eps, norm, cfg, es, seed, st: apgd(
         m, x, y, eps, norm=norm, steps=cfg.apgd_steps, restarts=cfg.restarts, seed=seed, stats=st
     ),
-    "apgd-t": lambda m, x, y, eps, norm, cfg, es, seed, st: apgd_targeted(
+    "apgd-t": lambda m, x, y, eps, norm, cfg, es, seed, st, skip=0: apgd_targeted(
         m, x, y, eps, norm=norm, steps=cfg.apgd_steps, target_classes=cfg.target_classes,
-        seed=seed, stats=st,
+        skip_targets=skip, seed=seed, stats=st,
     ),
-    "square": lambda m, x, y, eps, norm, cfg, es, seed, st: square(
+    "square": lambda m, x, y, eps, norm, cfg, es, seed, st, skip=0: square(
         m, x, y, eps, norm=norm, queries=cfg.queries, seed=seed, stats=st
     ),
 }  # fmt: skip
@@ -77,7 +77,10 @@ def craft(
     early_stop: bool,
     seeds: torch.Tensor,
     stats: AttackStats,
+    skip: int = 0,
 ) -> torch.Tensor:
-    """Adversarial examples of one batch by one attack (x on the crafting device)."""
+    """Adversarial examples of one batch by one attack (x on the crafting device); ``skip``
+    leaves out the first APGD-T targets (a later stage of a staged cell)."""
     model = scores_of(target) if attack in QUERY_ATTACKS else crafter.crafting_module
-    return CRAFT[attack](model, x, y, eps, norm, config, early_stop, seeds, stats).detach()
+    extra = {"skip": skip} if skip else {}
+    return CRAFT[attack](model, x, y, eps, norm, config, early_stop, seeds, stats, **extra).detach()

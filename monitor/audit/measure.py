@@ -28,6 +28,7 @@ from monitor.progress import Reporter, silent
 
 GALLERY_SIZE = 8
 PROBE_SAMPLES = 256
+STAGED = ("apgd-t", "square")  # attacks whose budget is spent in stages (measure_staged)
 RANDOM_DRAWS = 6  # forward passes compared to tell a randomised model from a deterministic one
 
 
@@ -146,7 +147,7 @@ def measure(
             for eps in config.eps_for(norm):
                 left = correct  # a chain attacks only what the earlier attacks left robust
                 for attack in attacks:
-                    run = measure_probed if attack in QUERY_ATTACKS else measure_cell
+                    run = measure_staged if attack in STAGED else measure_cell
                     cell = run(
                         crafter or attackers.target,
                         attackers.target,
@@ -245,6 +246,7 @@ def measure_cell(
     batch: BatchPlan | int,
     report: Reporter = silent,
     task: str | None = None,
+    skip: int = 0,
 ) -> CellResult:
     """Attack the samples of ``correct`` (the initially correct ones; in a chain, those still
     robust) in batches (halved on out-of-memory); evaluate the target on the results."""
@@ -262,7 +264,9 @@ def measure_cell(
 
     def work(start: int, stop: int) -> None:  # keeps nothing from a batch that fails
         idx = todo[start:stop]
-        done = _attack_batch(crafter, target, x, y, idx, attack, norm, eps, config, threat, device)
+        done = _attack_batch(
+            crafter, target, x, y, idx, attack, norm, eps, config, threat, device, skip
+        )
         still, size, gallery, passes, used = done
         robust[idx] = still
         stats.forward += passes
@@ -299,7 +303,7 @@ def measure_cell(
     )
 
 
-def measure_probed(
+def measure_staged(
     crafter: Classifier,
     target: Classifier,
     x: torch.Tensor,
@@ -313,36 +317,64 @@ def measure_probed(
     batch: BatchPlan | int,
     report: Reporter = silent,
 ) -> CellResult:
-    """A query attack in two steps: ``query_probe`` queries on every sample, then the rest of
-    the budget (a fresh search) on those still robust, only when the probe fooled any of them,
-    i.e. where the gradient attacks before it missed something. Decided over the whole cell,
-    so the numbers do not depend on the batch size; the budget is the configured one."""
-    args = (crafter, target, x, y, correct, attack, norm, eps)
-    if not 0 < config.query_probe < config.queries:
-        return measure_cell(*args, config, threat, batch, report)
-    probe_config = replace(config, queries=config.query_probe)
-    first = measure_cell(*args, probe_config, threat, batch, report)
+    """An attack whose budget is spent in stages, each on the samples still robust, going on
+    only while the stage before fooled any: Square's ``query_probe`` queries, then the rest of
+    its budget (a fresh search); APGD-T's first ``target_stop`` targets, then one target at a
+    time. Where the earlier attacks left nothing to find, the rest of the budget is not
+    spent; where they missed something (masked gradients), all of it is. Decided over the
+    whole cell, so the numbers do not depend on the batch size."""
+    stages = _stages(attack, config)
+    left, done = correct, []
+    for stage_config, skip in stages:
+        cell = measure_cell(crafter, target, x, y, left, attack, norm, eps, stage_config,
+                            threat, batch, report, skip=skip)  # fmt: skip
+        done.append(cell)
+        fooled_any = int(cell.robust.sum()) < int(left.sum())
+        left = cell.robust
+        if not fooled_any:
+            break
+    return _merged(done, correct, config)
+
+
+def _stages(attack: str, config: AuditConfig) -> list[tuple[AuditConfig, int]]:
+    """(configuration, targets to skip) of each stage of an attack (one stage: no staging)."""
+    if attack in QUERY_ATTACKS and 0 < config.query_probe < config.queries:
+        rest = replace(config, queries=config.queries - config.query_probe, seed=config.seed + 1)
+        return [(replace(config, queries=config.query_probe), 0), (rest, 0)]
+    if attack == "apgd-t" and 0 < config.target_stop < config.target_classes:
+        first = [(replace(config, target_classes=config.target_stop), 0)]
+        return first + [
+            (replace(config, target_classes=k + 1), k)
+            for k in range(config.target_stop, config.target_classes)
+        ]
+    return [(config, 0)]
+
+
+def _merged(cells: list[CellResult], correct: torch.Tensor, config: AuditConfig) -> CellResult:
+    """One result for the stages of one attack: the last stage's robustness, the sums of
+    time, passes and queries, the perturbations of every stage's successes."""
+    if len(cells) == 1 and not cells[0].queries:
+        return replace(cells[0], steps=config.steps_of(cells[0].attack))
     n = int(correct.sum())
-    if first.queries is not None:
-        first.queries["budget"] = config.queries
-    if int(first.robust.sum()) == n:
-        return replace(first, steps=config.queries)
-    rest = replace(config, queries=config.queries - config.query_probe, seed=config.seed + 1)
-    second = measure_cell(*args[:4], first.robust, *args[5:], rest, threat, batch, report)
-    counts = first.query_counts + second.query_counts
-    fooled = (n - int(first.robust.sum()), int(first.robust.sum()) - int(second.robust.sum()))
-    sizes = [(c, k) for c, k in zip((first, second), fooled, strict=True) if k]
+    last = cells[-1]
+    fooled = [c.attacked - int(c.robust.sum()) for c in cells]
+    sizes = [(c, k) for c, k in zip(cells, fooled, strict=True) if k]
+    counts = None
+    if cells[0].query_counts is not None:
+        counts = torch.stack([c.query_counts for c in cells]).sum(dim=0)
     return replace(
-        second,
-        steps=config.queries,
-        attack_success_rate=1.0 - int(second.robust.sum()) / n,
-        seconds=first.seconds + second.seconds,
-        passes=first.passes + second.passes,
-        examples=(first.examples + second.examples)[:GALLERY_SIZE],
+        last,
+        steps=config.steps_of(last.attack),
+        attack_success_rate=1.0 - int(last.robust.sum()) / n if n else None,
+        seconds=sum(c.seconds for c in cells),
+        passes=sum(c.passes for c in cells),
+        examples=[e for c in cells for e in c.examples][:GALLERY_SIZE],
         attacked=n,
-        mean_perturbation=sum(c.mean_perturbation * k for c, k in sizes) / sum(fooled),
-        max_perturbation=max(c.max_perturbation for c, _ in sizes),
-        queries=query_summary(counts[correct], config.queries),
+        mean_perturbation=sum(c.mean_perturbation * k for c, k in sizes) / sum(fooled)
+        if sizes
+        else None,
+        max_perturbation=max(c.max_perturbation for c, _ in sizes) if sizes else None,
+        queries=query_summary(counts[correct], config.queries) if counts is not None else None,
         query_counts=counts,
     )
 
@@ -372,6 +404,7 @@ def _attack_batch(
     config: AuditConfig,
     threat: str,
     device: torch.device,
+    skip: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor | None, list[Example], int, torch.Tensor | None]:
     """Samples ``idx`` attacked: (still correct, perturbation sizes of the fooled ones, gallery
     candidates, forward passes, queries per sample of a query attack)."""
@@ -389,6 +422,7 @@ def _attack_batch(
         threat != "transfer",  # early stop; transfer examples are stronger at full strength
         sample_seeds(config.seed, idx),
         stats,
+        skip,
     )
     predicted = target.labels(adv).cpu()
     still = predicted == y[idx]

@@ -23,7 +23,7 @@ from monitor.audit.score import robustness_score
 from monitor.classifiers import BlackBoxClassifier, TorchClassifier
 from monitor.datasets import dataset_digest, load_dataset
 from monitor.db.session import Database
-from monitor.endpoint import endpoint_classifier, endpoint_name
+from monitor.endpoint import endpoint_classifier
 from monitor.errors import AuditError, ModelIncompatible
 from monitor.progress import Reporter, silent
 from monitor.registry import ModelVersionRef, Registry
@@ -75,7 +75,7 @@ def run_endpoint_audit(
     config = request.config.with_input_kind(data.image_shape[0])
     surrogate = str(registry.resolve(config.surrogate)) if config.surrogate else None
     config = replace(config, surrogate=surrogate, dataset_digest=dataset_digest(config.dataset))
-    plan = EndpointPlan(ModelVersionRef(endpoint_name(request.url), ENDPOINT_VERSION), config)
+    plan = EndpointPlan(ModelVersionRef(target.name, ENDPOINT_VERSION), config)
     if not request.force:
         existing = store.find_reusable(db, plan.ref.name, plan.ref.version, config.hash())
         if existing is not None:

@@ -15,6 +15,7 @@ from monitor.cli.base import (
     command_group,
     emit_json,
     fmt,
+    limit_option,
     note,
     print_table,
     progress_bars,
@@ -68,6 +69,18 @@ def audit(
     ),
     queries: int | None = typer.Option(
         None, help="Square: query budget per sample (default 5000)."
+    ),
+    query_probe: int | None = typer.Option(
+        None,
+        "--query-probe",
+        help="Square: spend the budget past this many queries only where they fooled any "
+        "sample the earlier attacks left (standard: 500; 0: always the whole budget).",
+    ),
+    target_stop: int | None = typer.Option(
+        None,
+        "--target-stop",
+        help="APGD-T: after this many targets, go on to the next only while the one before "
+        "fooled any sample (standard: 3; 0: always every target).",
     ),
     chain: bool | None = typer.Option(
         None,
@@ -153,6 +166,8 @@ def audit(
         "apgd_steps": apgd_steps,
         "target_classes": target_classes,
         "queries": queries,
+        "query_probe": query_probe,
+        "target_stop": target_stop,
         "chain": chain,
     }
     if endpoint is not None or model is None:
@@ -248,7 +263,7 @@ def list_audits(
     model: str | None = typer.Option(None, help="Only this registered model."),
     version: str | None = typer.Option(None, help="Only this version (with --model)."),
     status: str | None = typer.Option(None, help=", ".join(AUDIT_STATUSES) + "."),
-    limit: int = typer.Option(50, help="At most this many, newest first."),
+    limit: int = limit_option(50, "At most this many, newest first."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Past audits, newest first."""

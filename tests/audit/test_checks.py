@@ -48,6 +48,8 @@ def test_an_honest_audit_passes_everything_applicable() -> None:
         "transfer_stronger_than_whitebox",
         "defence_attacked_adaptively",  # no defence
         "defence_gain_plausible",
+        "weaker_family_flatters",  # one family: FGSM and PGD
+        "query_weaker_than_transfer",
     ):
         assert result.pop(not_applicable) == SKIPPED
     assert set(result.values()) == {PASSED}
