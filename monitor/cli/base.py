@@ -78,6 +78,23 @@ METRICS_HOST = typer.Option(
     "127.0.0.1", envvar="ROBMON_METRICS_HOST", help="Address for /healthz and /metrics."
 )
 
+# the most rows a list command shows: beyond it the database's INTEGER overflows (SQLite's is
+# 64-bit), and no table of a million rows is read by a person anyway
+MAX_LIMIT = 1_000_000
+
+
+def check_limit(value: int) -> int:
+    """A list command's --limit, 1 to MAX_LIMIT; anything else is refused in one sentence."""
+    if not 1 <= value <= MAX_LIMIT:
+        given = str(value) if len(str(value)) <= 30 else f"a {len(str(abs(value)))}-digit number"
+        raise RobmonError(f"--limit must be between 1 and {MAX_LIMIT:,}, not {given}.")
+    return value
+
+
+def limit_option(default: int, help: str) -> Any:
+    """The --limit option of a list command (checked by ``check_limit`` as it is parsed)."""
+    return typer.Option(default, help=help, callback=check_limit)
+
 
 @dataclass
 class State:
