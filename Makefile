@@ -1,5 +1,6 @@
 # The two commands of the README: `make demo` (set up, run the main job) and `make test`.
-# Both create .venv on first use: torch 2.13.0 (CPU build) first, then robmon with its extras.
+# Both create .venv on first use: torch 2.13.0 (CPU build) first, then robmon with its extras,
+# then torchattacks without its dependencies (the reference the attack tests compare with).
 
 VENV ?= .venv
 PYTHON ?= python3
@@ -16,6 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e ".[test,postgres]"
+	# the AutoAttack reference for tests and benchmarks only (its deps would pull torchvision)
+	$(BIN)/python -m pip install --quiet --no-deps torchattacks==3.5.1
 	touch $@
 
 demo: setup

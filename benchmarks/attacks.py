@@ -1,5 +1,7 @@
 """Attack speed against its floor (k forward+backward passes to the input) and against ART.
 
+    OMP_NUM_THREADS=1 python benchmarks/attacks.py --cases autoattack   # presets vs AutoAttack
+
     OMP_NUM_THREADS=1 python benchmarks/attacks.py            # CPU, every case at CPU sizes
     OMP_NUM_THREADS=1 python benchmarks/attacks.py --cases resnet224 --batch224 8 --steps224 3
     python benchmarks/attacks.py --device cuda                 # GPU sizes (ResNets at 1024/128)
@@ -281,6 +283,11 @@ def main() -> None:
     if device.type == "cpu":
         torch.set_num_threads(int(__import__("os").environ.get("OMP_NUM_THREADS", "1")))
     for name in args.cases.split(","):
+        if name == "autoattack":  # gate-grade presets against AutoAttack: its own script
+            from benchmarks import autoattack
+
+            autoattack.main()
+            continue
         if name not in CASES:
             parser.error(f"unknown case {name!r}; choose from {', '.join(CASES)}")
         label, eps = CASES[name]

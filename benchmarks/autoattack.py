@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--eps", help="comma-separated radii (default: each model's grid)")
     parser.add_argument("--presets", default="quick,standard", help=", ".join(PRESETS))
     parser.add_argument("--no-autoattack", action="store_true")
-    args = parser.parse_args(sys.argv[1:] if __name__ == "__main__" else [])
+    args = parser.parse_args([] if __name__ != "__main__" else sys.argv[1:])
     torch.set_num_threads(1)
     rows = []
     for name in args.models.split(","):

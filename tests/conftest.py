@@ -305,3 +305,13 @@ SLOW_FILES = (
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(SLOW_FILES)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
+
+
+def torchattacks_or_skip():
+    """torchattacks (the AutoAttack port the attack tests compare with), or a skip; CI sets
+    ROBMON_REQUIRE_TORCHATTACKS, where a missing install fails instead."""
+    if os.environ.get("ROBMON_REQUIRE_TORCHATTACKS"):
+        import torchattacks
+
+        return torchattacks
+    return pytest.importorskip("torchattacks")

@@ -9,6 +9,7 @@ from monitor.architectures import digits_cnn
 from monitor.attacks import AttackStats, apgd, apgd_targeted, dlr_loss, pgd
 from monitor.datasets import load_dataset
 from monitor.training import train_classifier
+from tests.conftest import torchattacks_or_skip
 
 
 def _accuracy(model, x, y) -> float:
@@ -156,7 +157,7 @@ CASES = [
 def test_apgd_targeted_is_at_least_as_strong_as_autoattacks(
     request, digits, model_name, norm, eps, n
 ):
-    torchattacks = pytest.importorskip("torchattacks")
+    torchattacks = torchattacks_or_skip()
     model, x, y = request.getfixturevalue(model_name), digits.x[:n], digits.y[:n]
     reference = torchattacks.APGDT(
         model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, steps=20, n_restarts=1, seed=0
@@ -169,7 +170,7 @@ def test_apgd_targeted_is_at_least_as_strong_as_autoattacks(
 
 @pytest.mark.parametrize(("model_name", "norm", "eps", "n"), CASES)
 def test_apgd_dlr_is_at_least_as_strong_as_autoattacks(request, digits, model_name, norm, eps, n):
-    torchattacks = pytest.importorskip("torchattacks")
+    torchattacks = torchattacks_or_skip()
     model, x, y = request.getfixturevalue(model_name), digits.x[:n], digits.y[:n]
     reference = torchattacks.APGD(
         model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, steps=20, seed=0, loss="dlr"
