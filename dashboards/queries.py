@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Float, and_, case, cast, func, or_, select
 
 from monitor.alerts.queries import rule_in
-from monitor.audit.config import eps_text, headline_rank, stored_preset
+from monitor.audit.config import ATTACK_NAMES, eps_text, headline_rank, stored_preset
 from monitor.db.models import (
     Alert,
     Audit,
@@ -264,7 +264,12 @@ NORM_NAMES = {"linf": "L∞", "l2": "L2"}
 def config_label(config: dict[str, Any], dataset: str, config_hash: str) -> str:
     """An audit configuration in one line, e.g. ``FGSM, PGD · L∞ 2/255, 8/255 · 10 steps ·
     100 images · digits · 1a2b3c4d`` (the hash's start tells apart what the rest does not)."""
-    parts = [", ".join(a.upper() for a in config.get("attacks") or []) or "attacks ?"]
+    attacks = ", ".join(a.upper() for a in config.get("attacks") or []) or "attacks ?"
+    preset = stored_preset(config)
+    joiner = " → " if config.get("chain") else ", "
+    if config.get("chain"):
+        attacks = joiner.join(a.upper() for a in sorted(config["attacks"], key=ATTACK_NAMES.index))
+    parts = [f"{preset}: {attacks}" if preset != "custom" else attacks]
     eps = config.get("eps")
     for norm in config.get("norms") or []:
         grid = eps.get(norm) if isinstance(eps, dict) else eps
@@ -272,8 +277,10 @@ def config_label(config: dict[str, Any], dataset: str, config_hash: str) -> str:
         parts.append(f"{NORM_NAMES.get(norm, norm)} {values}")
     if config.get("input_kind"):  # the grid is the default for this kind of input
         parts.append(f"{config['input_kind']} default eps")
-    if config.get("steps") is not None:
+    if config.get("steps") is not None and "pgd" in (config.get("attacks") or []):
         parts.append(f"{config['steps']} steps")
+    if config.get("queries") and "square" in (config.get("attacks") or []):
+        parts.append(f"{config['queries']} queries")
     if (config.get("restarts") or 1) > 1:
         parts.append(f"{config['restarts']} restarts")
     limit = config.get("limit")

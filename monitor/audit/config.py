@@ -270,11 +270,10 @@ def _matters(config: AuditConfig, key: str) -> bool:
 
 def stored_preset(config: dict[str, Any]) -> str:
     """The preset of a stored (canonical) configuration; custom when it cannot be read."""
-    keys = set(PRESET_KEYS) | {"dataset"}
-    fields = {k: v for k, v in config.items() if k in keys}
+    fields = {k: v for k, v in config.items() if k in PRESET_KEYS}
     fields["attacks"] = tuple(fields.get("attacks", ()))
     try:
-        return preset_of(AuditConfig(**fields, eps=(1.0,)))
+        return preset_of(AuditConfig(dataset="-", eps=(1.0,), **fields))
     except (AuditError, TypeError):
         return "custom"
 

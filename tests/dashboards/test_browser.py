@@ -188,7 +188,9 @@ def test_model_page_lists_configurations_and_switching_changes_the_numbers(site,
     options = page.tab.get_by_role("option").all_inner_texts()
     assert len(options) == 2, options
     assert options[0].startswith("PGD · L∞ 0.05, 0.3 · 5 steps · 100 images · digits ·")
-    assert options[1].startswith("FGSM, PGD · L∞ 0.1, 0.2 · 10 steps · 100 images · digits ·")
+    assert options[1].startswith(
+        "quick: FGSM, PGD · L∞ 0.1, 0.2 · 10 steps · 100 images · digits ·"
+    )
     page.tab.get_by_role("option").nth(1).click()
     page.tab.wait_for_url(f"**config={older.config_hash}**")
     expect(page.tab.locator("#model-results tbody tr:has(td)")).to_have_count(4)

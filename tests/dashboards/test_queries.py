@@ -204,7 +204,9 @@ def test_newest_audit_per_configuration_of_each_version(db) -> None:
     }
     assert (audits[0].clean_accuracy, audits[0].score) == (0.98, 50.0)
     assert audits[0].label == "PGD · L∞ 2/255, 8/255 · 20 steps · all images · rgb224.npz · h2"
-    assert audits[1].label == "FGSM, PGD · L∞ 0.1, 0.2 · 10 steps · 100 images · digits · h1"
+    assert audits[1].label == (
+        "quick: FGSM, PGD · L∞ 0.1, 0.2 · 10 steps · 100 images · digits · h1"
+    )
     assert queries.newest_audits(db, "other") == []
 
 
@@ -218,7 +220,13 @@ def test_config_labels_name_every_setting_that_differs_from_the_defaults() -> No
     assert queries.config_label({}, "digits", "ab") == "attacks ? · all images · digits · ab"
     default = {**GREY, "eps": {"linf": [2 / 255, 4 / 255, 8 / 255]}, "input_kind": "colour"}
     assert queries.config_label(default, "digits", "ab").startswith(
-        "FGSM, PGD · L∞ 2/255, 4/255, 8/255 · colour default eps · 10 steps"
+        "quick: FGSM, PGD · L∞ 2/255, 4/255, 8/255 · colour default eps · 10 steps"
+    )
+    standard = {"attacks": ["apgd", "apgd-t", "square"], "chain": True, "restarts": 1,
+                "queries": 5000, "query_probe": 500, "target_stop": 3, "norms": ["linf"],
+                "eps": {"linf": [0.1]}}  # fmt: skip
+    assert queries.config_label(standard, "digits", "ab") == (
+        "standard: APGD → APGD-T → SQUARE · L∞ 0.1 · 5000 queries · all images · digits · ab"
     )
 
 
