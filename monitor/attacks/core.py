@@ -8,9 +8,11 @@ restored when the attack ends.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -159,7 +161,76 @@ class SampleGenerators:
         return SampleGenerators([self.generators[i] for i in idx.tolist()])
 
 
-Generators = torch.Generator | SampleGenerators | None
+class SampleStreams:
+    """One counter-based random stream per sample, drawn for the whole batch in tensor ops:
+    SplitMix64, whose draw j (j = 1, 2, ...) from key k is mix64(k + j·golden), the key hashed
+    once from the sample's seed. As with SampleGenerators, a sample's draws depend only on its
+    seed and how many it has made, never on its batch, and they are the same on every device;
+    unlike them, a draw costs no Python loop over the samples. Uniforms only."""
+
+    def __init__(self, positions: torch.Tensor, rows: torch.Tensor) -> None:
+        # per sample key + (draws made)·golden, the counter and the key in one int64 word
+        self.positions, self.rows = positions, rows
+
+    @staticmethod
+    def seeded(seeds: Sequence[int] | torch.Tensor, device: torch.device) -> SampleStreams:
+        if isinstance(seeds, torch.Tensor):
+            words = seeds.to(device, torch.int64)
+        else:
+            words = torch.tensor([_word(int(s)) for s in seeds], dtype=torch.int64, device=device)
+        return SampleStreams(_mix64(words), torch.arange(len(words), device=device))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def subset(self, idx: torch.Tensor) -> SampleStreams:
+        """The streams of samples ``idx`` (sharing the positions: their streams go on)."""
+        return SampleStreams(self.positions, self.rows.index_select(0, idx.to(self.rows.device)))
+
+    def rand(self, shape: Sequence[int]) -> torch.Tensor:
+        """float32 uniforms in [0, 1) shaped ``shape``, one row per sample, from the top 24 bits
+        of each draw (as torch.rand): each sample's next draws, advancing its stream."""
+        steps = _golden_steps(math.prod(shape[1:]), self.positions.device)
+        z = self.positions.index_select(0, self.rows).unsqueeze(1) + steps
+        self.positions[self.rows] = z[:, -1]
+        # mix64's last xorshift only moves high bits into low ones: the top 24 need only two
+        z = _xorshift_multiply_(_xorshift_multiply_(z, 30, _MIX[0]), 27, _MIX[1])
+        return _shift_right(z, 40).float().mul_(2.0**-24).view(tuple(shape))
+
+
+def _word(value: int) -> int:
+    """A Python int as the int64 with the same low 64 bits (torch's int64 arithmetic wraps)."""
+    return (value + 2**63) % 2**64 - 2**63
+
+
+_GOLDEN = _word(0x9E3779B97F4A7C15)  # 2^64 / golden ratio, odd: SplitMix64's increment
+_MIX = (_word(0xBF58476D1CE4E5B9), _word(0x94D049BB133111EB))  # Stafford's variant 13
+
+
+@lru_cache(maxsize=64)
+def _golden_steps(width: int, device: torch.device) -> torch.Tensor:
+    """1·golden, ..., width·golden (wrapped to int64): the offsets of a row of draws."""
+    return torch.arange(1, width + 1, device=device) * _GOLDEN
+
+
+def _shift_right(z: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical shift of int64 words (torch's >> is arithmetic: it copies the sign bit)."""
+    return (z >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def _xorshift_multiply_(z: torch.Tensor, bits: int, factor: int) -> torch.Tensor:
+    """In place (a draw's words are its own; in-place ops save time on small batches)."""
+    return z.bitwise_xor_(_shift_right(z, bits)).mul_(factor)
+
+
+def _mix64(z: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finaliser: a bijection of 64-bit words in which every input bit flips
+    about half of the output bits."""
+    z = _xorshift_multiply_(_xorshift_multiply_(z.clone(), 30, _MIX[0]), 27, _MIX[1])
+    return z ^ _shift_right(z, 31)
+
+
+Generators = torch.Generator | SampleGenerators | SampleStreams | None
 
 
 def draw(
@@ -170,7 +241,9 @@ def draw(
     dtype: torch.dtype | None,
 ) -> torch.Tensor:
     """``fn(shape)`` (torch.rand or torch.randn) from one generator, or row by row from one
-    generator per sample."""
+    generator per sample; torch.rand only from sample streams, all rows at once."""
+    if isinstance(gen, SampleStreams):
+        return _stream_draw(fn, shape, gen, device, dtype)
     if not isinstance(gen, SampleGenerators):
         return fn(tuple(shape), generator=gen, device=device, dtype=dtype)
     if len(gen) != shape[0]:
@@ -183,7 +256,21 @@ def draw(
 
 def subset(gen: Generators, idx: torch.Tensor) -> Generators:
     """The generator(s) for samples ``idx`` of a batch (a shared generator stays shared)."""
-    return gen.subset(idx) if isinstance(gen, SampleGenerators) else gen
+    return gen.subset(idx) if isinstance(gen, (SampleGenerators, SampleStreams)) else gen
+
+
+def _stream_draw(
+    fn: Callable[..., torch.Tensor],
+    shape: Sequence[int],
+    streams: SampleStreams,
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> torch.Tensor:
+    if fn is not torch.rand:
+        raise ValueError("sample streams draw uniforms only (torch.rand)")
+    if len(streams) != shape[0]:
+        raise ValueError(f"{len(streams)} sample streams for {shape[0]} samples")
+    return streams.rand(shape).to(device, dtype or torch.float32)
 
 
 Seed = int | Sequence[int] | torch.Tensor | None
@@ -269,3 +356,11 @@ def make_generator(seed: Seed, device: torch.device) -> Generators:
     if isinstance(seed, int) or (isinstance(seed, torch.Tensor) and seed.ndim == 0):
         return torch.Generator(device=device).manual_seed(int(seed))
     return SampleGenerators.seeded(seed)
+
+
+def make_streams(seed: Seed, device: torch.device) -> Generators:
+    """As make_generator, but a sequence of seeds gives counter-based SampleStreams on
+    ``device``: per-sample uniforms without a loop over the samples (draw(torch.rand) only)."""
+    if seed is None or isinstance(seed, int) or (isinstance(seed, torch.Tensor) and seed.ndim == 0):
+        return make_generator(seed, device)
+    return SampleStreams.seeded(seed, device)

@@ -25,7 +25,7 @@ from monitor.attacks.core import (
     attack_mode,
     check_inputs,
     draw,
-    make_generator,
+    make_streams,
     subset,
 )
 
@@ -62,9 +62,9 @@ def square(
     misclassified, so it spends at most ``queries`` per restart, and each further restart
     starts afresh on the samples not yet fooled. ``stats.forward`` counts every query,
     ``stats.queries`` gets one int64 count per sample (appended per call). ``seed``: an int, or
-    one per sample (each sample's squares then come from its own generator, the same at any
-    batch size). Returns x_adv on x's device, inside the ball and [0, 1]: per sample the first
-    misclassified point, else the one of lowest margin.
+    one per sample (each sample's squares then come from its own counter-based stream, the
+    same at any batch size and on any device). Returns x_adv on x's device, inside the ball
+    and [0, 1]: per sample the first misclassified point, else the one of lowest margin.
     """
     check_inputs(x, y, eps)
     if queries < 1 or restarts < 1:
@@ -74,7 +74,7 @@ def square(
     search = _search(norm)
     with _scoring(scores, x) as device:
         x0, y0 = x.detach().to(device), y.to(device)
-        gen = make_generator(seed, device)
+        gen = make_streams(seed, device)
         best = x0.clone()
         margin = torch.full((len(x0),), torch.inf, device=device)
         spent = torch.zeros(len(x0), dtype=torch.int64, device=device)

@@ -110,8 +110,9 @@ class AuditConfig:
     # some sample (less likely targets fool fewer); 0: always every target
     target_stop: int = 0
     queries: int = 5000  # Square: queries per sample (the budget)
-    # Square spends the rest of its budget only where its first ``query_probe`` queries fooled
-    # some sample the gradient attacks left (a sign of masked gradients); 0: always all of it
+    # Square spends its budget in stages (``query_probe`` queries, then twice as many each), the
+    # next only while the one before fooled some sample the gradient attacks left (a sign of
+    # masked gradients); 0: always all of it in one search
     query_probe: int = 0
     # chained: each attack runs only on the samples still robust after the earlier ones, and a
     # result is the worst case so far (AutoAttack's structure); else each attack stands alone
@@ -302,7 +303,7 @@ def preset_text(config: AuditConfig) -> str:
         ),
         "square": f"Square ({config.queries} queries"
         + (
-            f"; {config.query_probe} where they fool none the others left)"
+            f" in stages from {config.query_probe}, while each fools any)"
             if 0 < config.query_probe < config.queries
             else ")"
         ),

@@ -318,10 +318,11 @@ def measure_staged(
     report: Reporter = silent,
 ) -> CellResult:
     """An attack whose budget is spent in stages, each on the samples still robust, going on
-    only while the stage before fooled any: Square's ``query_probe`` queries, then the rest of
-    its budget (a fresh search); APGD-T's first ``target_stop`` targets, then one target at a
-    time. Where the earlier attacks left nothing to find, the rest of the budget is not
-    spent; where they missed something (masked gradients), all of it is. Decided over the
+    only while the stage before fooled any: Square's ``query_probe`` queries, then fresh
+    searches of twice as many each, up to its budget; APGD-T's first ``target_stop`` targets,
+    then one target at a time. Where the earlier attacks left nothing to find, the rest of
+    the budget is not spent; where they missed something (masked gradients), all of it is.
+    Decided over the
     whole cell, so the numbers do not depend on the batch size."""
     stages = _stages(attack, config)
     left, done = correct, []
@@ -339,8 +340,13 @@ def measure_staged(
 def _stages(attack: str, config: AuditConfig) -> list[tuple[AuditConfig, int]]:
     """(configuration, targets to skip) of each stage of an attack (one stage: no staging)."""
     if attack in QUERY_ATTACKS and 0 < config.query_probe < config.queries:
-        rest = replace(config, queries=config.queries - config.query_probe, seed=config.seed + 1)
-        return [(replace(config, queries=config.query_probe), 0), (rest, 0)]
+        budgets, left = [], config.queries  # the probe, then doubling: 500, 1000, 2000, 1500
+        while left > 0:
+            budgets.append(min(config.query_probe * 2 ** len(budgets), left))
+            left -= budgets[-1]
+        return [
+            (replace(config, queries=q, seed=config.seed + i), 0) for i, q in enumerate(budgets)
+        ]
     if attack == "apgd-t" and 0 < config.target_stop < config.target_classes:
         first = [(replace(config, target_classes=config.target_stop), 0)]
         return first + [

@@ -73,8 +73,8 @@ def audit(
     query_probe: int | None = typer.Option(
         None,
         "--query-probe",
-        help="Square: spend the budget past this many queries only where they fooled any "
-        "sample the earlier attacks left (standard: 500; 0: always the whole budget).",
+        help="Square: spend the budget in stages from this many queries (doubling), the next only "
+        "while one fooled any sample the earlier attacks left (standard: 500; 0: one search).",
     ),
     target_stop: int | None = typer.Option(
         None,

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from monitor.attacks import AttackStats, pgd, square
-from monitor.attacks.core import input_gradient
+from monitor.attacks.core import SampleStreams, draw, input_gradient
+from tests.conftest import torchattacks_or_skip
 
 
 def _accuracy(scores, x, y) -> float:
@@ -77,6 +78,38 @@ def test_seeds_reproduce_and_per_sample_seeds_ignore_the_batch(trained_cnn, digi
     assert torch.equal(run(x[37:], y[37:], seeds[37:]), whole[37:])
 
 
+def test_sample_streams_depend_only_on_each_samples_seed_and_draws():
+    """Square's per-sample uniforms: a sample's draws are one sequence fixed by its seed, the
+    same whichever samples share its batch or how its draws are split into rows."""
+    cpu, seeds = torch.device("cpu"), torch.arange(500, 560)
+    whole = SampleStreams.seeded(seeds, cpu)
+    first = whole.rand((60, 5))
+    evens = whole.subset(torch.arange(0, 60, 2))
+    second = evens.subset(torch.tensor([1, 2])).rand((2, 3))  # samples 2 and 4 go on
+    third = whole.rand((60, 2))  # where each sample's stream has got to
+    four, three = (SampleStreams.seeded([int(seeds[i])], cpu) for i in (4, 3))
+    assert torch.equal(four.rand((1, 10))[0], torch.cat([first[4], second[1], third[4]]))
+    assert torch.equal(three.rand((1, 7))[0], torch.cat([first[3], third[3]]))
+    again = SampleStreams.seeded(seeds.tolist(), cpu)  # a list of ints seeds as the tensor does
+    assert torch.equal(draw(torch.rand, (60, 5), again, cpu, torch.float32), first)
+    with pytest.raises(ValueError, match="uniforms only"):
+        draw(torch.randn, (60, 5), whole, cpu, torch.float32)
+
+
+def test_sample_streams_look_uniform_and_independent():
+    n, k = 2000, 500
+    u = SampleStreams.seeded(torch.arange(n), torch.device("cpu")).rand((n, k)).double()
+    assert float(u.min()) >= 0.0 and float(u.max()) < 1.0
+    assert abs(float(u.mean()) - 0.5) < 0.002 and abs(float(u.var()) - 1 / 12) < 5e-4
+    counts = torch.histc(u, bins=64, min=0.0, max=1.0)
+    assert float((counts / (n * k / 64) - 1).abs().max()) < 0.05
+    centred = u - 0.5
+    along = (centred[:, 1:] * centred[:, :-1]).mean() * 12  # lag-1 correlation in a stream
+    across = (centred[1:] * centred[:-1]).mean() * 12  # neighbouring seeds, same draw
+    assert abs(float(along)) < 0.01 and abs(float(across)) < 0.01
+    assert len(torch.unique(u[:, :8], dim=0)) == n  # no two seeds share a stream
+
+
 def _softmax_regression(digits) -> tuple[np.ndarray, np.ndarray]:
     """A numpy multinomial logistic regression on the digits (the black box's weights)."""
     features = digits.x.flatten(1).numpy().astype(np.float64)
@@ -130,7 +163,7 @@ def test_as_strong_as_torchattacks_square(trained_cnn, digits, norm, eps, monkey
     """torchattacks (like AutoAttack) draws a square's corner in [0, h - s), never at the last
     row or column, which leaves a quarter of an 8×8 image out of reach (robust accuracy 0.60
     against ours 0.47 at L∞ 0.1): with corners drawn in [0, h - s], as ours, the two agree."""
-    torchattacks = pytest.importorskip("torchattacks")
+    torchattacks = torchattacks_or_skip()
     from torchattacks.attacks.square import Square
 
     def corner(self, low=0, high=1, shape=(1,)):
