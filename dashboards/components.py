@@ -4,6 +4,7 @@ parsing of query parameters, and the escaping of text placed in figures."""
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -145,12 +146,15 @@ def single_values(layout: Callable[..., Any]) -> Callable[..., Any]:
 
 MAX_PAGE = 1_000_000  # page numbers from URLs stay far below what a database offset holds
 MAX_ID = 2**63 - 1  # the largest BIGINT: ids beyond it exist nowhere
+_ASCII_DIGITS = re.compile(r"[0-9]+")
 
 
 def integer(value: Any, default: int = 0, maximum: int = MAX_PAGE) -> int:
-    """A query parameter as an int in [0, maximum]; ``default`` for what is not an integer."""
+    """A query parameter as an int in [0, maximum]; ``default`` for what is not an integer
+    written in ASCII (int() alone also reads other scripts' digits, "٣")."""
+    text = str(value).strip() if value is not None else ""
     try:
-        number = int(str(value).strip()) if value is not None else default
+        number = int(text) if text.isascii() else default
     except ValueError:  # not a number, or over Python's digit limit for int()
         return default
     return min(max(0, number), maximum)
@@ -158,13 +162,14 @@ def integer(value: Any, default: int = 0, maximum: int = MAX_PAGE) -> int:
 
 def record_id(value: Any) -> int | None:
     """An id from a URL or a callback (client-controlled): a positive integer up to the largest
-    BIGINT, else None (never raised: the page says it is not an id)."""
+    BIGINT, as an int or a str of ASCII digits 0-9 only, else None (never raised: the page says
+    it is not an id). One spelling per id: int() alone also reads "٣", "３", " 3" and "0_3"."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         number = value
-    elif isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 19:
-        number = int(value.strip())
+    elif isinstance(value, str) and len(value) <= 19 and _ASCII_DIGITS.fullmatch(value):
+        number = int(value)
     else:
         return None
     return number if 0 < number <= MAX_ID else None

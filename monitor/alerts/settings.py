@@ -84,7 +84,12 @@ class AlertSettings:
 
 def _check_webhook_url(url: Any) -> None:
     """http or https with a host and a valid port: nothing else is ever sent to (file://,
-    gopher://, ...)."""
+    gopher://, ...). Whitespace and control characters are refused, not stripped: URL parsers
+    drop them in different places, so the URL checked would not be the URL sent to."""
+    if isinstance(url, str) and any(c.isspace() or not c.isprintable() for c in url):
+        raise ConfigError(
+            "robmon.toml: alerts.webhook.url must not contain spaces or control characters."
+        )
     try:
         parts = urlsplit(url) if isinstance(url, str) else None
     except ValueError:  # e.g. an unclosed IPv6 bracket

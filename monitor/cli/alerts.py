@@ -9,11 +9,12 @@ from monitor.cli.base import (
     check_choice,
     command_group,
     emit_json,
+    limit_option,
     print_table,
     say,
     state,
 )
-from monitor.errors import NotFound, RobmonError
+from monitor.errors import NotFound
 
 alerts_app = command_group(
     "alerts", help="Per-source incidents (every rule's findings about one source) and their triage."
@@ -43,7 +44,7 @@ def list_alerts(
     ),
     severity: str | None = typer.Option(None, help="critical, high, medium or low."),
     since: str | None = typer.Option(None, help="Last seen after: ISO time or 30m, 24h, 7d."),
-    limit: int = typer.Option(100, help="At most this many, most recent first."),
+    limit: int = limit_option(100, "At most this many, most recent first."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Incidents (one per source, its rules as evidence), most recently active first."""
@@ -52,8 +53,6 @@ def list_alerts(
 
     for option, value in (("--status", status), ("--severity", severity), ("--rule", rule)):
         check_choice(option, value, CHOICES[option], ALIASES)
-    if limit < 1:
-        raise RobmonError(f"--limit must be at least 1, not {limit}.")
     alerts = query(
         state.database(),
         status=status,

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from monitor.cli.base import JSON_OPTION, command_group, emit_json, print_table, say, state
+from monitor.cli.base import (
+    JSON_OPTION,
+    command_group,
+    emit_json,
+    limit_option,
+    print_table,
+    say,
+    state,
+)
 
 dead_letters_app = command_group(
     "dead-letters", help="Production records that could not be scored, with their reasons."
@@ -17,7 +25,7 @@ def list_dead_letters(
         None, help="Received after: ISO time or 30m, 24h, 7d (wall-clock time)."
     ),
     source: str | None = typer.Option(None, help="Only records from this source."),
-    limit: int = typer.Option(50, min=1, help="At most this many rows, newest first."),
+    limit: int = limit_option(50, "At most this many rows, newest first."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """The newest dead letters with their reasons, and how many there are of each reason."""

@@ -15,6 +15,7 @@ from monitor.cli.base import (
     HelpGroup,
     command_group,
     emit_json,
+    limit_option,
     print_table,
     progress_bars,
     say,
@@ -130,7 +131,7 @@ def _cell(value: object) -> str:
 @gate_app.command("history")
 def gate_history(
     model: str = typer.Argument(..., help="Registered model name."),
-    limit: int = typer.Option(50, help="At most this many, newest first."),
+    limit: int = limit_option(50, "At most this many, newest first."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Past gate decisions and rollbacks of a model."""

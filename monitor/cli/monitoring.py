@@ -19,6 +19,7 @@ from monitor.cli.base import (
     command_group,
     emit_json,
     fmt,
+    limit_option,
     note,
     print_table,
     progress_bars,
@@ -280,7 +281,7 @@ def inputs_stats(
     since: str | None = typer.Option(None, help="ISO time or 30m, 24h, 7d (record time)."),
     model: str | None = typer.Option(None, help="Only inputs of this model."),
     source: str | None = typer.Option(None, help="Only this source."),
-    limit: int = typer.Option(100, help="At most this many sources (most flagged first)."),
+    limit: int = limit_option(100, "At most this many sources (most flagged first)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Per source: inputs, flagged rate, mean confidence, largest squeezing divergence."""

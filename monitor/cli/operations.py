@@ -55,11 +55,17 @@ def start_health(host: str, port: int | None, alive=lambda: True) -> None:
 
 
 def job_context(name: str | None, kind: str = "scheduler"):
+    """The context jobs run on. The settings its jobs read are checked here, before any job
+    runs or a lease is taken: a bad [watch] or [alerts] table (a webhook that is not http or
+    https) stops the scheduler in one sentence, not in each job's traceback."""
+    from monitor.alerts.settings import AlertSettings
     from monitor.jobs import JobContext
     from monitor.scheduler import worker_name
     from monitor.watch import WatchSettings
 
     settings = state.settings()
+    if kind == "scheduler":  # the scheduler's jobs evaluate alerts and send webhooks
+        AlertSettings.from_settings(settings)
     worker = worker_name(kind) if not name else f"{name}#{worker_name(kind).split('#')[1]}"
     return JobContext(
         db=state.database(),

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from monitor import metrics
-from monitor.errors import RobmonError, first_line
+from monitor.errors import RobmonError, first_line, quoted
 from monitor.ingest import store
 from monitor.ingest.pipeline import Ingester, IngestSummary, Prepared
 from monitor.ingest.redis_stream import (
@@ -54,6 +54,7 @@ from monitor.ingest.sources import RawLine
 log = logging.getLogger(__name__)
 # with --drain, rounds in a row that may fail before the run gives up (follow mode retries on)
 DRAIN_ATTEMPTS = 3
+_SHOWN_FIELDS = 8  # fields of a record-less entry that its dead letter names
 
 
 @dataclass
@@ -327,11 +328,32 @@ class StreamConsumer:
 
 
 def _line(stream: str, entry_id: str, fields: dict[bytes, bytes]) -> RawLine:
+    """The entry's record as a line; an entry without one (or whose field names cannot be
+    read) becomes a line refused with that reason, its fields as the excerpt: it is
+    dead-lettered and acknowledged like any bad record, never fatal to its batch."""
+    origin = f"redis:{stream}"
     data = fields.get(FIELD.encode())
-    if data is None:  # dead-lettered with the fields it had, so nothing is silently dropped
-        names = ", ".join(sorted(_text(k) for k in fields)) or "none"
-        data = f"stream entry has no '{FIELD}' field (fields: {names})".encode()
-    return RawLine(f"redis:{stream}", 0, 0, 0, data, len(data))
+    if data is not None:
+        return RawLine(origin, 0, 0, 0, data, len(data))
+    shown = _shown_fields(fields)
+    return RawLine(origin, 0, 0, 0, shown, len(shown), refused=_no_record_reason(fields))
+
+
+def _no_record_reason(fields: dict[bytes, bytes]) -> str:
+    try:
+        names = sorted(name.decode() for name in fields)
+    except UnicodeDecodeError:
+        return f"stream entry has no '{FIELD}' field (its field names are not UTF-8)."
+    listed = ", ".join(quoted(name) for name in names[:_SHOWN_FIELDS])
+    more = f" and {len(names) - _SHOWN_FIELDS} more" if len(names) > _SHOWN_FIELDS else ""
+    return f"stream entry has no '{FIELD}' field (its fields: {listed or 'none'}{more})."
+
+
+def _shown_fields(fields: dict[bytes, bytes]) -> bytes:
+    """The first fields as Python bytes literals (names and values cut short): readable
+    whatever bytes they hold."""
+    items = list(fields.items())[:_SHOWN_FIELDS]
+    return ("{" + ", ".join(f"{k[:64]!r}: {v[:256]!r}" for k, v in items) + "}").encode()
 
 
 def _text(value: bytes | str) -> str:

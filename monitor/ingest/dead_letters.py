@@ -2,7 +2,9 @@
 rows, and how many there are of each kind of reason).
 
 A row holds no NUL character (PostgreSQL refuses NUL in text, and one refused row would stop its
-batch): NULs in the excerpt, reason, source or model are replaced by U+FFFD.
+batch): NULs in the excerpt, reason, source or model are replaced by U+FFFD. Nor does a reason
+show a Python object's repr (``<_io.BytesIO object at 0x...>``): the parser words its errors
+plainly, and a repr that an unforeseen error still carries becomes "an object".
 
 Reasons are one sentence each and often name the record's own values (``ts '0001-…' is out of
 range``, ``line of 9123456 bytes ...``); counting groups them by their wording with quoted
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
     from monitor.ingest.records import Record
 
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+# a Python object's default repr ("<_io.BytesIO object at 0x7f...>"): an internal, never a reason
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 _NUMBER = re.compile(r"\b\d+(?:\.\d+)?\b")
 
 
@@ -51,7 +55,7 @@ def dead_letter(
         "origin": _no_nul(line.origin),
         "line_number": line.line_number,
         "byte_offset": line.offset,
-        "reason": _no_nul(reason),
+        "reason": _no_nul(_OBJECT_REPR.sub("an object", reason)),
         "excerpt": _no_nul(line.excerpt),
         "source": _no_nul(record.source if record else source),
         "model_name": _no_nul(record.model if record else model),

@@ -10,7 +10,8 @@ calibration or source than the plain one.
 - ``version``: an integer or a string of ASCII digits, from 1 to 2**31 - 1, written canonically
   (``"001"`` and ``1`` are ``"1"``); digits of other scripts (``"٠١"``, ``"１"``) are refused; any
   other string is an alias of ASCII letters, digits, ``_``, ``.`` and ``-``.
-- ``ts``: ISO 8601, in UTC between 1970 and 9998 (every window can add and subtract from it).
+- ``ts``: ISO 8601 (at most ``MAX_TS`` printable ASCII characters), in UTC between 1970 and
+  9998 (every window can add and subtract from it).
 
 Every problem raises BadRecord with one sentence that quotes at most ``QUOTE_LIMIT`` characters.
 """
@@ -26,6 +27,7 @@ from monitor.errors import BadRecord, quoted
 
 MAX_TEXT = 255  # characters of source, model and id (the width of their database columns)
 MAX_VERSION = 2**31 - 1  # the registry's versions are 32-bit integers
+MAX_TS = 64  # characters of ts: 2026-11-24T19:00:00.123456789+05:30 is 35
 # record times that every window, retention and cool-down can add to or subtract from
 TS_RANGE = (datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC))
 _REFUSED_CATEGORIES = {
@@ -105,6 +107,12 @@ def timestamp(value: Any) -> datetime:
     """``ts`` as an aware UTC datetime within ``TS_RANGE``."""
     if not isinstance(value, str):
         raise BadRecord("ts must be an ISO 8601 string such as 2026-11-24T19:00:00Z.")
+    if len(value) > MAX_TS or not (value.isascii() and value.isprintable()):
+        # fromisoformat reads a 10,000-digit fraction, and a NUL at the end, without complaint
+        raise BadRecord(
+            f"ts {quoted(value, 44)} is not an ISO 8601 time of at most {MAX_TS} printable "
+            "ASCII characters."
+        )
     try:
         ts = datetime.fromisoformat(value)
         ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)

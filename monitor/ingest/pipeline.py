@@ -346,6 +346,8 @@ class Ingester:
         parsed, dead = [], []
         for line, key in zip(lines, keys, strict=True):
             try:
+                if line.refused is not None:
+                    raise BadRecord(line.refused)
                 if line.size > self.limits.max_line_bytes:
                     raise BadRecord(
                         f"line of {line.size} bytes is over the limit of "

@@ -16,7 +16,6 @@ import base64
 import binascii
 import hashlib
 import io
-import json
 import math
 import os
 import stat
@@ -27,11 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 import torch
 
 from monitor.errors import BadRecord, quoted
-from monitor.ingest import fields
+from monitor.ingest import fields, jsonl
 from monitor.ingest.fields import canonical_version
 from monitor.ingest.sources import not_regular
 
@@ -95,10 +93,7 @@ def parse_record(line: bytes | str, limits: Limits) -> Record:
         raise BadRecord(
             f"line of {len(raw)} bytes is over the limit of {limits.max_line_bytes} bytes."
         )
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise BadRecord(f"not valid JSON: {_json_error(raw)}.") from None
+    data = jsonl.load(raw)
     if not isinstance(data, dict):
         raise BadRecord(f"a record is a JSON object, not {type(data).__name__}.")
     missing = [k for k in ("ts", "source", "model", "input") if data.get(k) in (None, "")]
@@ -110,15 +105,23 @@ def parse_record(line: bytes | str, limits: Limits) -> Record:
     except BadRecord as err:  # the sender is known: the dead letter keeps it
         raise BadRecord(str(err), source) from None
     try:
-        return _named_record(data, source, model, limits)
+        return _named_record(data, source, model, limits, raw)
     except BadRecord as err:  # the sender is known: the dead letter keeps it
         raise BadRecord(str(err), source, model) from None
 
 
-def _named_record(data: dict[str, Any], source: str, model: str, limits: Limits) -> Record:
+def _named_record(
+    data: dict[str, Any], source: str, model: str, limits: Limits, raw: bytes
+) -> Record:
     version = canonical_version(data.get("version"))
     request_id = fields.request_id(data)
-    image = decode_input(data["input"], limits)
+    spec = data["input"]
+    booleans = (
+        isinstance(spec, dict)
+        and "array" in spec
+        and jsonl.may_hold_booleans_after(raw, b'"array"')
+    )
+    image = decode_input(spec, limits, booleans=booleans)
     return Record(
         request_id=request_id,
         ts=fields.timestamp(data["ts"]),
@@ -130,21 +133,9 @@ def _named_record(data: dict[str, Any], source: str, model: str, limits: Limits)
     )
 
 
-def _json_error(raw: bytes) -> str:
-    """Where and why JSON is invalid, in the standard library's words (orjson says less)."""
-    try:
-        json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        return str(err).rstrip(".")
-    except RecursionError:
-        return "arrays or objects nested too deeply"
-    except ValueError as err:  # e.g. an integer too long to convert
-        return str(err).splitlines()[0].rstrip(".")
-    return "unparseable"
-
-
-def decode_input(spec: Any, limits: Limits) -> torch.Tensor:
-    """The ``input`` object -> C×H×W float32 tensor in [0, 1]."""
+def decode_input(spec: Any, limits: Limits, *, booleans: bool = True) -> torch.Tensor:
+    """The ``input`` object -> C×H×W float32 tensor in [0, 1]. ``booleans=False``: the line
+    holds no ``true`` or ``false``, so nested lists need not be searched for them."""
     if not isinstance(spec, dict):
         raise BadRecord("input must be an object with one of " + ", ".join(INPUT_KINDS) + ".")
     kinds = [k for k in INPUT_KINDS if k in spec]
@@ -152,7 +143,7 @@ def decode_input(spec: Any, limits: Limits) -> torch.Tensor:
         raise BadRecord("input must hold exactly one of " + ", ".join(INPUT_KINDS) + ".")
     kind = kinds[0]
     if kind == "array":
-        array = _nested_list(spec["array"], limits)
+        array = _nested_list(spec["array"], limits, booleans)
     elif kind == "npy_b64":
         array = _npy(_b64(spec["npy_b64"], "npy_b64"), limits)
     elif kind == "png_b64":
@@ -185,7 +176,7 @@ def _list_shape(value: list[Any]) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _nested_list(value: Any, limits: Limits) -> np.ndarray:
+def _nested_list(value: Any, limits: Limits, booleans: bool) -> np.ndarray:
     if not isinstance(value, list):
         raise BadRecord("input.array must be nested lists of numbers.")
     check_shape(_list_shape(value), limits)
@@ -194,7 +185,21 @@ def _nested_list(value: Any, limits: Limits) -> np.ndarray:
     except (ValueError, TypeError, OverflowError):
         raise BadRecord("input.array is ragged or holds non-numbers.") from None
     check_shape(array.shape, limits)  # a ragged list may hide deeper levels
+    if booleans and _holds_booleans(value):  # numpy reads true and false as 1.0 and 0.0
+        raise BadRecord("input.array holds true or false, not numbers.")
     return array
+
+
+def _holds_booleans(value: list[Any]) -> bool:
+    """Whether nested lists hold a bool anywhere (the type of each element, at C speed)."""
+    rows = [value]
+    while rows:
+        kinds = set(map(type, row := rows.pop()))
+        if bool in kinds:
+            return True
+        if list in kinds:
+            rows.extend(item for item in row if type(item) is list)
+    return False
 
 
 def _b64(value: Any, field: str) -> bytes:
@@ -220,9 +225,28 @@ def _npy_header(data: bytes) -> tuple[tuple[int, ...], np.dtype, int]:
             raise ValueError(f"unsupported .npy version {version[0]}.{version[1]}")
         shape, _, dtype = readers[version](handle)
     except (ValueError, OSError, EOFError, SyntaxError, TypeError, OverflowError) as err:
-        reason = str(err).splitlines()[0].rstrip(".") if str(err) else type(err).__name__
-        raise BadRecord(f"input.npy_b64 is not a .npy array: {reason}.") from None
+        raise BadRecord(f"input.npy_b64 is not a .npy array: {_npy_reason(err)}.") from None
     return tuple(shape), dtype, handle.tell()
+
+
+# numpy's words for a bad .npy header -> plain ones (numpy's quote the header, or name an AST
+# node's repr, "<ast.Call object at 0x...>", or its own options, "max_header_size")
+_NPY_REASONS = (
+    ("malformed node or string", "its header is not a Python dict literal"),
+    ("Cannot parse header", "its header is not a Python dict literal"),
+    ("Header is not a dictionary", "its header is not a Python dict literal"),
+    ("Header does not contain the correct keys", "its header needs descr, fortran_order, shape"),
+    ("shape is not valid", "its header's shape is not a tuple of integers"),
+    ("fortran_order is not a valid bool", "its header's fortran_order is not True or False"),
+    ("descr is not a valid dtype descriptor", "its header's descr is not a data type"),
+    ("Header info length", "its header is longer than numpy reads safely"),
+)
+
+
+def _npy_reason(err: BaseException) -> str:
+    text = str(err)
+    plain = next((reason for start, reason in _NPY_REASONS if text.startswith(start)), None)
+    return plain or (text.splitlines()[0].rstrip(".") if text else type(err).__name__)
 
 
 def _npy(data: bytes, limits: Limits) -> np.ndarray:
@@ -279,10 +303,20 @@ def _image_bytes(data: bytes, limits: Limits, what: str) -> np.ndarray:
         raise BadRecord(
             f"the image is over the limit of {limits.max_pixels} pixels (decompression bomb)."
         ) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, struct.error) as err:
-        reason = str(err).splitlines()[0].rstrip(".") if str(err) else type(err).__name__
-        raise BadRecord(f"cannot decode the image in {what}: {reason}.") from None
+    except (UnidentifiedImageError, struct.error):  # Pillow's message names its BytesIO's repr
+        raise BadRecord(
+            f"cannot decode the image in {what}: it is not a complete PNG or JPEG image."
+        ) from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise BadRecord(f"cannot decode the image in {what}: {_image_reason(err)}.") from None
     return array
+
+
+def _image_reason(err: BaseException) -> str:
+    text = str(err).splitlines()[0].rstrip(".") if str(err) else type(err).__name__
+    if "MAX_TEXT_CHUNK" in text or "MAX_TEXT_MEMORY" in text:  # Pillow's limits, by name
+        return "its text chunks decompress to more than the limit"
+    return text
 
 
 def _pixels(img: Any) -> np.ndarray:
@@ -297,6 +331,8 @@ def _pixels(img: Any) -> np.ndarray:
         array = np.asarray(img.convert(mode), dtype=np.uint8).transpose(2, 0, 1)
         if (array[-1] < 255).any():
             return array
+        if mode == "LA":  # opaque grey: L
+            return np.ascontiguousarray(array[:1])
     return np.asarray(img.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
 
 

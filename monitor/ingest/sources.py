@@ -66,6 +66,7 @@ class RawLine:
     end: int  # byte offset just after the line (and its newline)
     data: bytes  # the line without its newline (only its head when it is oversized)
     size: int  # the line's true length in bytes
+    refused: str | None = None  # dead-lettered for this reason without parsing (no record)
 
     @property
     def excerpt(self) -> str:

@@ -355,3 +355,43 @@ def test_a_webhook_url_with_an_invalid_port_is_refused_at_config_load(home, robm
     assert result.stderr.strip() == (
         "error: robmon.toml: alerts.webhook.url has an invalid port (use a number from 1 to 65535)."
     )
+
+
+@pytest.mark.timeout(120, method="thread")
+@pytest.mark.parametrize(
+    "command",
+    [("scheduler", "--once"), ("scheduler",), ("serve", "--no-dashboard", "--no-ingest")],
+)
+def test_services_refuse_a_bad_webhook_before_running_any_job(home, robmon, command) -> None:
+    """Pentest 17, F2: the scheduler ran three jobs (and took the lease) before the webhook's
+    check failed, with a traceback per job; now it stops first, in one sentence."""
+    from sqlalchemy import func, select
+
+    from monitor.config import load_settings
+    from monitor.db.models import JobRun, Lease
+    from monitor.db.session import open_database
+
+    Path("robmon.toml").write_text('[alerts.webhook]\nurl = "file:///etc/passwd"\n')
+    result = robmon(*command)
+    assert result.code == 1
+    assert result.stdout == ""
+    assert result.stderr.strip() == (
+        "error: robmon.toml: alerts.webhook.url must be an http:// or https:// URL with a host "
+        "(it has file://)."
+    )
+    db = open_database(load_settings())
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(JobRun)) == 0
+        assert s.scalar(select(func.count()).select_from(Lease)) == 0
+    db.dispose()
+
+
+@pytest.mark.parametrize("url", [" http://127.0.0.1:9/x", "http://127.0.0.1:9/x\t", "http://h/a b"])
+def test_a_webhook_url_with_whitespace_is_refused_everywhere(home, robmon, url) -> None:
+    Path("robmon.toml").write_text(f'[alerts.webhook]\nurl = "{url}"\n')
+    for command in (("config",), ("scheduler", "--once")):
+        result = robmon(*command)
+        assert result.code == 1
+        assert result.stderr.strip() == (
+            "error: robmon.toml: alerts.webhook.url must not contain spaces or control characters."
+        )

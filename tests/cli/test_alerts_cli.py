@@ -38,7 +38,7 @@ def test_list_accepts_every_documented_value(home, robmon, option, value) -> Non
 def test_list_refuses_a_limit_below_one(home, robmon) -> None:
     result = robmon("alerts", "list", "--limit", "-1")
     assert result.code == 1
-    assert result.stderr.strip() == "error: --limit must be at least 1, not -1."
+    assert result.stderr.strip() == "error: --limit must be between 1 and 1,000,000, not -1."
 
 
 @pytest.mark.parametrize("command", ["show", "ack"])

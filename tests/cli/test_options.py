@@ -72,3 +72,37 @@ def test_a_since_beyond_any_time_is_one_sentence(home, robmon, command, since, m
     result = robmon(*command, "--since", since)
     assert result.code == 1
     assert result.stderr.strip() == f"error: {message}"
+
+
+LIST_COMMANDS = [
+    ("dead-letters", "list"),
+    ("alerts", "list"),
+    ("audits", "list"),
+    ("inputs", "stats"),
+    ("gate", "history", "digits-cnn"),
+]
+
+
+@pytest.mark.parametrize("command", LIST_COMMANDS)
+@pytest.mark.parametrize(
+    ("limit", "given"),
+    [
+        ("99999999999999999999", "99999999999999999999"),  # OverflowError in SQLite (pentest 17)
+        ("1000001", "1000001"),
+        ("0", "0"),
+        ("-1", "-1"),
+        ("9" * 100, "a 100-digit number"),
+    ],
+)
+def test_a_limit_outside_the_shared_bound_is_one_sentence(
+    home, robmon, command, limit, given
+) -> None:
+    result = robmon(*command, "--limit", limit)
+    assert result.code == 1
+    assert result.stderr.strip() == f"error: --limit must be between 1 and 1,000,000, not {given}."
+
+
+@pytest.mark.parametrize("command", LIST_COMMANDS)
+def test_the_largest_limit_is_accepted(home, robmon, command) -> None:
+    result = robmon(*command, "--limit", "1000000", "--json")
+    assert result.code == 0, result.stderr

@@ -10,6 +10,7 @@ import logging
 import re
 import socket
 from dataclasses import replace
+from urllib.parse import quote
 
 import pytest
 
@@ -181,6 +182,47 @@ def test_triage_of_an_id_that_is_not_a_number_changes_nothing(settings, caplog) 
             assert "not an alert id" in response.get_data(as_text=True)
     _logged(caplog)
     assert site.alert_status() == "open" and site.events_by("ana") == 0
+
+
+def _in_other_digits(number: int, zero: str) -> str:
+    """``number`` written in another script's decimal digits (Python's int() reads them)."""
+    return "".join(chr(ord(zero) + int(d)) for d in str(number))
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        lambda n: _in_other_digits(n, "\u0660"),  # ARABIC-INDIC DIGIT ZERO (pentest 17, F4)
+        lambda n: _in_other_digits(n, "\uff10"),  # FULLWIDTH DIGIT ZERO
+        lambda n: "".join("\u00b9\u00b2\u00b3"[int(d) - 1] for d in str(n)),  # superscripts
+        lambda n: f" {n}",
+        lambda n: f"+{n}",
+        lambda n: f"0_{n}",
+    ],
+    ids=["arabic-indic", "fullwidth", "superscript", "space", "plus", "underscore"],
+)
+def test_alert_ids_are_ascii_digits_only(settings, caplog, spelling) -> None:
+    """Only one spelling of an id opens or changes an alert: ``٣`` acknowledged alert 3."""
+    site = Site(settings)
+    assert site.alert_id < 4  # the superscript spelling has digits 1-3 only
+    sign_in(site.client, "ana")
+    caplog.set_level(logging.INFO)
+    other = spelling(site.alert_id)
+    response = acknowledge(site.client, other)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert "is not an alert id" in response.get_data(as_text=True)
+    assert site.alert_status() == "open" and site.events_by("ana") == 0
+    page = call(
+        site.client,
+        "_pages_content.children",
+        {"_pages_location.pathname": "/alerts", "_pages_location.search": f"?id={quote(other)}"},
+        changed="_pages_location.pathname",
+    )
+    assert page.status_code == 200
+    assert "is not an alert id" in page.get_data(as_text=True)
+    _logged(caplog)
+    assert acknowledge(site.client, str(site.alert_id)).status_code == 200  # ASCII digits do
+    assert site.alert_status() == "acknowledged"
 
 
 @pytest.mark.parametrize("page", ["9" * 40, "9" * 5000, "-1", "1e9", "x"])
