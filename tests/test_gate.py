@@ -208,6 +208,7 @@ def test_a_policy_can_require_apgd(demo_home, robmon, tmp_path) -> None:
     [criterion] = [c for c in result.json()["criteria"] if c["name"].startswith("min_robust")]
     assert criterion["name"] == "min_robust_accuracy[apgd linf 0.1]"
     assert criterion["passed"] is False and 0.3 < criterion["actual"] < 0.6
+    assert result.json()["preset"] == "custom"  # attacks named: no preset
     shown = robmon("audits", "show", str(result.json()["audit_id"]), "--json").json()
     assert {r["attack"] for r in shown["results"]} == {"pgd", "apgd"}
 

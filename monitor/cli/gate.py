@@ -97,6 +97,8 @@ def check(
             f"{decision.policy_hash} (decision {decision.decision_id})"
         )
         say(decision.reason)
+        if decision.audit_id is not None:
+            say(f"on audit {decision.audit_id} ({decision.preset} preset)")
         if decision.criteria:
             print_table(
                 None,

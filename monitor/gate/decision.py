@@ -17,7 +17,7 @@ from typing import Any
 
 from monitor.audit import store as audits
 from monitor.audit.checks import tolerance
-from monitor.audit.config import preset_text
+from monitor.audit.config import preset_text, stored_preset
 from monitor.audit.runner import AuditRequest, Plan, make_plan, run_audit
 from monitor.audit.store import AuditDetail
 from monitor.calibrate import current_calibration
@@ -54,6 +54,7 @@ class Decision:
     reason: str
     criteria: list[Criterion] = field(default_factory=list)
     audit_id: int | None = None
+    preset: str | None = None  # of the audit decided on: quick, standard, thorough or custom
     baseline: ModelVersionRef | None = None
     baseline_audit_id: int | None = None
     policy_hash: str = ""
@@ -92,7 +93,7 @@ def evaluate(run: GateRun, reference: str, policy: Policy) -> Decision:
     )
     try:
         audit = _matching_audit(run, ref, policy, "candidate")
-        decision.audit_id = audit.id
+        decision.audit_id, decision.preset = audit.id, stored_preset(audit.config)
         baseline_ref = _baseline(run, ref, policy)
         baseline_audit = None
         if baseline_ref is not None and policy.has_baseline_criteria:
@@ -422,6 +423,7 @@ def as_dict(decision: Decision) -> dict[str, Any]:
         "reason": decision.reason,
         "policy_hash": decision.policy_hash,
         "audit_id": decision.audit_id,
+        "preset": decision.preset,
         "baseline": str(decision.baseline) if decision.baseline else None,
         "baseline_audit_id": decision.baseline_audit_id,
         "criteria": [c.__dict__ for c in decision.criteria],

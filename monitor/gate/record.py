@@ -196,7 +196,8 @@ def markdown(decision: Decision) -> str:
         lines.append("")
     facts = as_dict(decision)
     lines.append(
-        f"Audit {facts['audit_id']}, baseline {facts['baseline'] or 'none'}, policy "
+        f"Audit {facts['audit_id']} ({facts['preset']} preset), baseline "
+        f"{facts['baseline'] or 'none'}, policy "
         f"{decision.policy_hash}, decided by {decision.decided_by}."
     )
     if decision.promoted_alias:

@@ -92,3 +92,21 @@ def test_dataset_digest_follows_the_contents_not_the_path(tmp_path):
     (folder / "a" / "2.png").write_bytes(b"two")
     assert dataset_digest(str(folder)) != before
     assert dataset_digest("digits") is None
+
+
+def test_a_policy_without_a_preset_gates_on_standard_and_the_example_names_it():
+    from pathlib import Path
+
+    from monitor.gate.policy import load_policy, parse_policy
+    from monitor.watch import WatchSettings
+
+    bare = parse_policy({"audit": {"dataset": "digits"}}, "")
+    assert bare.audit_config(None).preset == "standard"
+    named = parse_policy({"audit": {"dataset": "digits", "attacks": ["fgsm", "pgd"]}}, "")
+    assert named.audit_config(None).preset == "quick"
+    root = Path(__file__).resolve().parents[2]
+    example = load_policy(root / "docs/examples/gate-policy.toml")
+    assert example.audit_config(None).preset == "standard"
+    watch = WatchSettings()
+    assert (watch.preset_for("registry-poll"), watch.preset_for("alias-moved")) == ("quick",) * 2
+    assert watch.preset_for("nightly-sweep") == "standard"
