@@ -13,7 +13,7 @@ draws of models that are random themselves (randomised defences use torch's glob
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
@@ -22,6 +22,7 @@ from monitor.attacks.core import attack_mode, input_gradient
 from monitor.audit.config import LARGE_EPS, QUERY_ATTACKS, AuditConfig
 from monitor.audit.crafting import attacks_for, craft
 from monitor.audit.memory import BatchPlan, BatchSize, in_batches, plan_batches
+from monitor.audit.stages import merge_stages, query_summary, stage_plan
 from monitor.classifiers import Classifier, TorchClassifier, check_input_shape
 from monitor.errors import ModelIncompatible
 from monitor.progress import Reporter, silent
@@ -324,7 +325,7 @@ def measure_staged(
     the budget is not spent; where they missed something (masked gradients), all of it is.
     Decided over the
     whole cell, so the numbers do not depend on the batch size."""
-    stages = _stages(attack, config)
+    stages = stage_plan(attack, config)
     left, done = correct, []
     for stage_config, skip in stages:
         cell = measure_cell(crafter, target, x, y, left, attack, norm, eps, stage_config,
@@ -334,68 +335,7 @@ def measure_staged(
         left = cell.robust
         if not fooled_any:
             break
-    return _merged(done, correct, config)
-
-
-def _stages(attack: str, config: AuditConfig) -> list[tuple[AuditConfig, int]]:
-    """(configuration, targets to skip) of each stage of an attack (one stage: no staging)."""
-    if attack in QUERY_ATTACKS and 0 < config.query_probe < config.queries:
-        budgets, left = [], config.queries  # the probe, then doubling: 500, 1000, 2000, 1500
-        while left > 0:
-            budgets.append(min(config.query_probe * 2 ** len(budgets), left))
-            left -= budgets[-1]
-        return [
-            (replace(config, queries=q, seed=config.seed + i), 0) for i, q in enumerate(budgets)
-        ]
-    if attack == "apgd-t" and 0 < config.target_stop < config.target_classes:
-        first = [(replace(config, target_classes=config.target_stop), 0)]
-        return first + [
-            (replace(config, target_classes=k + 1), k)
-            for k in range(config.target_stop, config.target_classes)
-        ]
-    return [(config, 0)]
-
-
-def _merged(cells: list[CellResult], correct: torch.Tensor, config: AuditConfig) -> CellResult:
-    """One result for the stages of one attack: the last stage's robustness, the sums of
-    time, passes and queries, the perturbations of every stage's successes."""
-    if len(cells) == 1 and not cells[0].queries:
-        return replace(cells[0], steps=config.steps_of(cells[0].attack))
-    n = int(correct.sum())
-    last = cells[-1]
-    fooled = [c.attacked - int(c.robust.sum()) for c in cells]
-    sizes = [(c, k) for c, k in zip(cells, fooled, strict=True) if k]
-    counts = None
-    if cells[0].query_counts is not None:
-        counts = torch.stack([c.query_counts for c in cells]).sum(dim=0)
-    return replace(
-        last,
-        steps=config.steps_of(last.attack),
-        attack_success_rate=1.0 - int(last.robust.sum()) / n if n else None,
-        seconds=sum(c.seconds for c in cells),
-        passes=sum(c.passes for c in cells),
-        examples=[e for c in cells for e in c.examples][:GALLERY_SIZE],
-        attacked=n,
-        mean_perturbation=sum(c.mean_perturbation * k for c, k in sizes) / sum(fooled)
-        if sizes
-        else None,
-        max_perturbation=max(c.max_perturbation for c, _ in sizes) if sizes else None,
-        queries=query_summary(counts[correct], config.queries) if counts is not None else None,
-        query_counts=counts,
-    )
-
-
-def query_summary(used: torch.Tensor, budget: int) -> dict | None:
-    """Queries per attacked sample: mean, median, max and the budget."""
-    if not len(used):
-        return None
-    q = used.double()
-    return {
-        "mean": float(q.mean()),
-        "median": float(q.median()),
-        "max": int(q.max()),
-        "budget": budget,
-    }
+    return merge_stages(done, correct, config, GALLERY_SIZE)
 
 
 def _attack_batch(
