@@ -16,9 +16,9 @@ from dataclasses import dataclass, replace
 
 from monitor.audit import store
 from monitor.audit.checks import run_checks
-from monitor.audit.config import QUERY_ATTACKS, AuditConfig, cell_key, preset_text
+from monitor.audit.config import QUERY_ATTACKS, AuditConfig
 from monitor.audit.measure import Attackers, measure
-from monitor.audit.runner import AuditOutcome, failure_message, render_artifacts
+from monitor.audit.runner import AuditOutcome, failure_message, render_artifacts, run_info
 from monitor.audit.score import robustness_score
 from monitor.classifiers import BlackBoxClassifier, TorchClassifier
 from monitor.datasets import dataset_digest, load_dataset
@@ -93,7 +93,7 @@ def run_endpoint_audit(
         attackers = Attackers(target, _surrogate(registry, surrogate))
         store.mark_running(db, audit_id, kind="endpoint", device="cpu", surrogate=surrogate)
         m = measure(attackers, data.x, data.y, config, report=report)
-        info = _run_info(config, target, m)
+        info = _run_info(plan, target, m, len(data.classes))
         checks, score = run_checks(m), robustness_score(m.cells)
         artifacts = render_artifacts(plan, m, score)
         store.save_success(db, audit_id, m, checks, score, artifacts, run_info=info)
@@ -120,16 +120,9 @@ def _surrogate(registry: Registry, surrogate: str | None) -> TorchClassifier | N
     return model
 
 
-def _run_info(config: AuditConfig, target: BlackBoxClassifier, m) -> dict:
+def _run_info(plan: EndpointPlan, target: BlackBoxClassifier, m, classes: int) -> dict:
+    """The registry audit's run_info (``runner.run_info``), plus what was sent to the server."""
     client = target.predict_fn
-    info = {
-        "contract": target.contract.as_dict(),
-        "eps": {"grid": config.eps_grid(), "why": config.eps_why()},
-        "preset": {"name": config.preset, "text": preset_text(config), "chain": config.chain},
-        "endpoint": {"url": client.url, "requests": client.requests, "queries": client.queries},
-        "batch": m.batch,
-    }
-    queries = {cell_key(c): c.queries for c in m.cells if c.queries}
-    if queries:
-        info["queries"] = queries
+    info = run_info(plan, target, m, classes)
+    info["endpoint"] = {"url": client.url, "requests": client.requests, "queries": client.queries}
     return info
