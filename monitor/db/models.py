@@ -264,6 +264,10 @@ class InputScore(Base):
     kept_path: Mapped[str | None] = mapped_column(String(1024))
     # what the ingester did to fit the input to the model ("resized 512x512->224x224; L->RGB")
     conversion: Mapped[str | None] = mapped_column(String(255))
+    # what the inline guard answered before the model did (allow, review, refuse) and why;
+    # None for records that did not pass through a guard
+    guard_verdict: Mapped[str | None] = mapped_column(String(8))
+    guard_reason: Mapped[str | None] = mapped_column(String(255))
 
     __table_args__ = (
         UniqueConstraint("source", "request_id"),
@@ -512,6 +516,24 @@ class AlertEvent(Base):
     alert: Mapped[Alert] = relationship(back_populates="events")
 
     __table_args__ = (Index("ix_alert_events_alert_id", "alert_id"),)
+
+
+class GuardOverride(Base):
+    """A triager's standing order for one source at the inline guard: ``refuse`` or ``allow``
+    whatever detectors and incidents say, or ``clear`` (back to the policy). Rows are never
+    changed: the newest per source is in force, and all of them are the audit trail."""
+
+    __tablename__ = "guard_overrides"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(8))  # refuse, allow, clear
+    actor: Mapped[str] = mapped_column(String(255))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    note: Mapped[str | None] = mapped_column(Text)
+    alert_id: Mapped[int | None] = mapped_column(ForeignKey("alerts.id", ondelete="SET NULL"))
+
+    __table_args__ = (Index("ix_guard_overrides_source", "source", "id"),)
 
 
 class NotificationOutbox(Base):
