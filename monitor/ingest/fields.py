@@ -10,6 +10,8 @@ calibration or source than the plain one.
 - ``version``: an integer or a string of ASCII digits, from 1 to 2**31 - 1, written canonically
   (``"001"`` and ``1`` are ``"1"``); digits of other scripts (``"٠١"``, ``"１"``) are refused; any
   other string is an alias of ASCII letters, digits, ``_``, ``.`` and ``-``.
+- ``guard`` (optional, written by a guarded model): ``{"verdict": "allow" | "review" |
+  "refuse", "reason": text}``; the reason is cut to ``MAX_TEXT`` characters.
 - ``ts``: ISO 8601 (at most ``MAX_TS`` printable ASCII characters), in UTC between 1970 and
   9998 (every window can add and subtract from it).
 
@@ -75,6 +77,25 @@ def request_id(data: dict[str, Any]) -> str | None:
     if not isinstance(value, str):
         raise BadRecord(f"id must be a string of 1 to {MAX_TEXT} characters or an integer.")
     return text_field(data, "id", strip=False)
+
+
+GUARD_VERDICTS = ("allow", "review", "refuse")
+
+
+def guard_verdict(data: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(verdict, reason) of the record's ``guard`` object, or (None, None) without one."""
+    guard = data.get("guard")
+    if guard is None:
+        return None, None
+    if not isinstance(guard, dict) or guard.get("verdict") not in GUARD_VERDICTS:
+        raise BadRecord(f"guard must be an object whose verdict is one of {', '.join(GUARD_VERDICTS)}.")
+    reason = guard.get("reason")
+    if reason is None:
+        return guard["verdict"], None
+    if not isinstance(reason, str):
+        raise BadRecord("guard.reason must be a string.")
+    cut = {"reason": reason[:MAX_TEXT].strip() or "-"}
+    return guard["verdict"], text_field(cut, "reason")
 
 
 def canonical_version(value: Any) -> str | None:

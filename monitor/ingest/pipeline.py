@@ -418,6 +418,8 @@ class Ingester:
                 "kept_path": [None] * n,
                 "fingerprint": fingerprint_bytes(x, stop=model.stop_hashes),
                 "conversion": conversions,
+                "guard_verdict": [r.guard_verdict for r in records],
+                "guard_reason": [r.guard_reason for r in records],
             }
         )
         if self.keep_flagged is not None:

@@ -83,6 +83,8 @@ class Record:
     version: str | None
     image: torch.Tensor  # C×H×W float32 in [0, 1]
     sha256: str
+    guard_verdict: str | None = None  # what an inline guard answered (fields.guard_verdict)
+    guard_reason: str | None = None
 
 
 def parse_record(line: bytes | str, limits: Limits) -> Record:
@@ -122,6 +124,7 @@ def _named_record(
         and jsonl.may_hold_booleans_after(raw, b'"array"')
     )
     image = decode_input(spec, limits, booleans=booleans)
+    verdict, reason = fields.guard_verdict(data)
     return Record(
         request_id=request_id,
         ts=fields.timestamp(data["ts"]),
@@ -130,6 +133,8 @@ def _named_record(
         version=version,
         image=image,
         sha256=hashlib.sha256(image.numpy().tobytes()).hexdigest(),
+        guard_verdict=verdict,
+        guard_reason=reason,
     )
 
 

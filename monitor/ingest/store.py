@@ -131,7 +131,8 @@ def commit_batch(
 
 _SCORE_COLUMNS = [c.name for c in InputScore.__table__.columns if c.name != "id"]
 _JSON_COLUMNS = {"divergences"}
-_OPTIONAL_COLUMNS = {"conversion"}  # NULL when a table leaves it out (nothing was converted)
+# NULL when a table leaves them out (nothing was converted; no guard answered)
+_OPTIONAL_COLUMNS = {"conversion", "guard_verdict", "guard_reason"}
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy stores DateTime on SQLite
 
 

@@ -1,0 +1,270 @@
+"""The inline guard: per request, before the model answers, allow, review or refuse.
+
+    guard = Guard("models:/digits-cnn/3")
+    verdict = guard.check(x, source="10.1.2.3")      # x: C×H×W (or 1×C×H×W) in [0, 1]
+    verdicts = guard.check_batch(images, sources)    # one batched model call for all
+
+Steps of a check: fit each input to the model (the ingester's conversion rules) -> one model call
+on the inputs and their squeezed versions (``detect.scores.score_inputs``: (1 + squeezers)
+forward passes, batched; the prediction comes from the same call) -> the calibration's flags ->
+the policy (``guard.policy``) with the source's state (``guard.sources``, cached) -> a Verdict
+-> the request published as a production record (``guard.publish``) for the out-of-band monitor.
+
+Model loading, calibration pick-up and conversion are the ingester's (``ingest.models``): the
+guard scores exactly as the monitor does, so its verdicts and the stored scores agree.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from monitor.config import Settings, load_settings
+from monitor.db.session import Database, open_database
+from monitor.db.types import utcnow
+from monitor.detect.scores import ScoreBatch, score_inputs
+from monitor.errors import ModelIncompatible
+from monitor.guard.policy import GuardPolicy, worst
+from monitor.guard.publish import Publisher, open_publisher
+from monitor.guard.sources import SourceState, SourceStates
+
+if TYPE_CHECKING:
+    from monitor.ingest.models import ScoringModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the guard answered for one request. ``predicted`` is None when refused."""
+
+    verdict: str  # allow, review, refuse
+    source: str
+    predicted: int | None
+    confidence: float | None
+    scores: dict[str, float | None]
+    flags: tuple[str, ...]  # the calibration's flags raised by this input
+    reasons: tuple[str, ...]
+    request_id: str = ""
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.reasons) or "no detector flag, no incident"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.request_id,
+            "source": self.source,
+            "verdict": self.verdict,
+            "prediction": self.predicted,
+            "confidence": self.confidence,
+            "reason": self.reason,
+            "flags": list(self.flags),
+            "scores": self.scores,
+        }
+
+
+@dataclass
+class _Scored:
+    """One batch's scores and the calibration's flags on them, computed once for all rows."""
+
+    batch: ScoreBatch
+    calibrated: bool
+    flags: dict[str, list[bool]]
+    scores: dict[str, list[float] | None]
+
+    @staticmethod
+    def of(model: Any, images: list[torch.Tensor]) -> _Scored:
+        if not images:
+            return _Scored(ScoreBatch.empty([]), False, {}, {})
+        batch = score_inputs(model.probabilities, torch.stack(images), model.squeezers)
+        t = model.calibration.thresholds if model.calibration is not None else None
+        flags = {k: v.tolist() for k, v in t.flags(batch).items()} if t is not None else {}
+        combined = t.combined.score(batch).tolist() if t is not None and t.combined else None
+        scores = {
+            "confidence": batch.confidence.tolist(),
+            "max_divergence": batch.max_divergence.tolist(),
+            "combined": combined,
+        }
+        return _Scored(batch, t is not None, flags, scores)
+
+
+class Guard:
+    """Verdicts for one model version (see the module docstring)."""
+
+    def __init__(
+        self,
+        model_ref: str,
+        *,
+        settings: Settings | None = None,
+        policy: GuardPolicy | None = None,
+        db: Database | None = None,
+        device: str = "cpu",
+        publisher: Publisher | None = None,
+        guarded_version: str | None = None,
+    ) -> None:
+        from monitor.ingest.models import ModelCache
+        from monitor.registry import Registry
+
+        settings = settings or load_settings()
+        policy = policy or GuardPolicy.from_table(settings.section("guard"))
+        db = db or open_database(settings)
+        registry = Registry(settings)
+        cache = ModelCache(db, registry, settings, device)
+        ref = registry.resolve(model_ref)
+        self._setup(ref, lambda: cache.get(ref), policy, SourceStates(db, policy.cache_seconds))
+        self.guarded_version = guarded_version
+        if publisher is None and policy.publish:
+            publisher = open_publisher(policy.publish)
+        self.publisher = publisher
+
+    @classmethod
+    def of(
+        cls,
+        model: ScoringModel,
+        policy: GuardPolicy,
+        states: SourceStates | None = None,
+        publisher: Publisher | None = None,
+    ) -> Guard:
+        """A guard around an already loaded model (no registry; ``states`` None: no database,
+        every source normal): for benchmarks and embedding."""
+        guard = cls.__new__(cls)
+        guard._setup(model.ref, lambda: model, policy, states or SourceStates(None))
+        guard.guarded_version, guard.publisher = None, publisher
+        return guard
+
+    def _setup(
+        self, ref: Any, model: Callable[[], ScoringModel], policy: GuardPolicy, states: SourceStates
+    ) -> None:
+        self.ref, self._model, self.policy, self.states = ref, model, policy, states
+        self._warn_missing_tiers(model().calibration)  # loads now: no first request pays for it
+
+    def check(self, x: torch.Tensor, source: str, request_id: str | None = None) -> Verdict:
+        """The verdict for one input (C×H×W or 1×C×H×W, pixel space)."""
+        image = x[0] if x.dim() == 4 else x
+        return self.check_batch([image], [source], [request_id])[0]
+
+    def check_batch(
+        self,
+        images: Sequence[torch.Tensor] | torch.Tensor,
+        sources: Sequence[str],
+        request_ids: Sequence[str | None] | None = None,
+    ) -> list[Verdict]:
+        """Verdicts for a batch (one model call), in order; every request is published."""
+        ts = utcnow()
+        ids = [rid or uuid.uuid4().hex[:16] for rid in (request_ids or [None] * len(sources))]
+        model = self._model()
+        fitted: list[torch.Tensor] = []
+        unfit: dict[int, str] = {}
+        for i, image in enumerate(images):
+            try:
+                fitted.append(model.fit(image)[0])
+            except ModelIncompatible as err:
+                unfit[i] = str(err)
+        scored = _Scored.of(model, fitted)
+        verdicts, row = [], 0
+        for i, source in enumerate(sources):
+            state = self.states.state(source)
+            if i in unfit:
+                verdicts.append(self._unfit(source, ids[i], state, unfit[i]))
+                continue
+            verdicts.append(self._decide(scored, row, source, ids[i], state))
+            row += 1
+        if self.publisher is not None:
+            self.publisher.publish_batch(self._records(images, verdicts, ts))
+        return verdicts
+
+    def close(self) -> None:
+        """Publish what is queued and release the database."""
+        if self.publisher is not None:
+            self.publisher.close()
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def _decide(
+        self, scored: _Scored, row: int, source: str, rid: str, state: SourceState
+    ) -> Verdict:
+        policy = self.policy
+        reasons: list[str] = []
+        flags = {k: bool(v[row]) for k, v in scored.flags.items()}
+        if scored.calibrated:
+            detector, why = policy.detector_verdict(flags)
+            if why:
+                reasons.append(why)
+        else:
+            detector = policy.uncalibrated
+            if detector != "allow":
+                reasons.append(f"{self.ref} has no detector calibration ({detector} by policy)")
+        verdict = worst(detector, self._incident(state, reasons))
+        verdict = self._override(state, verdict, reasons)
+        scores = {k: None if v is None else float(v[row]) for k, v in scored.scores.items()}
+        predicted = None if verdict == "refuse" else int(scored.batch.predicted[row])
+        raised = tuple(k for k, v in flags.items() if v)
+        return Verdict(
+            verdict, source, predicted, scores["confidence"], scores, raised, tuple(reasons), rid
+        )
+
+    def _incident(self, state: SourceState, reasons: list[str]) -> str:
+        incident = state.incident
+        verdict = self.policy.incident_verdict(incident.severity if incident else None)
+        if incident is not None and verdict != "allow":
+            reasons.append(f"open {incident.severity} incident {incident.id} on the source")
+        return verdict
+
+    @staticmethod
+    def _override(state: SourceState, verdict: str, reasons: list[str]) -> str:
+        order = state.override
+        if order is None:
+            return verdict
+        reasons.append(
+            f"source on {order.action} by {order.actor}"
+            + (f" ({order.note})" if order.note else "")
+        )
+        return order.action
+
+    def _unfit(self, source: str, rid: str, state: SourceState, why: str) -> Verdict:
+        reasons = [f"input does not fit the model: {why}"]
+        self._override(state, "refuse", reasons)
+        return Verdict("refuse", source, None, None, {}, (), tuple(reasons), rid)
+
+    def _records(
+        self, images: Sequence[torch.Tensor] | torch.Tensor, verdicts: list[Verdict], ts: datetime
+    ) -> list[dict[str, Any]]:
+        from monitor.guard.publish import production_record
+
+        return [
+            production_record(self.ref, image, v, ts, self.guarded_version)
+            for image, v in zip(images, verdicts, strict=True)
+        ]
+
+    def _warn_missing_tiers(self, calibration: Any) -> None:
+        from monitor.guard.policy import TIER_FLAGS
+
+        if calibration is None:
+            log.warning(
+                "guard: %s has no detector calibration: %s by policy.",
+                self.ref,
+                self.policy.uncalibrated,
+            )
+            return
+        t = calibration.thresholds
+        present = {"low_confidence", "squeeze_suspicious"}
+        if t.combined is not None:
+            present.add("combined_suspicious")
+            if t.combined.strong is not None:
+                present.add("strong_suspicious")
+        for tier in (self.policy.refuse, self.policy.review):
+            flag = TIER_FLAGS[tier]
+            if flag is not None and flag not in present:
+                log.warning(
+                    "guard: calibration %s of %s has no %s tier: it flags nothing.",
+                    calibration.id,
+                    self.ref,
+                    tier,
+                )

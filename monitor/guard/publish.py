@@ -1,0 +1,128 @@
+"""Every guarded request as a production record, so that the out-of-band monitor (ingester,
+alert rules, dashboard) sees all traffic, refused requests included.
+
+Destinations: a JSON Lines file (appended, one line per request, flushed per batch) or a Redis
+stream (``redis://HOST:PORT[/DB]/STREAM``, the ingester's ``--redis-stream`` format, one entry per
+request in the field ``record``). Writing happens on a background thread so that a request
+waits for no disk or network; ``close()`` (and interpreter exit) writes what is queued. A
+destination that fails is retried with backoff and nothing queued is dropped; the failure is
+logged once per outage.
+
+Records follow the production record format (ARCHITECTURE.md) with the input as ``npy_b64``
+(float32 C×H×W: exactly what the guard scored) and a ``guard`` object: verdict and reason.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import io
+import json
+import logging
+import queue
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+RETRY_SECONDS = (0.5, 1, 2, 5, 10)
+
+
+def production_record(
+    ref: Any, image: Any, verdict: Any, ts: datetime, guarded_version: str | None = None
+) -> dict[str, Any]:
+    """The production record of one guarded request (``image``: C×H×W tensor, or the input
+    object as the client sent it when it could not be decoded)."""
+    record: dict[str, Any] = {
+        "id": verdict.request_id,
+        "ts": ts.isoformat().replace("+00:00", "Z"),
+        "source": verdict.source,
+        "model": ref.name,
+        "version": ref.version,
+        "input": {"npy_b64": npy_b64(image)} if isinstance(image, torch.Tensor) else image,
+        "guard": {"verdict": verdict.verdict, "reason": verdict.reason[:255]},
+    }
+    if guarded_version is not None:
+        record["guard"]["version"] = guarded_version
+    return record
+
+
+def npy_b64(image: torch.Tensor) -> str:
+    buffer = io.BytesIO()
+    np.save(buffer, image.detach().cpu().float().numpy(), allow_pickle=False)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class Publisher:
+    """Writes records on a background thread (see the module docstring)."""
+
+    def __init__(self, write: Any, where: str) -> None:
+        self._write, self.where = write, where
+        self._queue: queue.Queue[list[str] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="guard-publisher", daemon=True)
+        self._thread.start()
+        self.published = 0
+        atexit.register(self.close)
+
+    def publish_batch(self, records: list[dict[str, Any]]) -> None:
+        self._queue.put([json.dumps(r, separators=(",", ":")) for r in records])
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write what is queued, then stop (idempotent)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            lines = self._queue.get()
+            if lines is None:
+                return
+            self._deliver(lines)
+
+    def _deliver(self, lines: list[str]) -> None:
+        for attempt in range(10**9):
+            try:
+                self._write(lines)
+                self.published += len(lines)
+                if attempt:
+                    log.warning("guard: publishing to %s works again.", self.where)
+                return
+            except Exception as err:  # disk full, Redis away: keep the records, retry
+                if not attempt:
+                    log.warning("guard: cannot publish to %s (%s); retrying.", self.where, err)
+                time.sleep(RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)])
+
+
+def open_publisher(where: str) -> Publisher:
+    """A publisher for a JSON Lines path or a Redis stream address."""
+    if where.startswith(("redis://", "rediss://", "unix://")):
+        return Publisher(_redis_writer(where), where)
+    path = Path(where).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(lines: list[str]) -> None:
+        with path.open("a", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in lines))
+
+    return Publisher(write, str(path))
+
+
+def _redis_writer(where: str) -> Any:
+    from monitor.ingest.redis_stream import FIELD, StreamAddress, connect
+
+    address = StreamAddress.parse(where)
+    client = connect(address.url)
+
+    def write(lines: list[str]) -> None:
+        pipe = client.pipeline(transaction=False)
+        for line in lines:
+            pipe.xadd(address.stream, {FIELD: line})
+        pipe.execute()
+
+    return write

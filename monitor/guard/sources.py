@@ -1,0 +1,179 @@
+"""What the guard knows of each source: its open incidents and a triager's override, read from
+the database and kept in memory for ``cache_seconds`` so that a verdict costs a dict lookup.
+
+Overrides are append-only rows of ``guard_overrides`` (``refuse``, ``allow`` or ``clear``): the
+newest per source is in force and all of them are the audit trail. Setting one from an incident
+also adds an event to the incident's trail. The cache is refreshed by whichever check finds it
+stale (one query each for incidents and overrides); a failed refresh keeps the last state and
+says so in the log, so a database blip neither stops answers nor forgets known attackers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from monitor.db.models import Alert, AlertEvent, GuardOverride
+from monitor.db.session import Database
+from monitor.db.types import utcnow
+from monitor.errors import NotFound, RobmonError
+from monitor.guard.policy import SEVERITIES
+
+log = logging.getLogger(__name__)
+OPEN_STATUSES = ("open", "acknowledged")
+OVERRIDE_ACTIONS = ("refuse", "allow", "clear")
+
+
+@dataclass(frozen=True)
+class Incident:
+    id: int
+    severity: str
+    status: str
+
+
+@dataclass(frozen=True)
+class Override:
+    id: int
+    source: str
+    action: str  # refuse, allow, clear
+    actor: str
+    at: datetime
+    note: str | None
+    alert_id: int | None
+
+
+@dataclass(frozen=True)
+class SourceState:
+    incident: Incident | None  # the most severe open incident naming the source
+    override: Override | None  # the order in force (never a ``clear``)
+
+
+NORMAL = SourceState(None, None)
+
+
+class SourceStates:
+    """Per-source incident and override state, cached for ``ttl`` seconds (monotonic clock)."""
+
+    def __init__(self, db: Database | None, ttl: float = 5.0) -> None:
+        self.db, self.ttl = db, ttl
+        self._states: dict[str, SourceState] = {}
+        self._read_at = -float("inf")
+        self._lock = threading.Lock()
+
+    def state(self, source: str) -> SourceState:
+        if time.monotonic() - self._read_at >= self.ttl:
+            self.refresh()
+        return self._states.get(source, NORMAL)
+
+    def refresh(self) -> None:
+        if self.db is None:
+            return
+        with self._lock:
+            if time.monotonic() - self._read_at < self.ttl:
+                return  # another thread refreshed while this one waited
+            try:
+                self._states = read_states(self.db)
+            except SQLAlchemyError as err:
+                log.warning("guard: cannot read incident state (%s); keeping the last state.", err)
+            self._read_at = time.monotonic()
+
+
+def read_states(db: Database) -> dict[str, SourceState]:
+    """Every source with an open incident or an override in force."""
+    incidents: dict[str, Incident] = {}
+    with db.session() as s:
+        rows = s.execute(
+            select(Alert.id, Alert.source, Alert.sources, Alert.severity, Alert.status).where(
+                Alert.status.in_(OPEN_STATUSES)
+            )
+        ).all()
+        for row in rows:
+            incident = Incident(row.id, row.severity, row.status)
+            for source in {row.source, *(row.sources or "").split(",")} - {""}:
+                held = incidents.get(source)
+                if held is None or _rank(incident) > _rank(held):
+                    incidents[source] = incident
+        overrides = {o.source: o for o in _newest_overrides(s) if o.action != "clear"}
+    return {
+        source: SourceState(incidents.get(source), overrides.get(source))
+        for source in incidents.keys() | overrides.keys()
+    }
+
+
+def _rank(incident: Incident) -> int:
+    return SEVERITIES.index(incident.severity) if incident.severity in SEVERITIES else 0
+
+
+def _newest_overrides(session) -> list[Override]:  # type: ignore[no-untyped-def]
+    newest = select(func.max(GuardOverride.id)).group_by(GuardOverride.source).scalar_subquery()
+    rows = session.scalars(select(GuardOverride).where(GuardOverride.id.in_(newest))).all()
+    return [_override(r) for r in rows]
+
+
+def _override(row: GuardOverride) -> Override:
+    return Override(row.id, row.source, row.action, row.actor, row.at, row.note, row.alert_id)
+
+
+def set_override(
+    db: Database,
+    source: str,
+    action: str,
+    by: str,
+    note: str | None = None,
+    alert_id: int | None = None,
+) -> Override:
+    """Put ``source`` on refuse or allow at the guard, or clear its order; recorded with who and
+    why (and on the incident's trail when ``alert_id`` names one)."""
+    if action not in OVERRIDE_ACTIONS:
+        raise RobmonError(f"unknown guard order {action!r}; use {', '.join(OVERRIDE_ACTIONS)}.")
+    if not by or not by.strip():
+        raise RobmonError("say who you are with --by NAME.")
+    if not source or not source.strip() or len(source) > 255:
+        raise RobmonError("name the source (1 to 255 characters).")
+    now = utcnow()
+    with db.session() as s:
+        if alert_id is not None:
+            alert = s.get(Alert, alert_id)
+            if alert is None:
+                raise NotFound(f"there is no alert {alert_id} (see `robmon alerts list`).")
+            s.add(
+                AlertEvent(
+                    alert_id=alert_id,
+                    at=now,
+                    actor=by.strip(),
+                    action=f"guard-{action}",
+                    from_status=alert.status,
+                    to_status=alert.status,
+                    note=f"source {source} on {action} at the guard"
+                    + (f": {note}" if note else ""),
+                )
+            )
+        row = GuardOverride(
+            source=source, action=action, actor=by.strip(), at=now, note=note, alert_id=alert_id
+        )
+        s.add(row)
+        s.flush()
+        return _override(row)
+
+
+def override_history(db: Database, source: str | None = None, limit: int = 100) -> list[Override]:
+    """Overrides, newest first (of one source, or of all)."""
+    query = select(GuardOverride).order_by(GuardOverride.id.desc()).limit(limit)
+    if source is not None:
+        query = query.where(GuardOverride.source == source)
+    with db.session() as s:
+        return [_override(r) for r in s.scalars(query).all()]
+
+
+def overrides_in_force(db: Database) -> list[Override]:
+    """The order in force for every source that has one (``clear`` ends an order)."""
+    with db.session() as s:
+        return sorted(
+            (o for o in _newest_overrides(s) if o.action != "clear"), key=lambda o: o.source
+        )
