@@ -248,11 +248,22 @@ class Registry:
     def load(self, ref: ModelVersionRef, device: str | torch.device = "cpu") -> Classifier:
         """Torch models as differentiable modules in eval mode; anything else as a black box.
 
-        Either way the classifier takes pixel space: its input contract adapts it."""
+        Either way the classifier takes pixel space: its input contract adapts it. A guarded
+        version (``robmon guard wrap``) loads as the parent it guards: its pyfunc answers with
+        verdicts, and an attacker the guard lets through gets the parent's answers."""
+        ref = self.guarded_parent(ref) or ref
         contract = self.input_contract(ref)
         if "pytorch" in self.flavors(ref):
             return self.load_torch(ref, device, contract)
         return self._load_blackbox(ref, contract)
+
+    def guarded_parent(self, ref: ModelVersionRef) -> ModelVersionRef | None:
+        """The version a guarded version guards (None for any other version)."""
+        tags = self.version_tags(ref)
+        if tags.get(METHOD_TAG) != "guard" or not tags.get(PARENT_TAG):
+            return None
+        name, _, version = tags[PARENT_TAG].rpartition("/")
+        return ModelVersionRef(name, version)
 
     def input_signature(self, ref: ModelVersionRef) -> tuple[tuple[int, ...] | None, str]:
         """(shape without the batch axis, dtype) of the model's tensor input signature."""
@@ -438,6 +449,35 @@ class Registry:
                 registered_model_name=name,
                 pip_requirements=requirements,
                 serialization_format=serialization_format,
+            ),
+        )
+
+    def register_pyfunc(
+        self,
+        python_model: Any,
+        name: str,
+        model_config: dict[str, Any],
+        *,
+        tags: dict[str, str] | None = None,
+        experiment: str = MODELS_EXPERIMENT,
+    ) -> ModelVersionRef:
+        """Log a ``mlflow.pyfunc.PythonModel`` (with its model config) as a new version."""
+        import mlflow.pyfunc
+
+        requirements = [
+            f"torch=={torch.__version__.split('+')[0]}",
+            f"mlflow=={mlflow.__version__}",
+        ]
+        return self._log_and_register(
+            name,
+            experiment,
+            tags,
+            lambda: mlflow.pyfunc.log_model(
+                name="model",
+                python_model=python_model,
+                model_config=model_config,
+                registered_model_name=name,
+                pip_requirements=requirements,
             ),
         )
 

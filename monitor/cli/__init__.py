@@ -23,6 +23,7 @@ from monitor.cli import (  # noqa: F401  (each module registers its commands on 
     dashboard,
     deadletters,
     gate,
+    guard,
     harden,
     models,
     monitoring,

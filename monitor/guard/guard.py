@@ -29,7 +29,7 @@ from monitor.config import Settings, load_settings
 from monitor.db.session import Database, open_database
 from monitor.db.types import utcnow
 from monitor.detect.scores import ScoreBatch, score_inputs
-from monitor.errors import ModelIncompatible
+from monitor.errors import BadRecord, ModelIncompatible
 from monitor.guard.policy import GuardPolicy, worst
 from monitor.guard.publish import Publisher, open_publisher
 from monitor.guard.sources import SourceState, SourceStates
@@ -56,6 +56,17 @@ class Verdict:
     @property
     def reason(self) -> str:
         return "; ".join(self.reasons) or "no detector flag, no incident"
+
+    def as_answer(self) -> dict[str, Any]:
+        """The row a guarded model answers with."""
+        return {
+            "id": self.request_id,
+            "source": self.source,
+            "verdict": self.verdict,
+            "prediction": self.predicted,
+            "confidence": self.confidence,
+            "reason": self.reason,
+        }
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -180,6 +191,26 @@ class Guard:
             self.publisher.publish_batch(self._records(images, verdicts, ts))
         return verdicts
 
+    def check_rows(self, rows: list[dict[str, Any]]) -> list[Verdict]:
+        """Verdicts for request rows (``source``, ``id``, an input as in a production record:
+        ``guard.wrap``); a row that cannot be read is refused with the reason and published as
+        it came."""
+        from monitor.guard.rows import read_row
+
+        readable, verdicts = [], [None] * len(rows)
+        for i, row in enumerate(rows):
+            try:
+                readable.append((i, *read_row(row)))
+            except BadRecord as err:
+                verdicts[i] = self._unreadable(row, str(err))
+        if readable:
+            checked = self.check_batch(
+                [r[3] for r in readable], [r[1] for r in readable], [r[2] for r in readable]
+            )
+            for (i, *_), verdict in zip(readable, checked, strict=True):
+                verdicts[i] = verdict
+        return verdicts  # type: ignore[return-value]
+
     def close(self) -> None:
         """Publish what is queued and release the database."""
         if self.publisher is not None:
@@ -232,6 +263,18 @@ class Guard:
         reasons = [f"input does not fit the model: {why}"]
         self._override(state, "refuse", reasons)
         return Verdict("refuse", source, None, None, {}, (), tuple(reasons), rid)
+
+    def _unreadable(self, row: dict[str, Any], why: str) -> Verdict:
+        from monitor.guard.rows import row_source
+
+        source, rid = row_source(row)
+        verdict = Verdict(
+            "refuse", source, None, None, {}, (), (f"unreadable request: {why}",), rid
+        )
+        if self.publisher is not None:
+            raw = row.get("input", {k: v for k, v in row.items() if k not in ("source", "id")})
+            self.publisher.publish_batch(self._records([raw], [verdict], utcnow()))
+        return verdict
 
     def _records(
         self, images: Sequence[torch.Tensor] | torch.Tensor, verdicts: list[Verdict], ts: datetime

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -177,3 +178,25 @@ def overrides_in_force(db: Database) -> list[Override]:
         return sorted(
             (o for o in _newest_overrides(s) if o.action != "clear"), key=lambda o: o.source
         )
+
+
+def orders_for(db: Database, sources: Collection[str]) -> dict[str, Override]:
+    """The order in force for each of ``sources`` that has one (``clear`` ends an order)."""
+    if not sources:
+        return {}
+    newest = (
+        select(func.max(GuardOverride.id))
+        .where(GuardOverride.source.in_(list(sources)))
+        .group_by(GuardOverride.source)
+        .scalar_subquery()
+    )
+    with db.session() as s:
+        rows = s.scalars(select(GuardOverride).where(GuardOverride.id.in_(newest))).all()
+        return {r.source: _override(r) for r in rows if r.action != "clear"}
+
+
+def get_override(db: Database, override_id: int) -> Override | None:
+    """One order by its id (None when there is none)."""
+    with db.session() as s:
+        row = s.get(GuardOverride, override_id)
+        return None if row is None else _override(row)

@@ -88,7 +88,8 @@ def guard_verdict(data: dict[str, Any]) -> tuple[str | None, str | None]:
     if guard is None:
         return None, None
     if not isinstance(guard, dict) or guard.get("verdict") not in GUARD_VERDICTS:
-        raise BadRecord(f"guard must be an object whose verdict is one of {', '.join(GUARD_VERDICTS)}.")
+        choices = ", ".join(GUARD_VERDICTS)
+        raise BadRecord(f"guard must be an object whose verdict is one of {choices}.")
     reason = guard.get("reason")
     if reason is None:
         return guard["verdict"], None

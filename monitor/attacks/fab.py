@@ -1,0 +1,241 @@
+"""FAB-T: Croce & Hein, "Minimally distorted adversarial examples with a fast adaptive boundary
+attack", ICML 2020 (L∞ and L2), targeted as AutoAttack runs it.
+
+Each step linearises, at the current point, the boundary between the true class y and a target
+class t (the hyperplane where z_t - z_y would be zero), projects the current point and the clean
+input onto it inside [0, 1] (the smallest L∞ or L2 move), and goes to a mix of the two
+projections weighted towards the clean input's (at most ``alpha_max``), overshooting by ``eta``.
+Where the point is adversarial it is kept if it is the closest so far, and the search moves back
+towards the clean input by ``beta``. FAB minimises the distance to the boundary instead of
+ascending a loss, so it finds what a loss landscape hides from APGD. Here it attacks a radius:
+a sample is done once it has an adversarial example inside the ball, and stops costing passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from monitor.attacks.core import (
+    AttackStats,
+    attack_mode,
+    check_inputs,
+    get_norm,
+    input_gradient,
+    succeeded,
+)
+
+_TINY = 1e-12
+
+
+def fab_targeted(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    *,
+    norm: str = "linf",
+    steps: int = 100,
+    target_classes: int = 9,
+    alpha_max: float = 0.1,
+    eta: float = 1.05,
+    beta: float = 0.9,
+    skip_targets: int = 0,
+    stats: AttackStats | None = None,
+) -> torch.Tensor:
+    """FAB-T in the L∞ or L2 ball of radius ``eps``: FAB towards the 2nd, 3rd, ... highest
+    scoring class of the clean input in turn, each from the clean input.
+
+    Defaults as AutoAttack's: 100 steps, 9 target classes (clipped to the number of classes
+    minus one), alpha_max 0.1, eta 1.05, beta 0.9, one run per target without a random start
+    (deterministic, no seed). Each target runs only on the samples without an adversarial
+    example inside the ball yet, and a sample stops once it has one. ``skip_targets`` leaves
+    out the first targets (a caller that ran them already). Per sample: the clean input where
+    it is misclassified already, else the closest adversarial example found inside the ball,
+    else the clean input. ``x`` N×C×H×W in [0, 1], ``y`` N true labels; returns x_adv on x's
+    device.
+    """
+    check_inputs(x, y, eps)
+    if steps < 1 or target_classes < 1:
+        raise ValueError("steps and target_classes must be at least 1")
+    if norm not in _PROJECTIONS:
+        raise ValueError(f"fab supports norm 'linf' or 'l2', not {norm!r}")
+    search = _Search(_PROJECTIONS[norm], get_norm(norm).size, eps, alpha_max, eta, beta)
+    with attack_mode(model) as device:
+        x0, y0 = x.detach().to(device), y.to(device)
+        with torch.no_grad():
+            logits = model(x0)
+        if stats is not None:
+            stats.forward += len(x0)
+        ranked = logits.argsort(dim=1, descending=True)
+        best = x0.clone()
+        done = succeeded(logits, y0, targeted=False)
+        for rank in range(1 + skip_targets, min(target_classes, logits.shape[1] - 1) + 1):
+            idx = (~done).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            adv, found = _run(model, x0[idx], y0[idx], ranked[idx, rank], search, steps, stats)
+            best[idx[found]] = adv[found]
+            done[idx] |= found
+    return best.to(x.device)
+
+
+# (points N×D, normals N×D, offsets N) -> the smallest move N×D onto w·z = b inside [0, 1]
+Projection = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class _Search:
+    """One norm's FAB step and its settings."""
+
+    project: Projection
+    size: Callable[[torch.Tensor], torch.Tensor]  # per-sample norm of N×... tensors
+    eps: float
+    alpha_max: float
+    eta: float
+    beta: float
+
+
+def _run(
+    model: nn.Module,
+    x0: torch.Tensor,
+    y: torch.Tensor,
+    target: torch.Tensor,
+    search: _Search,
+    steps: int,
+    stats: AttackStats | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One target from the clean input: (closest adversarial example, found inside the ball).
+
+    As the paper's code, but the gradient pass at a new point also says whether it is
+    adversarial (the paper's code spends a forward pass on that); only points moved back by
+    beta need their gradient again.
+    """
+    closest = torch.full((len(x0),), torch.inf, device=x0.device)
+    best, point = x0.clone(), x0.clone()
+    grad, gap, _ = _boundary(model, point, y, target, stats)
+    live = torch.arange(len(x0), device=x0.device)
+    for i in range(steps):
+        point[live] = _step(point[live], x0[live], grad[live], gap[live], search)
+        g, f, logits = _boundary(model, point[live], y[live], target[live], stats)
+        grad[live], gap[live] = g, f
+        adversarial = live[logits.argmax(dim=1) != y[live]]
+        if adversarial.numel():
+            size = search.size(point[adversarial] - x0[adversarial])
+            closer = size < closest[adversarial]
+            best[adversarial[closer]] = point[adversarial[closer]]
+            closest[adversarial[closer]] = size[closer]
+            start = x0[adversarial]
+            point[adversarial] = start + (point[adversarial] - start) * search.beta
+            back = adversarial[closest[adversarial] > search.eps]  # not done: on from there
+            if back.numel() and i < steps - 1:
+                grad[back], gap[back], _ = _boundary(
+                    model, point[back], y[back], target[back], stats
+                )
+        live = live[closest[live] > search.eps]  # early stop: an example inside the ball
+        if live.numel() == 0:
+            break
+    found = closest <= search.eps
+    return best, found
+
+
+def _boundary(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    target: torch.Tensor,
+    stats: AttackStats | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gap z_t - z_y at x (N), its input gradient (as x) and the logits (N×K)."""
+
+    def gap_of(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        z = logits.float()
+        return z.gather(1, target[:, None]).squeeze(1) - z.gather(1, labels[:, None]).squeeze(1)
+
+    grad, logits = input_gradient(model, x, y, False, stats, loss=gap_of)
+    return grad, gap_of(logits, y), logits
+
+
+def _step(
+    point: torch.Tensor, x0: torch.Tensor, grad: torch.Tensor, gap: torch.Tensor, s: _Search
+) -> torch.Tensor:
+    """One FAB step: both projections onto the linearised boundary, mixed and overshot."""
+    n, shape = len(point), (-1,) + (1,) * (point.ndim - 1)
+    w = grad.flatten(1)
+    b = (w * point.flatten(1)).sum(dim=1) - gap  # the linearised gap is zero on w·z = b
+    moves = s.project(torch.cat([point.flatten(1), x0.flatten(1)]), w.repeat(2, 1), b.repeat(2))
+    moves = moves.view(2 * n, *point.shape[1:])
+    from_point, from_clean = moves[:n], moves[n:]
+    lengths = s.size(moves).clamp_min(1e-8)
+    alpha = (lengths[:n] / (lengths[:n] + lengths[n:])).clamp(0.0, s.alpha_max).view(shape)
+    mixed = (point + s.eta * from_point) * (1 - alpha) + (x0 + s.eta * from_clean) * alpha
+    return mixed.clamp(0.0, 1.0)
+
+
+def project_linf(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The smallest L∞ move d per row with w·(t + d) = b and t + d in [0, 1] (rows N×D, b N);
+    where the box does not reach the hyperplane, the move to the box's corner nearest to it.
+
+    With the sides flipped so that w·z must come down, a move of size λ lowers w·z by
+    Σ |w_i| min(λ, reach_i) (reach_i: how far coordinate i can go before its bound); λ is
+    found on the piece of this piecewise-linear function that crosses the required change.
+    """
+    side = torch.where((w * t).sum(dim=1) >= b, 1.0, -1.0)
+    w, b = w * side[:, None], b * side
+    corner = (w < 0).to(t.dtype)  # where w·z is lowest inside the box
+    full = (corner - t) * (w != 0)  # the move to that corner
+    need = b - (w * t).sum(dim=1)  # the change of w·z required (≤ 0)
+    reach, order = full.abs().sort(dim=1, descending=True)
+    weight = w.abs().gather(1, order)
+    unsaturated = weight.cumsum(dim=1)  # Σ |w| of the coordinates that can go further than λ
+    saturated = (weight * reach).flip(1).cumsum(dim=1).flip(1) - weight * reach
+    change = -reach * unsaturated - saturated  # the change of w·z at λ = each reach
+    piece = ((change < need[:, None]).sum(dim=1) - 1).clamp(min=0)[:, None]
+    size = (need[:, None] + saturated.gather(1, piece)) / -unsaturated.gather(1, piece).clamp_min(
+        _TINY
+    )
+    size = torch.where((need > (w * full).sum(dim=1))[:, None], size.clamp(min=0.0), torch.inf)
+    return torch.maximum(torch.minimum(full, size), -size)
+
+
+def project_l2(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The smallest L2 move d per row with w·(t + d) = b and t + d in [0, 1] (rows N×D, b N);
+    where the box does not reach the hyperplane, the move that goes furthest towards it.
+
+    The move is -w·min(λ, hit_i), hit_i the λ at which coordinate i reaches its bound: with
+    the sides flipped so that w·z must come down, w·z falls by Σ w_i² min(λ, hit_i), piecewise
+    linear in λ, and λ is found on the piece that crosses the required change.
+    """
+    excess = (w * t).sum(dim=1) - b
+    side = torch.where(excess >= 0, 1.0, -1.0)
+    w, excess = w * side[:, None], excess * side  # w·z must come down by excess ≥ 0, along -w
+    moving = w.abs() > 1e-8
+    safe = torch.where(moving, w, 1.0)
+    hit = torch.where(moving, torch.maximum(t / safe, (t - 1) / safe), 1e12)
+    hit, order = hit.sort(dim=1)
+    mass = (w.pow(2) * moving).gather(1, order)
+    rest = mass.sum(dim=1, keepdim=True) - mass.cumsum(dim=1)  # w² of coordinates still moving
+    change = -(mass * hit).cumsum(dim=1) - hit * rest  # the change of w·z at λ = each hit
+    change = torch.where(
+        hit < 1e12, change, change[:, :1] * 0 - (mass * hit.clamp(max=0)).sum(1, True)
+    )
+    piece = (change + excess[:, None] > 0).sum(dim=1) - 1
+    at = piece.clamp(min=0)[:, None]
+    total = mass.sum(dim=1)
+    size = torch.where(
+        piece >= 0,
+        hit.gather(1, at).squeeze(1)
+        + (change.gather(1, at).squeeze(1) + excess)
+        / rest.gather(1, at).squeeze(1).clamp_min(_TINY),
+        excess / total.clamp_min(_TINY),
+    )
+    unreachable = (-(mass * torch.where(hit < 1e12, hit, 0.0)).sum(dim=1) + excess) > 0
+    size = torch.where(unreachable, torch.inf, size)
+    hits = torch.empty_like(hit).scatter_(1, order, hit)
+    return -w * torch.minimum(hits, size[:, None]) * moving
+
+
+_PROJECTIONS: dict[str, Projection] = {"linf": project_linf, "l2": project_l2}
