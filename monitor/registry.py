@@ -13,6 +13,7 @@ import io
 import logging
 import re
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -468,18 +469,18 @@ class Registry:
             f"torch=={torch.__version__.split('+')[0]}",
             f"mlflow=={mlflow.__version__}",
         ]
-        return self._log_and_register(
-            name,
-            experiment,
-            tags,
-            lambda: mlflow.pyfunc.log_model(
-                name="model",
-                python_model=python_model,
-                model_config=model_config,
-                registered_model_name=name,
-                pip_requirements=requirements,
-            ),
-        )
+        def log_model() -> Any:
+            with warnings.catch_warnings():  # MLflow asks for type hints it would read as a schema
+                warnings.filterwarnings("ignore", message=".*[Tt]ype hint", category=UserWarning)
+                return mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=python_model,
+                    model_config=model_config,
+                    registered_model_name=name,
+                    pip_requirements=requirements,
+                )
+
+        return self._log_and_register(name, experiment, tags, log_model)
 
     def register_sklearn(
         self,

@@ -11,10 +11,7 @@ reason, when it cannot start here.
 from __future__ import annotations
 
 import contextlib
-import os
 import pickle
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +20,6 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,8 +35,8 @@ from monitor.endpoint import (
     parse_predictions,
 )
 from monitor.errors import EndpointError
+from tests.serving import free_port, serve_model, serving_env
 
-START_TIMEOUT = 120.0  # seconds for the scoring server to answer /ping
 MODEL_NAME = "digits-logreg-served"
 
 LOG_MODEL = """
@@ -73,42 +69,15 @@ class Served:
     start_seconds: float
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ping(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-def _tail(path: Path, lines: int = 5) -> str:
-    text = path.read_text(errors="replace") if path.exists() else ""
-    return " | ".join(text.strip().splitlines()[-lines:]) or "no output"
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """A digits logistic regression behind ``mlflow models serve`` (killed at the end)."""
-    mlflow_cli = Path(sys.executable).parent / "mlflow"
-    if not mlflow_cli.exists():
-        pytest.skip(f"no mlflow executable beside {sys.executable}")
     root = tmp_path_factory.mktemp("endpoint")
     train = load_dataset("digits", "train")
     x_train = train.x.reshape(len(train), -1).numpy()
     model = LogisticRegression(max_iter=1000).fit(x_train, train.y.numpy())
     (root / "model.pkl").write_bytes(pickle.dumps((model, x_train[:5])))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(
-        MLFLOW_DISABLE_TELEMETRY="true",
-        MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
-        PATH=f"{mlflow_cli.parent}{os.pathsep}{env.get('PATH', '')}",
-    )
+    env = serving_env(MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}")
     logged = subprocess.run(
         [sys.executable, "-c", LOG_MODEL, str(root), MODEL_NAME],
         env=env,
@@ -119,32 +88,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     if logged.returncode != 0:
         pytest.skip(f"could not log the model to serve: {logged.stderr.strip()[-300:]}")
 
-    port, log_path = free_port(), root / "serve.log"
-    url = f"http://127.0.0.1:{port}"
-    command = [str(mlflow_cli), "models", "serve", "-m", f"models:/{MODEL_NAME}/1"]
-    command += ["-h", "127.0.0.1", "-p", str(port), "--env-manager", "local"]
-    started = time.monotonic()
-    with log_path.open("wb") as log_file:
-        server = subprocess.Popen(
-            command, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        while not _ping(url):
-            if server.poll() is not None:
-                pytest.skip(f"mlflow models serve exited {server.returncode}: {_tail(log_path)}")
-            if time.monotonic() - started > START_TIMEOUT:
-                pytest.skip(f"mlflow models serve did not answer /ping in {START_TIMEOUT:g} s")
-            time.sleep(0.25)
+    with serve_model(f"models:/{MODEL_NAME}/1", env, root / "serve.log") as (url, seconds):
         test = load_dataset("digits", "test")
-        yield Served(url, model, test.x[:50], time.monotonic() - started)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)  # the server's own group: mlflow and uvicorn
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=15)
+        yield Served(url, model, test.x[:50], seconds)
 
 
 def local_probabilities(served: Served) -> np.ndarray:

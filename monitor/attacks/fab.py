@@ -180,8 +180,8 @@ def project_linf(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Ten
     where the box does not reach the hyperplane, the move to the box's corner nearest to it.
 
     With the sides flipped so that w·z must come down, a move of size λ lowers w·z by
-    Σ |w_i| min(λ, reach_i) (reach_i: how far coordinate i can go before its bound); λ is
-    found on the piece of this piecewise-linear function that crosses the required change.
+    Σ |w_i| min(λ, reach_i) (reach_i: how far coordinate i can go before its bound), piecewise
+    linear in λ; λ is found on the piece that crosses the change required.
     """
     side = torch.where((w * t).sum(dim=1) >= b, 1.0, -1.0)
     w, b = w * side[:, None], b * side
@@ -190,14 +190,13 @@ def project_linf(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Ten
     need = b - (w * t).sum(dim=1)  # the change of w·z required (≤ 0)
     reach, order = full.abs().sort(dim=1, descending=True)
     weight = w.abs().gather(1, order)
-    unsaturated = weight.cumsum(dim=1)  # Σ |w| of the coordinates that can go further than λ
-    saturated = (weight * reach).flip(1).cumsum(dim=1).flip(1) - weight * reach
-    change = -reach * unsaturated - saturated  # the change of w·z at λ = each reach
-    piece = ((change < need[:, None]).sum(dim=1) - 1).clamp(min=0)[:, None]
-    size = (need[:, None] + saturated.gather(1, piece)) / -unsaturated.gather(1, piece).clamp_min(
-        _TINY
-    )
-    size = torch.where((need > (w * full).sum(dim=1))[:, None], size.clamp(min=0.0), torch.inf)
+    free = weight.cumsum(dim=1)  # at λ = reach_k: Σ |w| of the coordinates not at their bound
+    stuck = _tail_sum(weight * reach)  # and Σ |w|·reach of those at their bound
+    change = -reach * free - stuck  # the change of w·z at λ = each reach
+    piece = ((change < need[:, None]).sum(dim=1, keepdim=True) - 1).clamp(min=0)
+    size = (need[:, None] + stuck.gather(1, piece)) / -free.gather(1, piece).clamp_min(_TINY)
+    reachable = need > (w * full).sum(dim=1)
+    size = torch.where(reachable[:, None], size.clamp(min=0.0), torch.inf)
     return torch.maximum(torch.minimum(full, size), -size)
 
 
@@ -205,37 +204,34 @@ def project_l2(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tenso
     """The smallest L2 move d per row with w·(t + d) = b and t + d in [0, 1] (rows N×D, b N);
     where the box does not reach the hyperplane, the move that goes furthest towards it.
 
-    The move is -w·min(λ, hit_i), hit_i the λ at which coordinate i reaches its bound: with
+    The move is -w_i·min(λ, hit_i), hit_i the λ at which coordinate i reaches its bound: with
     the sides flipped so that w·z must come down, w·z falls by Σ w_i² min(λ, hit_i), piecewise
-    linear in λ, and λ is found on the piece that crosses the required change.
+    linear in λ; λ is found on the piece that crosses the change required.
     """
     excess = (w * t).sum(dim=1) - b
     side = torch.where(excess >= 0, 1.0, -1.0)
-    w, excess = w * side[:, None], excess * side  # w·z must come down by excess ≥ 0, along -w
+    w, excess = w * side[:, None], excess * side  # w·z must come down by excess ≥ 0
     moving = w.abs() > 1e-8
     safe = torch.where(moving, w, 1.0)
-    hit = torch.where(moving, torch.maximum(t / safe, (t - 1) / safe), 1e12)
-    hit, order = hit.sort(dim=1)
-    mass = (w.pow(2) * moving).gather(1, order)
-    rest = mass.sum(dim=1, keepdim=True) - mass.cumsum(dim=1)  # w² of coordinates still moving
-    change = -(mass * hit).cumsum(dim=1) - hit * rest  # the change of w·z at λ = each hit
-    change = torch.where(
-        hit < 1e12, change, change[:, :1] * 0 - (mass * hit.clamp(max=0)).sum(1, True)
-    )
-    piece = (change + excess[:, None] > 0).sum(dim=1) - 1
-    at = piece.clamp(min=0)[:, None]
-    total = mass.sum(dim=1)
-    size = torch.where(
-        piece >= 0,
-        hit.gather(1, at).squeeze(1)
-        + (change.gather(1, at).squeeze(1) + excess)
-        / rest.gather(1, at).squeeze(1).clamp_min(_TINY),
-        excess / total.clamp_min(_TINY),
-    )
-    unreachable = (-(mass * torch.where(hit < 1e12, hit, 0.0)).sum(dim=1) + excess) > 0
-    size = torch.where(unreachable, torch.inf, size)
-    hits = torch.empty_like(hit).scatter_(1, order, hit)
-    return -w * torch.minimum(hits, size[:, None]) * moving
+    hits = torch.where(moving, torch.maximum(t / safe, (t - 1) / safe), 1e12)
+    hit, order = hits.sort(dim=1)
+    mass = (w.pow(2) * moving).gather(1, order)  # the still ones last, with no mass
+    free = _tail_sum(mass)  # at λ = hit_k: Σ w² of the coordinates not at their bound
+    change = -(mass * hit).cumsum(dim=1) - hit * free  # the change of w·z at λ = each hit
+    piece = (change + excess[:, None] > 0).sum(dim=1, keepdim=True) - 1
+    at = piece.clamp(min=0)
+    beyond = hit.gather(1, at) + (change.gather(1, at) + excess[:, None]) / free.gather(
+        1, at
+    ).clamp_min(_TINY)
+    size = torch.where(piece >= 0, beyond, excess[:, None] / mass.sum(1, True).clamp_min(_TINY))
+    reachable = excess <= (mass * torch.where(hit < 1e12, hit, 0.0)).sum(dim=1)
+    size = torch.where(reachable[:, None], size, torch.inf)
+    return -w * torch.minimum(hits, size) * moving
+
+
+def _tail_sum(t: torch.Tensor) -> torch.Tensor:
+    """Per row, the sum of the entries after each one (exactly 0 after the last non-zero)."""
+    return t.flip(1).cumsum(dim=1).flip(1) - t
 
 
 _PROJECTIONS: dict[str, Projection] = {"linf": project_linf, "l2": project_l2}
