@@ -315,3 +315,27 @@ def torchattacks_or_skip():
 
         return torchattacks
     return pytest.importorskip("torchattacks")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    import redis
+
+    url = os.environ.get("ROBMON_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except redis.RedisError as err:
+        if os.environ.get("ROBMON_TEST_POSTGRES_URL"):  # CI runs the services: do not skip
+            raise
+        pytest.skip(f"no Redis at {url}: {err}")
+    return url
+
+
+@pytest.fixture
+def stream(redis_url: str):
+    """A fresh stream name, deleted afterwards."""
+    import redis
+
+    name = f"robmon-test-{uuid.uuid4().hex[:8]}"
+    yield f"{redis_url}/{name}"
+    redis.Redis.from_url(redis_url).delete(name)

@@ -22,6 +22,7 @@ ATTACK_NAMES = ("fgsm", "pgd", "apgd", "apgd-t", "square")
 GRADIENT_ATTACKS = ("fgsm", "pgd", "apgd", "apgd-t")  # crafted on a differentiable model
 QUERY_ATTACKS = ("square",)  # need only the target's scores: white boxes and black boxes alike
 NORMS = ("linf", "l2")
+TARGET_RANKINGS = ("clean", "chain")  # where APGD-T ranks its target classes
 # input kind -> norm -> default grid (L∞ 8/255 and L2 0.5 are RobustBench's CIFAR-10 radii)
 DEFAULT_EPS = {
     "grayscale": {"linf": (0.1, 0.2, 0.3), "l2": (0.5, 1.0, 2.0)},
@@ -51,6 +52,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "apgd_steps": 100,
         "target_classes": 9,
         "target_stop": 3,
+        "targets_from": "chain",
         "queries": 5000,
         "query_probe": 500,
         "chain": True,
@@ -61,6 +63,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "apgd_steps": 100,
         "target_classes": 9,
         "target_stop": 0,
+        "targets_from": "chain",
         "queries": 10000,
         "query_probe": 0,
         "chain": True,
@@ -73,6 +76,7 @@ PRESET_KEYS = (
     "apgd_steps",
     "target_classes",
     "target_stop",
+    "targets_from",
     "queries",
     "query_probe",
     "chain",
@@ -109,6 +113,11 @@ class AuditConfig:
     # APGD-T runs its targets after the first ``target_stop`` only while the one before fooled
     # some sample (less likely targets fool fewer); 0: always every target
     target_stop: int = 0
+    # APGD-T's targets: the top classes of the clean input ("clean", AutoAttack's) or, in a
+    # chain, of the point where the attack before left each sample ("chain": the classes
+    # APGD-CE pushed towards come first, where a late target of the clean ranking can be the
+    # one that fools)
+    targets_from: str = "clean"
     queries: int = 5000  # Square: queries per sample (the budget)
     # Square spends its budget in stages (``query_probe`` queries, then twice as many each), the
     # next only while the one before fooled some sample the gradient attacks left (a sign of
@@ -129,6 +138,8 @@ class AuditConfig:
         for norm in self.norms:
             if norm not in NORMS:
                 raise AuditError(f"unknown norm {norm!r}; choose from linf, l2.")
+        if self.targets_from not in TARGET_RANKINGS:
+            raise AuditError(f"targets_from must be clean or chain, not {self.targets_from!r}.")
         if self.input_kind is not None and self.input_kind not in INPUT_KINDS:
             raise AuditError(f"input_kind must be grayscale or colour, not {self.input_kind!r}.")
         if self.eps is None and self.input_kind is None and self.dataset in GRAYSCALE_DATASETS:
@@ -237,12 +248,14 @@ _HASH_DEFAULTS = {
     "dataset_digest": None,
     "query_probe": 0,
     "target_stop": 0,
+    "targets_from": "clean",
 }
 # settings that change the numbers only when one of these attacks runs
 _USED_BY = {
     "apgd_steps": ("apgd", "apgd-t"),
     "target_classes": ("apgd-t",),
     "target_stop": ("apgd-t",),
+    "targets_from": ("apgd-t",),
     "queries": ("square",),
     "query_probe": ("square",),
 }
@@ -296,6 +309,7 @@ def preset_text(config: AuditConfig) -> str:
         "pgd": f"PGD-{config.steps}",
         "apgd": f"APGD-CE-{config.apgd_steps}",
         "apgd-t": f"APGD-T-{config.apgd_steps} ({config.target_classes} targets"
+        + (" ranked where the attack before left each sample" if _ranked_in_chain(config) else "")
         + (
             f"; after {config.target_stop}, while the one before fools any)"
             if 0 < config.target_stop < config.target_classes
@@ -317,6 +331,11 @@ def preset_text(config: AuditConfig) -> str:
         "custom": "not a preset",
     }[config.preset]
     return f"{config.preset} ({kind}): {joined}{restarts}"
+
+
+def _ranked_in_chain(config: AuditConfig) -> bool:
+    ordered = config.ordered()
+    return config.chain and config.targets_from == "chain" and ordered.index("apgd-t") > 0
 
 
 def cell_key(cell: Any) -> str:
@@ -409,6 +428,7 @@ _DEFAULT_KEYS = {
     "queries",
     "query_probe",
     "target_stop",
+    "targets_from",
 }
 
 
@@ -437,6 +457,8 @@ def audit_defaults(table: dict[str, Any]) -> dict[str, Any]:
             out["eps"] = tuple(float(v) for v in eps)
         else:
             raise AuditError("robmon.toml: audit.eps must be a list of numbers.")
+    if out.get("targets_from", "clean") not in TARGET_RANKINGS:
+        raise AuditError("robmon.toml: audit.targets_from must be clean or chain.")
     if "preset" in out and out["preset"] not in PRESETS:
         raise AuditError(
             f"robmon.toml: audit.preset must be one of {', '.join(PRESETS)}, not {out['preset']!r}."

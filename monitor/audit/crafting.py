@@ -28,9 +28,9 @@ CRAFT: dict[str, Craft] = {
     "apgd": lambda m, x, y, eps, norm, cfg, es, seed, st: apgd(
         m, x, y, eps, norm=norm, steps=cfg.apgd_steps, restarts=cfg.restarts, seed=seed, stats=st
     ),
-    "apgd-t": lambda m, x, y, eps, norm, cfg, es, seed, st, skip=0: apgd_targeted(
+    "apgd-t": lambda m, x, y, eps, norm, cfg, es, seed, st, skip=0, rank_at=None: apgd_targeted(
         m, x, y, eps, norm=norm, steps=cfg.apgd_steps, target_classes=cfg.target_classes,
-        skip_targets=skip, seed=seed, stats=st,
+        skip_targets=skip, rank_at=rank_at, seed=seed, stats=st,
     ),
     "square": lambda m, x, y, eps, norm, cfg, es, seed, st, skip=0: square(
         m, x, y, eps, norm=norm, queries=cfg.queries, seed=seed, stats=st
@@ -78,9 +78,14 @@ def craft(
     seeds: torch.Tensor,
     stats: AttackStats,
     skip: int = 0,
+    previous: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Adversarial examples of one batch by one attack (x on the crafting device); ``skip``
-    leaves out the first APGD-T targets (a later stage of a staged cell)."""
+    leaves out the first APGD-T targets (a later stage of a staged cell); ``previous``:
+    where the attack before in a chain left each sample (APGD-T ranks its targets there when the
+    configuration says ``targets_from="chain"``)."""
     model = scores_of(target) if attack in QUERY_ATTACKS else crafter.crafting_module
     extra = {"skip": skip} if skip else {}
+    if attack == "apgd-t" and config.targets_from == "chain" and previous is not None:
+        extra["rank_at"] = previous
     return CRAFT[attack](model, x, y, eps, norm, config, early_stop, seeds, stats, **extra).detach()

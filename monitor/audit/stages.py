@@ -1,5 +1,6 @@
-"""Budgets spent in stages: which configurations the stages of one attack run with, and one
-result for them all (``measure.measure_staged`` runs them, each on what the last left robust).
+"""Budgets spent in stages: which configurations the stages of one attack run with, running
+them (``measure_staged``: each a cell on what the last left robust), and one result for them
+all.
 
 Square: ``query_probe`` queries, then fresh searches of twice as many each, up to its budget;
 APGD-T: the first ``target_stop`` targets, then one target at a time. The next stage runs only
@@ -14,6 +15,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from monitor.audit.config import QUERY_ATTACKS, AuditConfig
+from monitor.audit.memory import BatchPlan
+from monitor.classifiers import Classifier
+from monitor.progress import Reporter, silent
 
 if TYPE_CHECKING:
     from monitor.audit.measure import CellResult
@@ -36,6 +40,40 @@ def stage_plan(attack: str, config: AuditConfig) -> list[tuple[AuditConfig, int]
             for k in range(config.target_stop, config.target_classes)
         ]
     return [(config, 0)]
+
+
+def measure_staged(
+    crafter: Classifier,
+    target: Classifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    correct: torch.Tensor,
+    attack: str,
+    norm: str,
+    eps: float,
+    config: AuditConfig,
+    threat: str,
+    batch: BatchPlan | int,
+    report: Reporter = silent,
+    previous: torch.Tensor | None = None,
+) -> CellResult:
+    """An attack whose budget is spent in stages (``stage_plan``), each a cell
+    (``measure.measure_cell``) on the samples still robust, from the same ``previous``, going on
+    only while the stage before fooled any. Where the earlier attacks left nothing to find,
+    the rest of the budget is not spent; where they missed something (masked gradients), all
+    of it is. Decided over the whole cell, so the numbers do not depend on the batch size."""
+    from monitor.audit.measure import GALLERY_SIZE, measure_cell  # measure runs the stages
+
+    left, done = correct, []
+    for stage_config, skip in stage_plan(attack, config):
+        cell = measure_cell(crafter, target, x, y, left, attack, norm, eps, stage_config,
+                            threat, batch, report, skip=skip, previous=previous)  # fmt: skip
+        done.append(cell)
+        fooled_any = int(cell.robust.sum()) < int(left.sum())
+        left = cell.robust
+        if not fooled_any:
+            break
+    return merge_stages(done, correct, config, GALLERY_SIZE)
 
 
 def merge_stages(

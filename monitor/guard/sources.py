@@ -72,6 +72,10 @@ class SourceStates:
             self.refresh()
         return self._states.get(source, NORMAL)
 
+    def refresh_now(self) -> None:
+        """Read the state on the next check, whatever the cache holds."""
+        self._read_at = -float("inf")
+
     def refresh(self) -> None:
         if self.db is None:
             return

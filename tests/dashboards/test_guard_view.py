@@ -164,6 +164,49 @@ def test_an_order_names_one_of_the_incidents_addresses(db) -> None:
     assert {a.source: a.order for a in view.addresses}[MEMBER].actor == "cli-user"
 
 
+# -- the section as the page renders it ----------------------------------------------------------
+
+
+def test_the_section_says_when_no_request_passed_through_a_guard(settings) -> None:
+    from dashboards import guard_panel
+    from dashboards.app import create_app
+    from tests.dashboards.test_pages import _find
+
+    db = open_database(settings)
+    single, group = seed(db)
+    create_app(settings, db)  # installs the context the section reads
+    with db.session() as s:
+        s.get(Alert, group).sources = "10.99.0.1,10.99.0.2"  # addresses no guard has seen
+    section = guard_panel.section(group, None)
+    assert [a.source for a in guard_queries.incident_guard(db, group).addresses] == [
+        LEADER,
+        "10.99.0.1",
+        "10.99.0.2",
+    ]
+    latest = _find(section, guard_panel.LATEST)
+    assert latest.children == "No request from these addresses has passed through an inline guard."
+    assert _find(section, "alerts-guard-done") is None
+    order = guard_queries.order_from_incident(db, single, SOURCE, "refuse", "ana", None)
+    assert _find(guard_panel.section(group, str(order.id)), "alerts-guard-done") is None
+    done = _find(guard_panel.section(single, str(order.id)), "alerts-guard-done")
+    assert done.children == f"{SOURCE} is now refused at the guard."
+    assert _find(guard_panel.section(single, "1 OR 1=1"), "alerts-guard-done") is None
+    db.dispose()
+
+
+def test_an_order_outside_a_triagers_session_is_refused(settings) -> None:
+    from dashboards import guard_panel
+    from dashboards.app import create_app
+
+    db = open_database(settings)
+    single, _ = seed(db)
+    create_app(settings, db)
+    refusal, order_id = guard_panel.give_order("alerts-guard-refuse", SOURCE, "x", single)
+    assert order_id is None and refusal.children.startswith("Refused: sign in as a triager")
+    assert orders(db) == []
+    db.dispose()
+
+
 # -- in a real browser ----------------------------------------------------------------------------
 
 
@@ -298,6 +341,7 @@ def test_a_group_incident_counts_every_address_and_orders_the_one_picked(site, b
         f"{MEMBER} is now allowed at the guard."
     )
     assert orders(db) == [(MEMBER, "allow", "ana", None, group)]
+    expect(page.tab.locator("#alerts-guard-source")).to_contain_text(MEMBER)  # still picked
     assert page.rows("alerts-trail")[-1].split("\t")[1:3] == ["ana", "guard-allow"]
     shot(page, "guard-view-group")
     page.clean()

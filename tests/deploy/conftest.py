@@ -5,24 +5,17 @@ the tests start themselves, with a digits CNN registered in it."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.conftest import ENV_KEYS
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.serving import free_port
 
 
 def wait_for(condition, timeout: float, what: str, interval: float = 0.2):
@@ -33,30 +26,6 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.2):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> str:
-    import redis
-
-    url = os.environ.get("ROBMON_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
-    except redis.RedisError as err:
-        if os.environ.get("ROBMON_TEST_POSTGRES_URL"):  # CI runs the services: do not skip
-            raise
-        pytest.skip(f"no Redis at {url}: {err}")
-    return url
-
-
-@pytest.fixture
-def stream(redis_url: str):
-    """A fresh stream name, deleted afterwards."""
-    import redis
-
-    name = f"robmon-test-{uuid.uuid4().hex[:8]}"
-    yield f"{redis_url}/{name}"
-    redis.Redis.from_url(redis_url).delete(name)
 
 
 @pytest.fixture(scope="module")
