@@ -4,6 +4,7 @@ standing order at the guard (audit trail), `orders` lists them."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import typer
@@ -97,7 +98,8 @@ def check(
     source: str = typer.Option(..., help="Who the requests come from."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """The guard's verdicts for image files, as a guarded model would answer them."""
+    """The guard's verdicts for image files, as a guarded model would answer them (nothing is
+    published)."""
     import base64
 
     from monitor.guard.guard import Guard
@@ -110,7 +112,9 @@ def check(
             raise RobmonError(f"cannot read {path}: {err.strerror}.") from None
         kind = "npy_b64" if path.suffix == ".npy" else "png_b64"
         rows.append({"source": source, "id": path.name, kind: base64.b64encode(data).decode()})
-    guard = Guard(model, settings=state.settings(), db=state.database())
+    # a trial: nothing is published to the production log
+    policy = dataclasses.replace(_policy(), publish="")
+    guard = Guard(model, settings=state.settings(), db=state.database(), policy=policy)
     try:
         verdicts = guard.check_rows(rows)
     finally:

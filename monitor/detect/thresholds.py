@@ -54,13 +54,17 @@ class Thresholds:
     squeeze: float
     combined: CombinedDetector | None = None
 
-    def flags(self, batch: ScoreBatch) -> dict[str, torch.Tensor]:
+    def flags(
+        self, batch: ScoreBatch, combined_score: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Each flag per input; ``combined_score``: the combined detector's scores of ``batch``
+        when the caller has them already."""
         flags = {
             "low_confidence": batch.confidence < self.confidence,
             "squeeze_suspicious": batch.max_over(self.squeezers) > self.squeeze,
         }
         if self.combined is not None:
-            score = self.combined.score(batch)
+            score = self.combined.score(batch) if combined_score is None else combined_score
             flags["combined_suspicious"] = score > self.combined.threshold
             if self.combined.strong is not None:
                 flags["strong_suspicious"] = score > self.combined.strong

@@ -96,12 +96,12 @@ class _Scored:
             return _Scored(ScoreBatch.empty([]), False, {}, {})
         batch = score_inputs(model.probabilities, torch.stack(images), model.squeezers)
         t = model.calibration.thresholds if model.calibration is not None else None
-        flags = {k: v.tolist() for k, v in t.flags(batch).items()} if t is not None else {}
-        combined = t.combined.score(batch).tolist() if t is not None and t.combined else None
+        combined = t.combined.score(batch) if t is not None and t.combined else None
+        flags = {k: v.tolist() for k, v in t.flags(batch, combined).items()} if t else {}
         scores = {
             "confidence": batch.confidence.tolist(),
             "max_divergence": batch.max_divergence.tolist(),
-            "combined": combined,
+            "combined": None if combined is None else combined.tolist(),
         }
         return _Scored(batch, t is not None, flags, scores)
 
