@@ -291,3 +291,40 @@ def test_the_guard_imports_with_torch_numpy_and_the_database_layer_alone() -> No
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_incident_state_and_orders_read_alike_on_sqlite_and_postgres(db_url, settings) -> None:
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    from monitor.db.models import Alert
+    from monitor.db.session import open_database
+    from monitor.guard.sources import read_states
+
+    db = open_database(replace(settings, db_url=db_url, embedded_db=True))
+    now = datetime.now(UTC)
+
+    def incident(source: str, severity: str, status: str, sources: str | None = None) -> int:
+        with db.session() as s:
+            row = Alert(
+                rule="flagged-rate", source=source, sources=sources, model_name="m",
+                severity=severity, status=status, summary="-", evidence={},
+                window_start=now, window_end=now,
+            )  # fmt: skip
+            s.add(row)
+            s.flush()
+            return row.id
+
+    high = incident("10.0.0.1", "high", "open")
+    incident("10.0.0.1", "medium", "acknowledged")
+    group = incident("group:1", "critical", "open", sources="10.0.0.2,10.0.0.3")
+    incident("10.0.0.4", "critical", "false_positive")
+    set_override(db, "10.0.0.5", "refuse", "bo")
+    set_override(db, "10.0.0.6", "allow", "bo")
+    set_override(db, "10.0.0.6", "clear", "bo")
+    states = read_states(db)
+    assert states["10.0.0.1"].incident.id == high  # the most severe of its open incidents
+    assert states["10.0.0.2"].incident.id == group and states["10.0.0.3"].incident.id == group
+    assert "10.0.0.4" not in states and "10.0.0.6" not in states  # closed; cleared
+    assert states["10.0.0.5"].override.action == "refuse" and states["10.0.0.5"].incident is None
+    db.dispose()
