@@ -1,19 +1,20 @@
 """Alerts: the triage queue (filters by status, severity, rule, model, source), an alert's
-evidence, its sources' timeline, kept flagged inputs, triage actions with a note (signed-in
-triagers only), and the audit trail."""
+evidence, its sources' timeline, kept flagged inputs, what the inline guard answered its sources
+and orders at the guard (dashboards.guard_panel), triage actions with a note (signed-in triagers
+only), and the audit trail."""
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl
+
 import dash
 import dash_bootstrap_components as dbc
-import plotly.graph_objects as go
 from dash import Input, Output, State, callback, dcc, html
 
-from dashboards import auth, queries
+from dashboards import auth, guard_panel, queries
 from dashboards.components import (
     badge,
     clicked_id,
-    empty_figure,
     integer,
     page_header,
     paged,
@@ -24,6 +25,12 @@ from dashboards.components import (
     when,
 )
 from dashboards.context import current
+from dashboards.incident_evidence import (
+    evidence_value,
+    findings_table,
+    kept_thumbnails,
+    timeline_figure,
+)
 from monitor.alerts.lifecycle import TRANSITIONS, transition
 from monitor.alerts.queries import get_alert
 from monitor.errors import NotFound, RobmonError
@@ -69,6 +76,7 @@ def layout(
     page: str | None = None,
     id: str | None = None,
     done: str | None = None,
+    guarded: str | None = None,
     **_query: str,
 ) -> html.Div:
     db = current().db
@@ -115,7 +123,9 @@ def layout(
                 className="mb-2",
             ),
             server_table(TABLE, COLUMNS, rows, total, page_number, PAGE_SIZE),
-            html.Div(_detail(id, done) if id else None, id="alerts-detail", className="mt-4"),
+            html.Div(
+                _detail(id, done, guarded) if id else None, id="alerts-detail", className="mt-4"
+            ),
         ]
     )
 
@@ -188,31 +198,36 @@ def triage(_ack, _resolve, _false_positive, note, alert_id, search):
         transition(current().db, checked, action, user["name"], note or None)
     except RobmonError as err:
         return dbc.Alert(str(err), color="warning"), dash.no_update
-    kept = dict(p.split("=", 1) for p in (search or "").lstrip("?").split("&") if "=" in p)
-    kept.update(id=str(checked), done=TRANSITIONS[action][1])
-    return None, url("", **kept)
+    return None, _reload(search, "guarded", id=str(checked), done=TRANSITIONS[action][1])
 
 
-def _findings(findings: dict) -> dbc.Table | None:
-    """The incident's evidence, one row per rule (and model) that fired."""
-    if not findings:
-        return None
-    head = html.Thead(html.Tr([html.Th(h) for h in ("rule", "model", "severity", "why")]))
-    rows = [
-        html.Tr(
-            [
-                html.Td(f["rule"]),
-                html.Td(f["model"]),
-                html.Td(badge(f["severity"])),
-                html.Td(f["summary"]),
-            ]
-        )
-        for f in findings.values()
-    ]
-    return dbc.Table([head, html.Tbody(rows)], size="sm", id="alerts-findings")
+@callback(
+    Output(guard_panel.MESSAGE, "children"),
+    Output(URL, "search", allow_duplicate=True),
+    *(Input(button, "n_clicks") for button in guard_panel.BUTTONS),
+    State(guard_panel.SOURCE, "value"),
+    State(guard_panel.NOTE, "value"),
+    State("alerts-selected", "data"),
+    State(URL, "search"),
+    prevent_initial_call=True,
+)
+def guard_order(_refuse, _allow, _clear, source, note, alert_id, search):
+    """An order at the guard for one of the incident's addresses: a write, as triage is."""
+    if not dash.ctx.triggered or not dash.ctx.triggered[0]["value"]:
+        raise dash.exceptions.PreventUpdate
+    refusal, order_id = guard_panel.give_order(dash.ctx.triggered_id, source, note, alert_id)
+    if refusal is not None:
+        return refusal, dash.no_update
+    return None, _reload(search, "done", id=str(alert_id), guarded=str(order_id))
 
 
-def _detail(requested: str, done: str | None) -> html.Div:
+def _reload(search: str | None, drop: str, **params: str) -> str:
+    """This page's URL after a write: its filters kept, ``drop`` left out, ``params`` set."""
+    kept = {k: v for k, v in parse_qsl((search or "").lstrip("?")) if k != drop}
+    return url("", **{**kept, **params})
+
+
+def _detail(requested: str, done: str | None, guarded: str | None = None) -> html.Div:
     alert_id = record_id(requested)
     if alert_id is None:
         return dbc.Alert(f"{requested[:40]!r} is not an alert id.", color="warning")
@@ -245,7 +260,7 @@ def _detail(requested: str, done: str | None) -> html.Div:
                 f"seen {when(alert.first_seen)} · last seen {when(alert.last_seen)}",
                 className="small text-muted",
             ),
-            _findings(alert.evidence.get("rules", {})),
+            findings_table(alert.evidence.get("rules", {})),
             dbc.Row(
                 [
                     dbc.Col(
@@ -253,7 +268,7 @@ def _detail(requested: str, done: str | None) -> html.Div:
                             [
                                 html.Tbody(
                                     [
-                                        html.Tr([html.Th(k), html.Td(_value(v))])
+                                        html.Tr([html.Th(k), html.Td(evidence_value(v))])
                                         for k, v in evidence.items()
                                     ]
                                 )
@@ -264,11 +279,13 @@ def _detail(requested: str, done: str | None) -> html.Div:
                         md=5,
                     ),
                     dbc.Col(
-                        dcc.Graph(figure=_timeline(alert), config={"displayModeBar": False}), md=7
+                        dcc.Graph(figure=timeline_figure(alert), config={"displayModeBar": False}),
+                        md=7,
                     ),
                 ]
             ),
-            _thumbnails(alert.evidence.get("suspicious_score_ids", [])),
+            kept_thumbnails(alert.evidence.get("suspicious_score_ids", [])),
+            guard_panel.section(alert.id, guarded),
             html.H4("Triage", className="h6 mt-3"),
             html.P(
                 f"Signed in as {user['name']} ({user['role']})."
@@ -339,80 +356,4 @@ def _detail(requested: str, done: str | None) -> html.Div:
                 id="alerts-trail",
             ),
         ]
-    )
-
-
-def _value(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    if isinstance(value, list):
-        return ", ".join(str(v) for v in value)
-    return str(value)
-
-
-def _timeline(alert) -> go.Figure:
-    if not alert.timeline:
-        return empty_figure("no activity")
-    figure = go.Figure()
-    figure.add_bar(
-        x=[p["bucket"] for p in alert.timeline],
-        y=[p["inputs"] for p in alert.timeline],
-        name="inputs",
-        marker_color="#adb5bd",
-    )
-    figure.add_bar(
-        x=[p["bucket"] for p in alert.timeline],
-        y=[p["flagged"] for p in alert.timeline],
-        name="flagged",
-        marker_color="#dc3545",
-    )
-    figure.add_vrect(
-        x0=alert.window_start,
-        x1=alert.window_end,
-        fillcolor="#ffc107",
-        opacity=0.15,
-        line_width=0,
-        annotation_text="alert window",
-    )
-    figure.update_layout(
-        barmode="overlay",
-        height=250,
-        margin={"l": 40, "r": 10, "t": 30, "b": 30},
-        legend={"orientation": "h"},
-        title="inputs per minute",
-    )
-    return figure
-
-
-def _thumbnails(score_ids: list[int]) -> html.Div:
-    kept = queries.kept_inputs(current().db, score_ids)
-    if not kept:
-        return html.P(
-            "No flagged inputs kept for this alert (ingest with --keep-flagged).",
-            className="small text-muted",
-        )
-    return html.Div(
-        [
-            html.Figure(
-                [
-                    html.Img(
-                        src=f"/kept/{k['id']}.png",
-                        style={
-                            "width": "64px",
-                            "height": "64px",
-                            "imageRendering": "pixelated",
-                            "border": "1px solid #dee2e6",
-                        },
-                    ),
-                    html.Figcaption(
-                        f"→ {k['predicted']}" + (" (converted)" if k["conversion"] else ""),
-                        className="small text-center",
-                    ),
-                ],
-                title=k["conversion"] or None,  # e.g. "resized 512×512→224×224 (crop); L→RGB"
-                className="me-2 d-inline-block",
-            )
-            for k in kept
-        ],
-        id="alerts-thumbnails",
     )
