@@ -129,53 +129,38 @@ def check(
     )
 
 
-def _order(
-    action: str, source: str, by: str, note_text: str | None, alert: int | None, as_json: bool
-) -> None:
-    from monitor.guard.sources import set_override
-
-    order = set_override(state.database(), source, action, by, note_text, alert)
-    if as_json:
-        emit_json(order)
-        return
-    done = "back to the policy" if action == "clear" else f"on {action}"
-    say(f"source {source} is {done} at the guard (order {order.id} by {order.actor}).")
+ORDERS = {
+    "refuse": "Refuse every request of SOURCE at the guard, whatever detectors and incidents say.",
+    "allow": "Answer every request of SOURCE at the guard, whatever detectors and incidents say.",
+    "clear": "End SOURCE's order: the policy decides again.",
+}
 
 
-@guard_app.command("refuse")
-def refuse_source(
-    source: str,
-    by: str = BY,
-    note: str | None = NOTE,
-    alert: int | None = ALERT,
-    as_json: bool = JSON_OPTION,
-) -> None:
-    """Refuse every request of SOURCE at the guard, whatever detectors and incidents say."""
-    _order("refuse", source, by, note, alert, as_json)
+def _order_command(action: str) -> None:
+    """``robmon guard refuse|allow|clear SOURCE --by NAME [--note] [--alert ID]``."""
+
+    def order(
+        source: str,
+        by: str = BY,
+        note: str | None = NOTE,
+        alert: int | None = ALERT,
+        as_json: bool = JSON_OPTION,
+    ) -> None:
+        from monitor.guard.sources import set_override
+
+        given = set_override(state.database(), source, action, by, note, alert)
+        if as_json:
+            emit_json(given)
+            return
+        done = "back to the policy" if action == "clear" else f"on {action}"
+        say(f"source {source} is {done} at the guard (order {given.id} by {given.actor}).")
+
+    order.__doc__ = ORDERS[action]
+    guard_app.command(action)(order)
 
 
-@guard_app.command("allow")
-def allow_source(
-    source: str,
-    by: str = BY,
-    note: str | None = NOTE,
-    alert: int | None = ALERT,
-    as_json: bool = JSON_OPTION,
-) -> None:
-    """Answer every request of SOURCE at the guard, whatever detectors and incidents say."""
-    _order("allow", source, by, note, alert, as_json)
-
-
-@guard_app.command("clear")
-def clear_source(
-    source: str,
-    by: str = BY,
-    note: str | None = NOTE,
-    alert: int | None = ALERT,
-    as_json: bool = JSON_OPTION,
-) -> None:
-    """End SOURCE's order: the policy decides again."""
-    _order("clear", source, by, note, alert, as_json)
+for _action in ORDERS:
+    _order_command(_action)
 
 
 @guard_app.command("orders")

@@ -69,16 +69,8 @@ class Verdict:
         }
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.request_id,
-            "source": self.source,
-            "verdict": self.verdict,
-            "prediction": self.predicted,
-            "confidence": self.confidence,
-            "reason": self.reason,
-            "flags": list(self.flags),
-            "scores": self.scores,
-        }
+        """The answer row with the flags and scores behind it."""
+        return {**self.as_answer(), "flags": list(self.flags), "scores": self.scores}
 
 
 @dataclass
