@@ -4,6 +4,7 @@ squeezing divergence) and its combined detector, as calibration stores them."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -36,12 +37,17 @@ class CombinedDetector:
 
     def score(self, batch: ScoreBatch) -> torch.Tensor:
         """Probability-like score in (0, 1): higher means more likely adversarial."""
+        mean, scale, coef = self._parameters
         x = torch.stack([feature_value(batch, f) for f in self.features], dim=1)
-        z = (x - torch.tensor(self.mean, dtype=torch.float64)) / torch.tensor(
-            self.scale, dtype=torch.float64
-        )
-        logits = z @ torch.tensor(self.coef, dtype=torch.float64) + self.intercept
+        logits = ((x - mean) / scale) @ coef + self.intercept
         return torch.sigmoid(logits).float()
+
+    @cached_property
+    def _parameters(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """mean, scale and coef as float64 tensors, made once (not a field: not stored)."""
+        return tuple(
+            torch.tensor(v, dtype=torch.float64) for v in (self.mean, self.scale, self.coef)
+        )
 
 
 @dataclass

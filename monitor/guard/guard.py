@@ -204,7 +204,8 @@ class Guard:
         return verdicts  # type: ignore[return-value]
 
     def close(self) -> None:
-        """Publish what is queued and release the database."""
+        """Publish what is queued and stop reading source state."""
+        self.states.close()
         if self.publisher is not None:
             self.publisher.close()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import functools
 import io
 import json
 import logging
@@ -54,9 +55,17 @@ def production_record(
 
 
 def npy_b64(image: torch.Tensor) -> str:
+    """Base64 of the ``.npy`` file of a float32 image (the header is made once per shape)."""
+    array = np.ascontiguousarray(image.detach().cpu().float().numpy())
+    return base64.b64encode(_npy_header(array.shape) + array.tobytes()).decode("ascii")
+
+
+@functools.lru_cache(maxsize=64)
+def _npy_header(shape: tuple[int, ...]) -> bytes:
     buffer = io.BytesIO()
-    np.save(buffer, image.detach().cpu().float().numpy(), allow_pickle=False)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    np.save(buffer, np.zeros(shape, dtype=np.float32), allow_pickle=False)
+    data = buffer.getvalue()
+    return data[: len(data) - 4 * int(np.prod(shape))]
 
 
 class Publisher:

@@ -3,16 +3,16 @@ the database and kept in memory for ``cache_seconds`` so that a verdict costs a 
 
 Overrides are append-only rows of ``guard_overrides`` (``refuse``, ``allow`` or ``clear``): the
 newest per source is in force and all of them are the audit trail. Setting one from an incident
-also adds an event to the incident's trail. The cache is refreshed by whichever check finds it
-stale (one query each for incidents and overrides); a failed refresh keeps the last state and
-says so in the log, so a database blip neither stops answers nor forgets known attackers.
+also adds an event to the incident's trail. A daemon thread reads the state again every
+``cache_seconds`` (one query each for incidents and overrides), so no request waits for it; a
+failed read keeps the last state and says so in the log, so a database blip neither stops
+answers nor forgets known attackers.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
@@ -59,34 +59,41 @@ NORMAL = SourceState(None, None)
 
 
 class SourceStates:
-    """Per-source incident and override state, cached for ``ttl`` seconds (monotonic clock)."""
+    """Per-source incident and override state, read again every ``ttl`` seconds by a daemon
+    thread, so that no request waits for the query (0.7–2 ms); ``ttl`` 0 reads on every check
+    (tests, or a caller that wants no delay at all)."""
 
     def __init__(self, db: Database | None, ttl: float = 5.0) -> None:
         self.db, self.ttl = db, ttl
         self._states: dict[str, SourceState] = {}
-        self._read_at = -float("inf")
-        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._refresher: threading.Thread | None = None
+        if db is not None:
+            self.refresh_now()
+            if ttl > 0:
+                self._refresher = threading.Thread(
+                    target=self._refresh_every_ttl, name="guard-source-states", daemon=True
+                )
+                self._refresher.start()
 
     def state(self, source: str) -> SourceState:
-        if time.monotonic() - self._read_at >= self.ttl:
-            self.refresh()
+        if self.db is not None and self._refresher is None:
+            self.refresh_now()
         return self._states.get(source, NORMAL)
 
     def refresh_now(self) -> None:
-        """Read the state on the next check, whatever the cache holds."""
-        self._read_at = -float("inf")
+        """Read the state now; a failed read keeps the last state (and says so in the log)."""
+        try:
+            self._states = read_states(self.db)  # type: ignore[arg-type]
+        except SQLAlchemyError as err:
+            log.warning("guard: cannot read incident state (%s); keeping the last state.", err)
 
-    def refresh(self) -> None:
-        if self.db is None:
-            return
-        with self._lock:
-            if time.monotonic() - self._read_at < self.ttl:
-                return  # another thread refreshed while this one waited
-            try:
-                self._states = read_states(self.db)
-            except SQLAlchemyError as err:
-                log.warning("guard: cannot read incident state (%s); keeping the last state.", err)
-            self._read_at = time.monotonic()
+    def close(self) -> None:
+        self._stop.set()
+
+    def _refresh_every_ttl(self) -> None:
+        while not self._stop.wait(self.ttl):
+            self.refresh_now()
 
 
 def read_states(db: Database) -> dict[str, SourceState]:
