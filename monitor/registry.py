@@ -469,9 +469,11 @@ class Registry:
             f"torch=={torch.__version__.split('+')[0]}",
             f"mlflow=={mlflow.__version__}",
         ]
+
         def log_model() -> Any:
             with warnings.catch_warnings():  # MLflow asks for type hints it would read as a schema
                 warnings.filterwarnings("ignore", message=".*[Tt]ype hint", category=UserWarning)
+                warnings.filterwarnings("ignore", message=".*type hints", category=UserWarning)
                 return mlflow.pyfunc.log_model(
                     name="model",
                     python_model=python_model,

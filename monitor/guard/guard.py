@@ -42,16 +42,19 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Verdict:
-    """What the guard answered for one request. ``predicted`` is None when refused."""
+    """What the guard answered for one request. ``predicted`` and ``confidence`` are None when
+    refused: a refused source learns nothing of the model (a confidence alone would let it run
+    a score-based search). ``scores`` keeps what the detectors saw, for the record."""
 
     verdict: str  # allow, review, refuse
-    source: str
+    source: str | None  # None: the request named no readable source
     predicted: int | None
     confidence: float | None
     scores: dict[str, float | None]
     flags: tuple[str, ...]  # the calibration's flags raised by this input
     reasons: tuple[str, ...]
-    request_id: str = ""
+    request_id: str = ""  # unique per request: what the record and the stored score carry
+    client_id: str | None = None  # the id the client sent, if any
 
     @property
     def reason(self) -> str:
@@ -60,7 +63,8 @@ class Verdict:
     def as_answer(self) -> dict[str, Any]:
         """The row a guarded model answers with."""
         return {
-            "id": self.request_id,
+            "id": self.client_id if self.client_id is not None else self.request_id,
+            "request_id": self.request_id,
             "source": self.source,
             "verdict": self.verdict,
             "prediction": self.predicted,
@@ -71,6 +75,13 @@ class Verdict:
     def as_dict(self) -> dict[str, Any]:
         """The answer row with the flags and scores behind it."""
         return {**self.as_answer(), "flags": list(self.flags), "scores": self.scores}
+
+
+def unique_id(client_id: str | None) -> str:
+    """A request id no other request has: the client's id (which it may repeat, and with it
+    hide requests from the monitor's duplicate check) with a random suffix."""
+    suffix = uuid.uuid4().hex[:16]
+    return f"{client_id[:200]}~{suffix}" if client_id else suffix
 
 
 @dataclass
@@ -121,6 +132,7 @@ class Guard:
         registry = Registry(settings)
         cache = ModelCache(db, registry, settings, device)
         ref = registry.resolve(model_ref)
+        ref = registry.guarded_parent(ref) or ref  # a guarded version: the model it guards
         self._setup(ref, lambda: cache.get(ref), policy, SourceStates(db, policy.cache_seconds))
         self.guarded_version = guarded_version
         if publisher is None and policy.publish:
@@ -161,7 +173,7 @@ class Guard:
     ) -> list[Verdict]:
         """Verdicts for a batch (one model call), in order; every request is published."""
         ts = utcnow()
-        ids = [rid or uuid.uuid4().hex[:16] for rid in (request_ids or [None] * len(sources))]
+        client_ids = list(request_ids or [None] * len(sources))
         model = self._model()
         fitted: list[torch.Tensor] = []
         unfit: dict[int, str] = {}
@@ -174,10 +186,11 @@ class Guard:
         verdicts, row = [], 0
         for i, source in enumerate(sources):
             state = self.states.state(source)
+            ids = (unique_id(client_ids[i]), client_ids[i])
             if i in unfit:
-                verdicts.append(self._unfit(source, ids[i], state, unfit[i]))
+                verdicts.append(self._unfit(source, ids, state, unfit[i]))
                 continue
-            verdicts.append(self._decide(scored, row, source, ids[i], state))
+            verdicts.append(self._decide(scored, row, source, ids, state))
             row += 1
         if self.publisher is not None:
             self.publisher.publish_batch(self._records(images, verdicts, ts))
@@ -212,7 +225,12 @@ class Guard:
     # -- steps -------------------------------------------------------------------------------
 
     def _decide(
-        self, scored: _Scored, row: int, source: str, rid: str, state: SourceState
+        self,
+        scored: _Scored,
+        row: int,
+        source: str,
+        ids: tuple[str, str | None],
+        state: SourceState,
     ) -> Verdict:
         policy = self.policy
         reasons: list[str] = []
@@ -228,17 +246,19 @@ class Guard:
         verdict = worst(detector, self._incident(state, reasons))
         verdict = self._override(state, verdict, reasons)
         scores = {k: None if v is None else float(v[row]) for k, v in scored.scores.items()}
-        predicted = None if verdict == "refuse" else int(scored.batch.predicted[row])
+        answered = verdict != "refuse"
+        predicted = int(scored.batch.predicted[row]) if answered else None
+        confidence = scores["confidence"] if answered else None
         raised = tuple(k for k, v in flags.items() if v)
-        return Verdict(
-            verdict, source, predicted, scores["confidence"], scores, raised, tuple(reasons), rid
-        )
+        return Verdict(verdict, source, predicted, confidence, scores, raised, tuple(reasons), *ids)
 
     def _incident(self, state: SourceState, reasons: list[str]) -> str:
         incident = state.incident
         verdict = self.policy.incident_verdict(incident.severity if incident else None)
         if incident is not None and verdict != "allow":
-            reasons.append(f"open {incident.severity} incident {incident.id} on the source")
+            reasons.append(
+                f"{incident.status} {incident.severity} incident {incident.id} on the source"
+            )
         return verdict
 
     @staticmethod
@@ -252,21 +272,33 @@ class Guard:
         )
         return order.action
 
-    def _unfit(self, source: str, rid: str, state: SourceState, why: str) -> Verdict:
+    def _unfit(
+        self, source: str, ids: tuple[str, str | None], state: SourceState, why: str
+    ) -> Verdict:
         reasons = [f"input does not fit the model: {why}"]
         self._override(state, "refuse", reasons)
-        return Verdict("refuse", source, None, None, {}, (), tuple(reasons), rid)
+        return Verdict("refuse", source, None, None, {}, (), tuple(reasons), *ids)
 
-    def _unreadable(self, row: dict[str, Any], why: str) -> Verdict:
+    def _unreadable(self, row: Any, why: str) -> Verdict:
+        """A refusal for a row that could not be read, published as the client sent it (the
+        ingester dead-letters it under the source it named, when that is readable)."""
+        from monitor.guard.publish import raw_record
         from monitor.guard.rows import row_source
 
-        source, rid = row_source(row)
+        source, client_id = row_source(row)
         verdict = Verdict(
-            "refuse", source, None, None, {}, (), (f"unreadable request: {why}",), rid
+            "refuse",
+            source,
+            None,
+            None,
+            {},
+            (),
+            (f"unreadable request: {why}",),
+            unique_id(client_id),
+            client_id,
         )
         if self.publisher is not None:
-            raw = row.get("input", {k: v for k, v in row.items() if k not in ("source", "id")})
-            self.publisher.publish_batch(self._records([raw], [verdict], utcnow()))
+            self.publisher.publish_batch([raw_record(self.ref, row, verdict, utcnow())])
         return verdict
 
     def _records(

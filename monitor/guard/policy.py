@@ -76,7 +76,15 @@ class GuardPolicy:
             raise ConfigError(
                 "robmon.toml: guard.cache_seconds is a number of seconds (0 to 3600)."
             )
-        if not isinstance(table.get("publish", ""), str):
+        publish = table.get("publish", "")
+        scheme = (
+            publish.partition("://")[0] if isinstance(publish, str) and "://" in publish else ""
+        )
+        if scheme and scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(
+                f"guard.publish is a file or redis://HOST:PORT[/DB]/STREAM, not a {scheme} URL."
+            )
+        if not isinstance(publish, str):
             raise ConfigError(
                 "robmon.toml: guard.publish is a file path or a Redis stream address."
             )

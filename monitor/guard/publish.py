@@ -54,6 +54,22 @@ def production_record(
     return record
 
 
+def raw_record(ref: Any, row: Any, verdict: Any, ts: datetime) -> dict[str, Any]:
+    """The production record of a request row that could not be read: its source and input as
+    sent (so that the ingester's dead letter says why and names the sender)."""
+    record = production_record(ref, None, verdict, ts)
+    if isinstance(row, dict):
+        record["source"] = row.get("source")
+        spec = row.get("input", {k: v for k, v in row.items() if k not in ("source", "id")})
+    else:
+        record.pop("source")
+        spec = row
+    record["input"] = spec
+    if record["source"] is None:
+        record.pop("source")  # the dead letter says it is missing
+    return record
+
+
 def npy_b64(image: torch.Tensor) -> str:
     """Base64 of the ``.npy`` file of a float32 image (the header is made once per shape)."""
     array = np.ascontiguousarray(image.detach().cpu().float().numpy())
@@ -68,6 +84,17 @@ def _npy_header(shape: tuple[int, ...]) -> bytes:
     return data[: len(data) - 4 * int(np.prod(shape))]
 
 
+def to_line(record: dict[str, Any]) -> str:
+    """One JSON line; a client's input that is no JSON (NaN, Infinity, nesting too deep for the
+    encoder) is replaced by a note, so the line stays readable and its dead letter keeps the
+    sender."""
+    try:
+        return json.dumps(record, separators=(",", ":"), allow_nan=False)
+    except (ValueError, RecursionError, TypeError):
+        kept = {**record, "input": {"array": "not JSON numbers (NaN, Infinity or too deep)"}}
+        return json.dumps(kept, separators=(",", ":"), allow_nan=False, default=str)
+
+
 class Publisher:
     """Writes records on a background thread (see the module docstring)."""
 
@@ -80,7 +107,7 @@ class Publisher:
         atexit.register(self.close)
 
     def publish_batch(self, records: list[dict[str, Any]]) -> None:
-        self._queue.put([json.dumps(r, separators=(",", ":")) for r in records])
+        self._queue.put([to_line(r) for r in records])
 
     def close(self, timeout: float = 30.0) -> None:
         """Write what is queued, then stop (idempotent)."""
@@ -110,16 +137,18 @@ class Publisher:
 
 
 def open_publisher(where: str) -> Publisher:
-    """A publisher for a JSON Lines path or a Redis stream address."""
+    """A publisher for a JSON Lines path or a Redis stream address. Nothing is opened yet: a
+    destination that is away when the model loads does not stop it from serving (its records
+    wait, and are retried)."""
     if where.startswith(("redis://", "rediss://", "unix://")):
         return Publisher(_redis_writer(where), where)
     path = Path(where).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(lines: list[str]) -> None:
         # one write(2) on an O_APPEND descriptor per batch: serving workers that share the file
         # never interleave their lines
         data = "".join(line + "\n" for line in lines).encode("utf-8")
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
             view = memoryview(data)
@@ -134,11 +163,13 @@ def open_publisher(where: str) -> Publisher:
 def _redis_writer(where: str) -> Any:
     from monitor.ingest.redis_stream import FIELD, StreamAddress, connect
 
-    address = StreamAddress.parse(where)
-    client = connect(address.url)
+    address = StreamAddress.parse(where)  # a malformed address is a ConfigError now
+    clients: list[Any] = []
 
     def write(lines: list[str]) -> None:
-        pipe = client.pipeline(transaction=False)
+        if not clients:
+            clients.append(connect(address.url))
+        pipe = clients[0].pipeline(transaction=False)
         for line in lines:
             pipe.xadd(address.stream, {FIELD: line})
         pipe.execute()

@@ -4,7 +4,6 @@ ingester takes. ``path`` inputs are refused: a request names no file on the serv
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +15,20 @@ from monitor.ingest.records import Limits, decode_input
 
 ROW_INPUTS = ("array", "npy_b64", "png_b64")
 _LIMITS = Limits(input_root=Path("/nonexistent-guard-root"))
-UNKNOWN_SOURCE = "unknown"
 
 
-def read_row(row: dict[str, Any]) -> tuple[str, str, torch.Tensor]:
-    """(source, request id, image) of a row; BadRecord with the reason otherwise."""
+def read_row(row: dict[str, Any]) -> tuple[str, str | None, torch.Tensor]:
+    """(source, the client's id, image) of a row; BadRecord with the reason otherwise."""
     if not isinstance(row, dict):
         raise BadRecord("a request row is an object with a source and an input.")
     if row.get("source") in (None, ""):
         raise BadRecord("missing field: source.")
     source = fields.text_field(row, "source")
-    rid = fields.request_id(row) or uuid.uuid4().hex[:16]
+    client_id = fields.request_id(row)
     spec = row_input(row)
     if isinstance(spec, dict) and "path" in spec:
         raise BadRecord("input.path is refused here: send array, npy_b64 or png_b64.")
-    return source, rid, decode_input(spec, _LIMITS)
+    return source, client_id, decode_input(spec, _LIMITS)
 
 
 def row_input(row: dict[str, Any]) -> Any:
@@ -40,16 +38,16 @@ def row_input(row: dict[str, Any]) -> Any:
     return {k: row[k] for k in ROW_INPUTS if k in row}
 
 
-def row_source(row: Any) -> tuple[str, str]:
-    """(source, id) of a row that could not be read, as far as they are readable."""
+def row_source(row: Any) -> tuple[str | None, str | None]:
+    """(source, client id) of a row that could not be read, each None where it is unreadable."""
     if not isinstance(row, dict):
-        return UNKNOWN_SOURCE, uuid.uuid4().hex[:16]
+        return None, None
     try:
-        source = fields.text_field(row, "source") if row.get("source") else UNKNOWN_SOURCE
+        source = fields.text_field(row, "source") if row.get("source") else None
     except BadRecord:
-        source = UNKNOWN_SOURCE
+        source = None
     try:
-        rid = fields.request_id(row) or uuid.uuid4().hex[:16]
+        client_id = fields.request_id(row)
     except BadRecord:
-        rid = uuid.uuid4().hex[:16]
-    return source, rid
+        client_id = None
+    return source, client_id

@@ -19,6 +19,7 @@ from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from monitor.db.models import Alert, AlertEvent, GuardOverride
 from monitor.db.session import Database
@@ -122,7 +123,7 @@ def _rank(incident: Incident) -> int:
     return SEVERITIES.index(incident.severity) if incident.severity in SEVERITIES else 0
 
 
-def _newest_overrides(session) -> list[Override]:  # type: ignore[no-untyped-def]
+def _newest_overrides(session: Session) -> list[Override]:
     newest = select(func.max(GuardOverride.id)).group_by(GuardOverride.source).scalar_subquery()
     rows = session.scalars(select(GuardOverride).where(GuardOverride.id.in_(newest))).all()
     return [_override(r) for r in rows]
@@ -146,32 +147,69 @@ def set_override(
         raise RobmonError(f"unknown guard order {action!r}; use {', '.join(OVERRIDE_ACTIONS)}.")
     if not by or not by.strip():
         raise RobmonError("say who you are with --by NAME.")
-    if not source or not source.strip() or len(source) > 255:
-        raise RobmonError("name the source (1 to 255 characters).")
+    source = _request_source(source)
     now = utcnow()
     with db.session() as s:
+        if action == "clear" and _in_force(s, source) is None:
+            raise RobmonError(f"{source} has no order in force at the guard to clear.")
         if alert_id is not None:
-            alert = s.get(Alert, alert_id)
-            if alert is None:
-                raise NotFound(f"there is no alert {alert_id} (see `robmon alerts list`).")
-            s.add(
-                AlertEvent(
-                    alert_id=alert_id,
-                    at=now,
-                    actor=by.strip(),
-                    action=f"guard-{action}",
-                    from_status=alert.status,
-                    to_status=alert.status,
-                    note=f"source {source} on {action} at the guard"
-                    + (f": {note}" if note else ""),
-                )
-            )
+            s.add(_incident_event(s, alert_id, source, action, by.strip(), now, note))
         row = GuardOverride(
             source=source, action=action, actor=by.strip(), at=now, note=note, alert_id=alert_id
         )
         s.add(row)
         s.flush()
         return _override(row)
+
+
+def _request_source(source: str) -> str:
+    """The source as the guard reads it from a request (``ingest.fields``: plain text of 1 to
+    255 characters, no surrounding whitespace): an order for any other spelling would never
+    match a request."""
+    from monitor.errors import BadRecord
+    from monitor.ingest.fields import text_field
+
+    try:
+        return text_field({"source": source}, "source")
+    except BadRecord as err:
+        raise RobmonError(f"no request can come from that source: {err}") from None
+
+
+def _in_force(session: Session, source: str) -> GuardOverride | None:
+    newest = session.scalar(
+        select(GuardOverride)
+        .where(GuardOverride.source == source)
+        .order_by(GuardOverride.id.desc())
+        .limit(1)
+    )
+    return newest if newest is not None and newest.action != "clear" else None
+
+
+def _incident_event(
+    session: Session,
+    alert_id: int,
+    source: str,
+    action: str,
+    by: str,
+    now: datetime,
+    note: str | None,
+) -> AlertEvent:
+    """The incident's trail entry for an order given from it (the incident must name the
+    source)."""
+    alert = session.get(Alert, alert_id)
+    if alert is None:
+        raise NotFound(f"there is no alert {alert_id} (see `robmon alerts list`).")
+    if source not in {alert.source, *(alert.sources or "").split(",")}:
+        raise RobmonError(f"incident {alert_id} is not about {source}.")
+    return AlertEvent(
+        alert_id=alert_id,
+        at=now,
+        actor=by,
+        action=f"guard-{action}",
+        from_status=alert.status,
+        to_status=alert.status,
+        note=f"source {source} on {action} at the guard" + (f": {note}" if note else ""),
+    )
 
 
 def override_history(db: Database, source: str | None = None, limit: int = 100) -> list[Override]:

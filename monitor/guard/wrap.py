@@ -25,8 +25,10 @@ gets the parent's answers.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -36,57 +38,78 @@ import mlflow.pyfunc
 from monitor.guard.policy import GuardPolicy
 
 POLICY_TAG = "robustness.guard.policy"
-ANSWER_COLUMNS = ("id", "source", "verdict", "prediction", "confidence", "reason")
+ANSWER_COLUMNS = ("id", "request_id", "source", "verdict", "prediction", "confidence", "reason")
 
 
-class GuardedModel(mlflow.pyfunc.PythonModel):
-    """The pyfunc of a guarded version (see the module docstring)."""
-
-    def load_context(self, context: Any) -> None:
-        from monitor.config import load_settings
-        from monitor.guard.guard import Guard
-
-        config = context.model_config or {}
-        environ = {**config.get("environ", {}), **os.environ}
-        policy = dict(config.get("policy", {}))
-        if os.environ.get("ROBMON_GUARD_PUBLISH") is not None:
-            policy["publish"] = os.environ["ROBMON_GUARD_PUBLISH"]
-        settings = load_settings(environ)
-        self.guard = Guard(
-            f"models:/{config['model']}/{config['version']}",
-            settings=settings,
-            policy=GuardPolicy.from_table(policy),
-        )
-
-    # no type hints: MLflow would read them as a schema and warn
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
-        rows = request_rows(model_input)
-        answers = self.guard.check_rows(rows)
-        # object columns: a refused row answers null, not NaN (which is not JSON), ints stay ints
-        answers = [a.as_answer() for a in answers]
-        return pd.DataFrame(answers, columns=list(ANSWER_COLUMNS), dtype=object)
+# MLflow inspects predict when the class is made and warns that it has no type hints (which it
+# would read as a schema): predict takes rows of any shape on purpose. MLflow sets its own
+# warning filters around that check, so the warning is dropped where it is shown.
+_show = warnings.showwarning
 
 
-def request_rows(model_input: Any) -> list[dict[str, Any]]:
-    """The request as a list of row objects, whatever shape MLflow's parser gave it."""
+def _show_but_type_hints(message, category, *args, **kwargs):
+    if "type hints to the `predict` method" not in str(message):
+        _show(message, category, *args, **kwargs)
+
+
+with warnings.catch_warnings():
+    warnings.showwarning = _show_but_type_hints
+
+    class GuardedModel(mlflow.pyfunc.PythonModel):
+        """The pyfunc of a guarded version (see the module docstring)."""
+
+        def load_context(self, context: Any) -> None:
+            from monitor.config import load_settings
+            from monitor.guard.guard import Guard
+
+            _log_to_stderr()
+            config = context.model_config or {}
+            environ = {**config.get("environ", {}), **os.environ}
+            policy = dict(config.get("policy", {}))
+            if os.environ.get("ROBMON_GUARD_PUBLISH") is not None:
+                policy["publish"] = os.environ["ROBMON_GUARD_PUBLISH"]
+            settings = load_settings(environ)
+            self.guard = Guard(
+                f"models:/{config['model']}/{config['version']}",
+                settings=settings,
+                policy=GuardPolicy.from_table(policy),
+            )
+
+        # no type hints: MLflow would read them as a schema and warn
+        def predict(self, context, model_input, params=None):
+            import pandas as pd
+
+            rows = request_rows(model_input)
+            answers = self.guard.check_rows(rows)
+            # object columns: a refused row answers null, not NaN (not JSON); ints stay ints
+            answers = [a.as_answer() for a in answers]
+            return pd.DataFrame(answers, columns=list(ANSWER_COLUMNS), dtype=object)
+
+
+def request_rows(model_input: Any) -> list[Any]:
+    """The request as a list of rows, whatever shape MLflow's parser gave it: a DataFrame, a
+    dict of columns, a list of objects; a bare tensor (``{"inputs": [[...]]}``, no source) is
+    one row per image, each refused for its missing source and published for the dead
+    letters."""
     if hasattr(model_input, "to_dict"):  # a pandas DataFrame
         rows = model_input.to_dict("records")
     elif isinstance(model_input, dict):  # columns -> values
-        columns = {
-            k: list(v) if isinstance(v, list | tuple) else [v] for k, v in model_input.items()
-        }
+        columns = {k: _as_list(v) for k, v in model_input.items()}
         n = max((len(v) for v in columns.values()), default=0)
         rows = [{k: v[i] if i < len(v) else None for k, v in columns.items()} for i in range(n)]
     elif isinstance(model_input, list | tuple):
         rows = list(model_input)
+    elif hasattr(model_input, "tolist"):  # a numpy array: images without a source
+        rows = [{"array": image} for image in _as_list(model_input)]
     else:
-        raise TypeError(
-            "a guarded model takes rows with a source and an input "
-            "(dataframe_records, dataframe_split, or inputs as a list of objects)"
-        )
+        rows = [model_input]
     return [_clean(row) for row in rows]
+
+
+def _as_list(value: Any) -> list[Any]:
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    return list(value) if isinstance(value, list | tuple) else [value]
 
 
 def _clean(row: Any) -> dict[str, Any]:
@@ -125,6 +148,17 @@ def wrap_model(
     if dataset:
         tags[DATASET_TAG] = dataset
     return parent, registry.register_pyfunc(GuardedModel(), parent.name, config, tags=tags)
+
+
+def _log_to_stderr() -> None:
+    """In a serving process nobody configured robmon's logging: its warnings (publishing
+    failures, an uncalibrated version) go to stderr, beside the server's log."""
+    logger = logging.getLogger("monitor")
+    if not logger.hasHandlers():
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 def recorded_environ(settings: Any) -> dict[str, str]:

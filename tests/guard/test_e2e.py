@@ -138,7 +138,7 @@ def test_verdicts_follow_policy_incidents_and_triage(
     answers: dict[tuple[str, str], dict] = {}
     for k, source in enumerate(BENIGN):
         for a in send(url, rows(source, clean[k * 40 : (k + 1) * 40], "clean")):
-            answers[(a["source"], a["id"])] = a
+            answers[(a["source"], a["request_id"])] = a
     from monitor.config import load_settings
     from monitor.registry import Registry
 
@@ -146,7 +146,7 @@ def test_verdicts_follow_policy_incidents_and_triage(
     parent = registry.load_torch(registry.resolve(deployment.parent))
     adversarial = pgd(parent.module, clean[120:200], labels[120:200], 0.3, seed=0)
     for a in send(url, rows(ATTACKER, adversarial, "adv")):
-        answers[(a["source"], a["id"])] = a
+        answers[(a["source"], a["request_id"])] = a
     sent = len(answers)
     assert sent == 200
 
@@ -156,8 +156,10 @@ def test_verdicts_follow_policy_incidents_and_triage(
     flagged_share = (attacked["review"] + attacked["refuse"]) / 80
     benign_share = (benign["review"] + benign["refuse"]) / 120
     assert flagged_share >= 0.5 and flagged_share >= 4 * benign_share, (attacked, benign)
-    for a in answers.values():  # refused rows carry no prediction; the others do
+    for a in answers.values():  # refused rows carry no prediction nor confidence; others do
         assert (a["prediction"] is None) == (a["verdict"] == "refuse"), a
+        assert (a["confidence"] is None) == (a["verdict"] == "refuse"), a
+        assert a["request_id"].startswith(a["id"] + "~")  # the client's id, made unique
 
     # 2. the monitor sees every request: its own flags agree with the guard's verdicts
     wait_for_lines(deployment.published, sent)
@@ -209,13 +211,32 @@ def test_verdicts_follow_policy_incidents_and_triage(
     cleared = send(url, rows(BENIGN[1], clean[225:230], "cleared"))
     assert Counter(a["verdict"] for a in cleared)["refuse"] == 0
 
-    # 7. every verdict recorded: all 250 requests are scored rows with the verdict answered
-    total = sent + 10 + 10 + 10 + 5 + 5
-    wait_for_lines(deployment.published, total)
+    # 7. a client that repeats one id is still seen whole (its requests are not "duplicates")
+    repeated = [dict(row, id="same") for row in rows(BENIGN[2], clean[230:236], "x")]
+    again = send(url, repeated)
+    assert [a["id"] for a in again] == ["same"] * 6 and len({a["request_id"] for a in again}) == 6
+
+    # 8. a bare tensor (no rows, no source) is refused row by row, not a server error
+    bare = urllib.request.Request(
+        f"{url}/invocations",
+        json.dumps({"inputs": clean[236:238].tolist()}).encode(),
+        {"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(bare, timeout=60) as response:
+        refused = json.loads(response.read())["predictions"]
+    assert [a["verdict"] for a in refused] == ["refuse", "refuse"]
+    assert all("missing field: source" in a["reason"] for a in refused)
+
+    # 9. every verdict recorded: each scored request's row holds the verdict it was answered;
+    #    the two without a source are dead letters (nothing lost)
+    total = sent + 10 + 10 + 10 + 5 + 5 + 6
+    wait_for_lines(deployment.published, total + 2)
     robmon("ingest", str(deployment.published))
     stored = stored_scores(deployment.home)
-    for batch in (after, still, back, ordered, cleared):
+    for batch in (after, still, back, ordered, cleared, again):
         for a in batch:
-            assert stored[(a["source"], a["id"])]["verdict"] == a["verdict"]
+            assert stored[(a["source"], a["request_id"])]["verdict"] == a["verdict"]
     guarded_rows = [r for r in stored.values() if r["verdict"] is not None]
     assert len(guarded_rows) == total
+    letters = robmon("dead-letters", "list", "--json").json()["dead_letters"]
+    assert sum("missing field(s): source" in d["reason"] for d in letters) == 2

@@ -203,22 +203,75 @@ def test_rows_take_the_record_inputs_and_refuse_the_rest(ctx, digits, tmp_path) 
         ]
     )
     g.close()
-    by_id = {v.request_id: v for v in answers}
+    by_id = {v.client_id: v for v in answers}
     assert by_id["png"].verdict == "allow" and by_id["png"].predicted == int(digits.y[0])
     assert by_id["obj"].predicted == int(digits.y[0])
     assert "input.path is refused here" in by_id["path"].reason
-    assert (
-        by_id["nosource"].source == "unknown"
-        and "missing field: source" in by_id["nosource"].reason
-    )
+    assert by_id["nosource"].source is None
+    assert "missing field: source" in by_id["nosource"].reason
     assert by_id["bad"].verdict == "refuse" and by_id["bad"].predicted is None
+    assert by_id["bad"].confidence is None
     records = [json.loads(line) for line in published.read_text().splitlines()]
-    assert [r["id"] for r in records] == ["path", "nosource", "bad", "png", "obj"]
+    assert [r["id"].partition("~")[0] for r in records] == ["path", "nosource", "bad", "png", "obj"]
+    assert "source" not in records[1] and records[2]["input"] == {"array": "nope"}  # as sent
     assert records[3]["guard"]["verdict"] == "allow" and records[3]["version"] == "1"
     result = robmon("ingest", str(published), "--json").json()
-    assert result["scored"] == 3 and result["dead_letters"] == 2  # path and bad: not lost
+    assert result["scored"] == 2 and result["dead_letters"] == 3  # nothing lost
     letters = robmon("dead-letters", "list", "--json").json()["dead_letters"]
-    assert {d["source"] for d in letters} == {"s1"}
+    assert sorted(str(d["source"]) for d in letters) == ["None", "s1", "s1"]
+
+
+def test_a_refused_source_learns_nothing_and_repeated_ids_stay_apart(ctx, digits) -> None:
+    _, db, _ = ctx
+    set_override(db, "s9", "refuse", "bo")
+    g = guard(ctx, cache_seconds=0)
+    answers = g.check_batch(digits.x[:3], ["s9"] * 3, ["same"] * 3)
+    assert all(v.predicted is None and v.confidence is None for v in answers)
+    assert all(v.scores["confidence"] > 0 for v in answers)  # kept for the record only
+    assert [v.as_answer()["id"] for v in answers] == ["same"] * 3
+    assert len({v.request_id for v in answers}) == 3
+
+
+def test_non_json_numbers_are_published_as_readable_lines(ctx, tmp_path) -> None:
+    published = tmp_path / "guarded.jsonl"
+    g = guard(ctx, publish=str(published))
+    [v] = g.check_rows([{"source": "s1", "array": [[float("nan")] * 8] * 8}])
+    g.close()
+    assert v.verdict == "refuse"
+    [line] = published.read_text().splitlines()
+    def no_constants(token: str):
+        raise AssertionError(f"{token} is no JSON")
+
+    record = json.loads(line, parse_constant=no_constants)
+    assert record["source"] == "s1" and record["guard"]["verdict"] == "refuse"
+
+
+def test_orders_name_sources_a_request_can_have(ctx, digits, adversarial, tmp_path) -> None:
+    _, db, _ = ctx
+    with pytest.raises(RobmonError, match="surrounding whitespace"):
+        set_override(db, " 10.0.0.1", "refuse", "bo")
+    with pytest.raises(RobmonError, match="has no order in force"):
+        set_override(db, "10.0.0.1", "clear", "bo")
+    incident = open_incident(tmp_path, adversarial, digits)
+    with pytest.raises(RobmonError, match=f"incident {incident['id']} is not about 10.0.0.1"):
+        set_override(db, "10.0.0.1", "refuse", "bo", alert_id=incident["id"])
+    with pytest.raises(ConfigError, match="not a ftp URL"):
+        GuardPolicy.from_table({"publish": "ftp://x/y"})
+
+
+def test_request_rows_take_every_shape_mlflow_parses() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from monitor.guard.wrap import request_rows
+
+    image = np.zeros((1, 8, 8))
+    frame = pd.DataFrame([{"source": "a", "array": image.tolist()}, {"source": "b"}])
+    assert [sorted(r) for r in request_rows(frame)] == [["array", "source"], ["source"]]
+    columns = {"source": np.array(["a", "b"]), "array": np.zeros((2, 1, 8, 8))}
+    assert [r["source"] for r in request_rows(columns)] == ["a", "b"]
+    assert [list(r) for r in request_rows(np.zeros((3, 1, 8, 8)))] == [["array"]] * 3
+    assert request_rows([{"source": "a"}, 5]) == [{"source": "a"}, {"input": 5}]
 
 
 def test_records_published_to_a_redis_stream_reach_the_ingester(ctx, digits, stream) -> None:
