@@ -16,7 +16,8 @@ Models, trained here on the built-in digits (no download):
 
 Robust accuracy counts samples correct both clean and attacked, as AutoAttack does; robmon's
 numbers come from ``monitor.audit.measure`` (the audit's own code path, early stopping and
-batching included). Times are CPU seconds of this process (``time.process_time``). torchattacks
+batching included). Times in the table are CPU seconds of this process (``time.process_time``);
+the per-attack times of the progress lines are the cells' own wall-clock seconds. torchattacks
 is a benchmark dependency only (``pip install --no-deps torchattacks==3.5.1``).
 """
 
@@ -33,8 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._timing import table
 from monitor import architectures
-from monitor.audit.config import PRESETS, config_from
+from monitor.audit.config import config_from
 from monitor.audit.measure import Attackers, measure
+from monitor.audit.presets import PRESETS
 from monitor.classifiers import TorchClassifier
 from monitor.datasets import load_dataset
 from monitor.harden.training import Recipe, adversarial_training

@@ -12,13 +12,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from monitor.audit.config import (
-    PRESETS,
-    AuditConfig,
-    audit_defaults,
-    config_from,
-    merge_levels,
-)
+from monitor.audit.config import AuditConfig, audit_defaults, config_from, merge_levels
+from monitor.audit.presets import PRESETS
 from monitor.config import Settings
 from monitor.errors import AuditError, ConfigError, RobmonError
 from monitor.registry import DATASET_TAG, ModelVersionRef, Registry

@@ -127,7 +127,6 @@ def apgd_targeted(
     target_classes: int = 9,
     restarts: int = 1,
     skip_targets: int = 0,
-    rank_at: torch.Tensor | None = None,
     seed: Seed = None,
     stats: AttackStats | None = None,
 ) -> torch.Tensor:
@@ -156,31 +155,13 @@ def apgd_targeted(
             logits = model(x0)
         if stats is not None:
             stats.forward += len(x0)
-        targets = _targets(model, logits, y0, rank_at, stats)
+        ranked = logits.argsort(dim=1, descending=True)
         run = partial(_run, model, eps=eps, spec=spec, steps=steps, stats=stats)
         best = _Best.start(x0, done=succeeded(logits, y0, targeted=False))
-        for rank in range(skip_targets, min(target_classes, logits.shape[1] - 1)):
-            objective = _Objective("dlr", target=targets[:, rank])
+        for rank in range(1 + skip_targets, min(target_classes, logits.shape[1] - 1) + 1):
+            objective = _Objective("dlr", target=ranked[:, rank])
             _restarts(run, x0, y0, objective, gen, restarts, best)
     return best.x.to(x.device)
-
-
-def _targets(
-    model: nn.Module,
-    logits: torch.Tensor,
-    y: torch.Tensor,
-    rank_at: torch.Tensor | None,
-    stats: AttackStats | None,
-) -> torch.Tensor:
-    """N×(K-1): the classes other than y, highest logit first, at the clean input (``logits``)
-    or at ``rank_at``."""
-    if rank_at is not None:
-        with torch.no_grad():
-            logits = model(rank_at.detach().to(logits.device))
-        if stats is not None:
-            stats.forward += len(logits)
-    ranked = logits.scatter(1, y[:, None], -torch.inf).argsort(dim=1, descending=True)
-    return ranked[:, :-1]
 
 
 def _check_counts(steps: int, restarts: int) -> None:

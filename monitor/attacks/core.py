@@ -187,6 +187,11 @@ class SampleStreams:
         """The streams of samples ``idx`` (sharing the positions: their streams go on)."""
         return SampleStreams(self.positions, self.rows.index_select(0, idx.to(self.rows.device)))
 
+    def rewind(self, counts: torch.Tensor) -> None:
+        """Takes back each sample's last ``counts`` draws (int64 per sample), as if never made:
+        a batched draw of more than a sample turned out to need gives the rest back."""
+        self.positions[self.rows] -= counts.to(self.positions.device, torch.int64) * _GOLDEN
+
     def rand(self, shape: Sequence[int]) -> torch.Tensor:
         """float32 uniforms in [0, 1) shaped ``shape``, one row per sample, from the top 24 bits
         of each draw (as torch.rand): each sample's next draws, advancing its stream."""

@@ -110,9 +110,9 @@ def _run(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One target from the clean input: (closest adversarial example, found inside the ball).
 
-    As the paper's code, but the gradient pass at a new point also says whether it is
-    adversarial (the paper's code spends a forward pass on that); only points moved back by
-    beta need their gradient again.
+    As the paper's code, but the gradient pass at each new point also says whether it is
+    adversarial (the paper's code spends a forward pass at every step on that); a point that
+    is, moved back by beta, needs its gradient again there.
     """
     closest = torch.full((len(x0),), torch.inf, device=x0.device)
     best, point = x0.clone(), x0.clone()

@@ -21,6 +21,7 @@ from torch import nn
 from monitor.attacks.core import (
     AttackStats,
     Generators,
+    SampleStreams,
     Seed,
     attack_mode,
     check_inputs,
@@ -150,17 +151,48 @@ def _run(
     best = search.start(x, eps, gen)
     margin = query(best, y)
     spent = torch.ones(len(x), dtype=torch.int64, device=x.device)
+    live = _Live.of(margin >= 0, x, y, best, margin, gen=gen)  # early stop: the fooled keep theirs
     for i in range(queries - 1):
-        active = (margin >= 0).nonzero().squeeze(1)  # early stop: the fooled keep their point
-        if active.numel() == 0:
+        if live.idx.numel() == 0:
             break
         side = search.side(_share(p_init, i, queries), h, w)
-        candidate = search.step(x[active], best[active], eps, side, subset(gen, active))
-        m = query(candidate, y[active])
-        better = m < margin[active]
-        best[active[better]], margin[active[better]] = candidate[better], m[better]
-        spent[active] += 1
+        candidate = search.step(live.x, live.best, eps, side, live.gen)
+        m = query(candidate, live.y)
+        better = m < live.margin
+        live.best[better], live.margin[better] = candidate[better], m[better]
+        spent[live.idx] += 1
+        fooled = live.margin < 0
+        if fooled.any():
+            live = live.drop(fooled, best, margin)
+    live.drop(torch.ones_like(live.margin, dtype=torch.bool), best, margin)
     return best, margin, spent
+
+
+@dataclass
+class _Live:
+    """The samples still searching, gathered once (not at every step): their indices, clean
+    inputs, labels, best points, margins and random streams."""
+
+    idx: torch.Tensor
+    x: torch.Tensor
+    y: torch.Tensor
+    best: torch.Tensor
+    margin: torch.Tensor
+    gen: Generators
+
+    @staticmethod
+    def of(keep: torch.Tensor, *tensors: torch.Tensor, gen: Generators) -> _Live:
+        """The samples ``keep`` of x, y, best and margin (in that order)."""
+        idx = keep.nonzero().squeeze(1)
+        x, y, best, margin = tensors
+        return _Live(idx, x[idx], y[idx], best[idx], margin[idx], subset(gen, idx))
+
+    def drop(self, out: torch.Tensor, best: torch.Tensor, margin: torch.Tensor) -> _Live:
+        """Writes the samples ``out`` back into ``best`` and ``margin``; the others go on."""
+        best[self.idx[out]], margin[self.idx[out]] = self.best[out], self.margin[out]
+        keep = (~out).nonzero().squeeze(1)
+        return _Live(self.idx[keep], self.x[keep], self.y[keep], self.best[keep],
+                     self.margin[keep], subset(self.gen, keep))  # fmt: skip
 
 
 def _share(p_init: float, i: int, queries: int) -> float:
@@ -219,15 +251,31 @@ def _linf_step(
     window = _window(u, x.shape, side)
     signs, current, clean = _signs(u[:, 2:]), best[window], x[window]
     square_ = (clean + eps * signs.view(n, c, 1, 1)).clamp_(0.0, 1.0)
-    for _ in range(_RESAMPLES):  # as the paper's code: a square that changes nothing is redrawn
-        same = (square_ == current).flatten(1).all(dim=1).nonzero().squeeze(1)
-        if same.numel() == 0:
-            break
-        signs[same] = _signs(_uniform(len(same), c, subset(gen, same), x.device))
-        square_ = (clean + eps * signs.view(n, c, 1, 1)).clamp_(0.0, 1.0)
+    same = (square_ == current).flatten(1).all(dim=1).nonzero().squeeze(1)
+    if same.numel():  # as the paper's code: a square that changes nothing is redrawn
+        square_[same] = _redrawn(clean[same], current[same], eps, subset(gen, same))
     candidate = best.clone()
     candidate[window] = square_
     return candidate
+
+
+def _redrawn(
+    clean: torch.Tensor, current: torch.Tensor, eps: float, gen: Generators
+) -> torch.Tensor:
+    """The first of up to _RESAMPLES fresh squares (m×C×side×side) per sample that differs
+    from the current one (else the last), their signs drawn at once; a counter-based stream
+    takes back the draws after the ones used, so each sample's stream goes on as if drawn one
+    try at a time."""
+    m, c = clean.shape[:2]
+    signs = _signs(_uniform(m, _RESAMPLES * c, gen, clean.device)).view(m, _RESAMPLES, c)
+    # per channel: would the square at +eps, at -eps leave the window as it is?
+    kept = [((clean + eps * s).clamp_(0.0, 1.0) == current).flatten(2).all(dim=2) for s in (1, -1)]
+    same = torch.where(signs > 0, kept[0][:, None], kept[1][:, None]).all(dim=2)  # m×tries
+    used = torch.where(same.all(dim=1), _RESAMPLES - 1, (~same).int().argmax(dim=1))
+    if isinstance(gen, SampleStreams):
+        gen.rewind((_RESAMPLES - 1 - used) * c)
+    chosen = signs[torch.arange(m, device=clean.device), used]
+    return (clean + eps * chosen.view(m, c, 1, 1)).clamp_(0.0, 1.0)
 
 
 # L2: the perturbation has norm eps; a step moves the mass of two windows into the first one,

@@ -309,6 +309,7 @@ FAMILIES = {
     "pgd": "gradient (cross-entropy)",
     "apgd": "gradient (cross-entropy)",
     "apgd-t": "gradient (targeted DLR)",
+    "fab-t": "gradient (minimal distortion)",
     "square": "query (Square)",
 }
 

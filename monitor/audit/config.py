@@ -16,13 +16,13 @@ import json
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from monitor.audit.presets import PRESET_KEYS, PRESET_RANK, PRESETS
 from monitor.errors import AuditError
 
-ATTACK_NAMES = ("fgsm", "pgd", "apgd", "apgd-t", "square")
-GRADIENT_ATTACKS = ("fgsm", "pgd", "apgd", "apgd-t")  # crafted on a differentiable model
+ATTACK_NAMES = ("fgsm", "pgd", "apgd", "apgd-t", "fab-t", "square")  # a chain's order
+GRADIENT_ATTACKS = ("fgsm", "pgd", "apgd", "apgd-t", "fab-t")  # crafted on a differentiable model
 QUERY_ATTACKS = ("square",)  # need only the target's scores: white boxes and black boxes alike
 NORMS = ("linf", "l2")
-TARGET_RANKINGS = ("clean", "chain")  # where APGD-T ranks its target classes
 # input kind -> norm -> default grid (L∞ 8/255 and L2 0.5 are RobustBench's CIFAR-10 radii)
 DEFAULT_EPS = {
     "grayscale": {"linf": (0.1, 0.2, 0.3), "l2": (0.5, 1.0, 2.0)},
@@ -32,58 +32,6 @@ INPUT_KINDS = tuple(DEFAULT_EPS)
 GRAYSCALE_DATASETS = ("digits", "digits28")  # built-ins whose kind is known without loading
 # Credibility probe: a radius at which every honest attack should leave (almost) nothing.
 LARGE_EPS = {"linf": 1.0, "l2": 100.0}
-
-
-# Presets: named sets of attack settings. ``quick`` is FGSM + PGD-10 (fast feedback, flatters
-# adversarially trained models by several points); ``standard`` is gate-grade, AutoAttack's
-# structure (APGD-CE, APGD-T on the DLR loss, Square on the scores) chained so that each attack
-# runs only on the samples still robust after the previous ones; ``thorough`` adds restarts and
-# queries. An audit's preset is read back from its settings (``preset_of``), never stored apart.
-PRESETS: dict[str, dict[str, Any]] = {
-    "quick": {
-        "attacks": ("fgsm", "pgd"),
-        "steps": 10,
-        "restarts": 1,
-        "chain": False,
-    },
-    "standard": {
-        "attacks": ("apgd", "apgd-t", "square"),
-        "restarts": 1,
-        "apgd_steps": 100,
-        "target_classes": 9,
-        "target_stop": 3,
-        "targets_from": "chain",
-        "queries": 5000,
-        "query_probe": 500,
-        "chain": True,
-    },
-    "thorough": {
-        "attacks": ("apgd", "apgd-t", "square"),
-        "restarts": 3,
-        "apgd_steps": 100,
-        "target_classes": 9,
-        "target_stop": 0,
-        "targets_from": "chain",
-        "queries": 10000,
-        "query_probe": 0,
-        "chain": True,
-    },
-}
-PRESET_KEYS = (
-    "attacks",
-    "steps",
-    "restarts",
-    "apgd_steps",
-    "target_classes",
-    "target_stop",
-    "targets_from",
-    "queries",
-    "query_probe",
-    "chain",
-)
-GATE_GRADE = ("standard", "thorough")
-# how much a preset's numbers can be trusted, to pick a headline score (custom: unknown)
-PRESET_RANK = {"custom": 0, "quick": 1, "standard": 2, "thorough": 3}
 
 
 @dataclass(frozen=True)
@@ -108,16 +56,15 @@ class AuditConfig:
     # the model's input contract (canonical JSON) when it is not plain pixels: a changed
     # contract changes the numbers, so it is a different audit (None: [0, 1] N×C×H×W)
     input_contract: str | None = None
-    apgd_steps: int = 100  # APGD-CE and APGD-T steps (the paper's 100)
-    target_classes: int = 9  # APGD-T: the top classes other than the true one, each a target
+    apgd_steps: int = 100  # APGD-CE, APGD-T and FAB-T steps (the papers' 100)
+    target_classes: int = 9  # APGD-T and FAB-T: the top classes but the true one, each a target
     # APGD-T runs its targets after the first ``target_stop`` only while the one before fooled
     # some sample (less likely targets fool fewer); 0: always every target
     target_stop: int = 0
-    # APGD-T's targets: the top classes of the clean input ("clean", AutoAttack's) or, in a
-    # chain, of the point where the attack before left each sample ("chain": the classes
-    # APGD-CE pushed towards come first, where a late target of the clean ranking can be the
-    # one that fools)
-    targets_from: str = "clean"
+    # APGD-T: the targets after the first ``target_stop`` all run, each with this many steps
+    # (a screen: a later target that fools mostly does so early), not one at a time at the
+    # full steps while the one before fools any; 0: off
+    target_screen: int = 0
     queries: int = 5000  # Square: queries per sample (the budget)
     # Square spends its budget in stages (``query_probe`` queries, then twice as many each), the
     # next only while the one before fooled some sample the gradient attacks left (a sign of
@@ -138,8 +85,6 @@ class AuditConfig:
         for norm in self.norms:
             if norm not in NORMS:
                 raise AuditError(f"unknown norm {norm!r}; choose from linf, l2.")
-        if self.targets_from not in TARGET_RANKINGS:
-            raise AuditError(f"targets_from must be clean or chain, not {self.targets_from!r}.")
         if self.input_kind is not None and self.input_kind not in INPUT_KINDS:
             raise AuditError(f"input_kind must be grayscale or colour, not {self.input_kind!r}.")
         if self.eps is None and self.input_kind is None and self.dataset in GRAYSCALE_DATASETS:
@@ -152,8 +97,10 @@ class AuditConfig:
             raise AuditError("--steps and --restarts must be at least 1.")
         if self.apgd_steps < 1 or self.queries < 1 or self.target_classes < 1:
             raise AuditError("--apgd-steps, --queries and --target-classes must be at least 1.")
-        if self.query_probe < 0 or self.target_stop < 0:
-            raise AuditError("--query-probe and --target-stop must be 0 (off) or more.")
+        if self.query_probe < 0 or self.target_stop < 0 or self.target_screen < 0:
+            raise AuditError(
+                "--query-probe, --target-stop and target_screen must be 0 (off) or more."
+            )
         if self.limit is not None and self.limit < 1:
             raise AuditError("--limit must be at least 1.")
         if self.eot_samples < 1:
@@ -248,14 +195,14 @@ _HASH_DEFAULTS = {
     "dataset_digest": None,
     "query_probe": 0,
     "target_stop": 0,
-    "targets_from": "clean",
+    "target_screen": 0,
 }
 # settings that change the numbers only when one of these attacks runs
 _USED_BY = {
-    "apgd_steps": ("apgd", "apgd-t"),
-    "target_classes": ("apgd-t",),
+    "apgd_steps": ("apgd", "apgd-t", "fab-t"),
+    "target_classes": ("apgd-t", "fab-t"),
     "target_stop": ("apgd-t",),
-    "targets_from": ("apgd-t",),
+    "target_screen": ("apgd-t",),
     "queries": ("square",),
     "query_probe": ("square",),
 }
@@ -309,12 +256,8 @@ def preset_text(config: AuditConfig) -> str:
         "pgd": f"PGD-{config.steps}",
         "apgd": f"APGD-CE-{config.apgd_steps}",
         "apgd-t": f"APGD-T-{config.apgd_steps} ({config.target_classes} targets"
-        + (" ranked where the attack before left each sample" if _ranked_in_chain(config) else "")
-        + (
-            f"; after {config.target_stop}, while the one before fools any)"
-            if 0 < config.target_stop < config.target_classes
-            else ")"
-        ),
+        + _target_stages(config),
+        "fab-t": f"FAB-T-{config.apgd_steps} ({config.target_classes} targets)",
         "square": f"Square ({config.queries} queries"
         + (
             f" in stages from {config.query_probe}, while each fools any)"
@@ -333,9 +276,13 @@ def preset_text(config: AuditConfig) -> str:
     return f"{config.preset} ({kind}): {joined}{restarts}"
 
 
-def _ranked_in_chain(config: AuditConfig) -> bool:
-    ordered = config.ordered()
-    return config.chain and config.targets_from == "chain" and ordered.index("apgd-t") > 0
+def _target_stages(config: AuditConfig) -> str:
+    if not 0 < config.target_stop < config.target_classes:
+        return ")"
+    if config.target_screen:
+        first = "the first" if config.target_stop == 1 else f"the first {config.target_stop}"
+        return f"; after {first}, {config.target_screen} steps each)"
+    return f"; after {config.target_stop}, while the one before fools any)"
 
 
 def cell_key(cell: Any) -> str:
@@ -428,7 +375,7 @@ _DEFAULT_KEYS = {
     "queries",
     "query_probe",
     "target_stop",
-    "targets_from",
+    "target_screen",
 }
 
 
@@ -457,8 +404,6 @@ def audit_defaults(table: dict[str, Any]) -> dict[str, Any]:
             out["eps"] = tuple(float(v) for v in eps)
         else:
             raise AuditError("robmon.toml: audit.eps must be a list of numbers.")
-    if out.get("targets_from", "clean") not in TARGET_RANKINGS:
-        raise AuditError("robmon.toml: audit.targets_from must be clean or chain.")
     if "preset" in out and out["preset"] not in PRESETS:
         raise AuditError(
             f"robmon.toml: audit.preset must be one of {', '.join(PRESETS)}, not {out['preset']!r}."
@@ -473,6 +418,7 @@ def audit_defaults(table: dict[str, Any]) -> dict[str, Any]:
         "queries",
         "query_probe",
         "target_stop",
+        "target_screen",
     ):
         if key in out and not isinstance(out[key], int):
             raise AuditError(f"robmon.toml: audit.{key} must be an integer.")

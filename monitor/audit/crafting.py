@@ -1,10 +1,10 @@
 """Which function crafts each attack of an audit, and with what settings: one lookup table.
 
-Gradient attacks (FGSM, PGD, APGD-CE, APGD-T) differentiate a torch module (the target's, or a
-surrogate's for transfer). Square needs only scores: the target's logits, or the log of a black
-box's probabilities (the margin of log-softmax equals that of the logits), so it attacks any
-model that returns probabilities, and it always queries the model as served (a defence's real
-forward pass, not the BPDA/EOT view gradients go through).
+Gradient attacks (FGSM, PGD, APGD-CE, APGD-T, FAB-T) differentiate a torch module (the
+target's, or a surrogate's for transfer). Square needs only scores: the target's logits, or the
+log of a black box's probabilities (the margin of log-softmax equals that of the logits), so it
+attacks any model that returns probabilities, and it always queries the model as served (a
+defence's real forward pass, not the BPDA/EOT view gradients go through).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from monitor.attacks import AttackStats, apgd, apgd_targeted, fgsm, pgd, square
+from monitor.attacks import AttackStats, apgd, apgd_targeted, fab_targeted, fgsm, pgd, square
 from monitor.audit.config import QUERY_ATTACKS, AuditConfig
 from monitor.classifiers import Classifier, TorchClassifier
 
@@ -28,9 +28,12 @@ CRAFT: dict[str, Craft] = {
     "apgd": lambda m, x, y, eps, norm, cfg, es, seed, st: apgd(
         m, x, y, eps, norm=norm, steps=cfg.apgd_steps, restarts=cfg.restarts, seed=seed, stats=st
     ),
-    "apgd-t": lambda m, x, y, eps, norm, cfg, es, seed, st, skip=0, rank_at=None: apgd_targeted(
+    "apgd-t": lambda m, x, y, eps, norm, cfg, es, seed, st, skip=0: apgd_targeted(
         m, x, y, eps, norm=norm, steps=cfg.apgd_steps, target_classes=cfg.target_classes,
-        skip_targets=skip, rank_at=rank_at, seed=seed, stats=st,
+        skip_targets=skip, seed=seed, stats=st,
+    ),
+    "fab-t": lambda m, x, y, eps, norm, cfg, es, seed, st: fab_targeted(
+        m, x, y, eps, norm=norm, steps=cfg.apgd_steps, target_classes=cfg.target_classes, stats=st
     ),
     "square": lambda m, x, y, eps, norm, cfg, es, seed, st, skip=0: square(
         m, x, y, eps, norm=norm, queries=cfg.queries, seed=seed, stats=st
@@ -78,14 +81,9 @@ def craft(
     seeds: torch.Tensor,
     stats: AttackStats,
     skip: int = 0,
-    previous: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Adversarial examples of one batch by one attack (x on the crafting device); ``skip``
-    leaves out the first APGD-T targets (a later stage of a staged cell); ``previous``:
-    where the attack before in a chain left each sample (APGD-T ranks its targets there when the
-    configuration says ``targets_from="chain"``)."""
+    leaves out the first APGD-T targets (a later stage of a staged cell)."""
     model = scores_of(target) if attack in QUERY_ATTACKS else crafter.crafting_module
     extra = {"skip": skip} if skip else {}
-    if attack == "apgd-t" and config.targets_from == "chain" and previous is not None:
-        extra["rank_at"] = previous
     return CRAFT[attack](model, x, y, eps, norm, config, early_stop, seeds, stats, **extra).detach()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from functools import partial
 
 import torch
 
@@ -23,7 +22,7 @@ from monitor.attacks.core import attack_mode, input_gradient
 from monitor.audit.config import LARGE_EPS, QUERY_ATTACKS, AuditConfig
 from monitor.audit.crafting import attacks_for, craft
 from monitor.audit.memory import BatchPlan, BatchSize, in_batches, plan_batches
-from monitor.audit.stages import measure_staged, query_summary
+from monitor.audit.stages import merge_stages, query_summary, stage_plan
 from monitor.classifiers import Classifier, TorchClassifier, check_input_shape
 from monitor.errors import ModelIncompatible
 from monitor.progress import Reporter, silent
@@ -65,7 +64,6 @@ class CellResult:
     attacked: int = 0  # samples this attack ran on (a chain: those the earlier ones left)
     queries: dict | None = None  # query attacks: per-sample queries (mean, median, max, budget)
     query_counts: torch.Tensor | None = field(default=None, repr=False)  # per sample (0: none)
-    points: torch.Tensor | None = field(default=None, repr=False)  # where it left each sample
 
 
 @dataclass
@@ -148,9 +146,26 @@ def measure(
     for threat, crafter, attacks in attackers.plan(config):
         for norm in config.norms:
             for eps in config.eps_for(norm):
-                cells += measure_attacks(crafter or attackers.target, attackers.target, x, y,
-                                         correct, attacks, norm, eps, config, threat, plan,
-                                         report)  # fmt: skip
+                left = correct  # a chain attacks only what the earlier attacks left robust
+                for attack in attacks:
+                    run = measure_staged if attack in STAGED else measure_cell
+                    cell = run(
+                        crafter or attackers.target,
+                        attackers.target,
+                        x,
+                        y,
+                        left,
+                        attack,
+                        norm,
+                        eps,
+                        config,
+                        threat,
+                        plan,
+                        report,
+                    )
+                    cells.append(cell)
+                    if config.chain:
+                        left = cell.robust
     probes = probe(attackers, x, y, correct, config, plan)
     return Measurements(
         clean_accuracy=int(correct.sum()) / len(y),
@@ -162,37 +177,6 @@ def measure(
         batch=plan.record(),
         chained=config.chain,
     )
-
-
-def measure_attacks(
-    crafter: Classifier,
-    target: Classifier,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    correct: torch.Tensor,
-    attacks: tuple[str, ...],
-    norm: str,
-    eps: float,
-    config: AuditConfig,
-    threat: str,
-    plan: BatchPlan,
-    report: Reporter = silent,
-) -> list[CellResult]:
-    """The cells of one threat, norm and eps, attacks in order. A chain attacks only what the
-    attacks before left robust, and where APGD-T ranks its targets at the points the attack
-    before ended (``targets_from="chain"``), that attack hands them over."""
-    cells, left, previous = [], correct, None
-    for i, attack in enumerate(attacks):
-        hand_over = config.chain and config.targets_from == "chain" and "apgd-t" in attacks[i + 1 : i + 2]
-        if attack in STAGED:
-            run = partial(measure_staged, previous=previous)
-        else:
-            run = partial(measure_cell, previous=previous, keep_points=hand_over)
-        cell = run(crafter, target, x, y, left, attack, norm, eps, config, threat, plan, report)
-        cells.append(cell)
-        if config.chain:
-            left, previous, cell.points = cell.robust, cell.points, None
-    return cells
 
 
 def batch_plan(attackers: Attackers, x: torch.Tensor, request: BatchSize) -> BatchPlan:
@@ -264,13 +248,9 @@ def measure_cell(
     report: Reporter = silent,
     task: str | None = None,
     skip: int = 0,
-    previous: torch.Tensor | None = None,
-    keep_points: bool = False,
 ) -> CellResult:
     """Attack the samples of ``correct`` (the initially correct ones; in a chain, those still
-    robust) in batches (halved on out-of-memory); evaluate the target on the results.
-    ``previous``: where the attack before left each sample (see ``crafting.craft``);
-    ``keep_points``: the result's ``points`` are where this attack left each sample."""
+    robust) in batches (halved on out-of-memory); evaluate the target on the results."""
     plan = batch if isinstance(batch, BatchPlan) else BatchPlan(batch, batch, "", "fixed")
     device = torch.device(getattr(crafter, "device", "cpu"))
     started = time.perf_counter()
@@ -279,21 +259,17 @@ def measure_cell(
     counts = torch.zeros(len(y), dtype=torch.long)
     sizes: list[torch.Tensor] = []
     examples: list[Example] = []
-    points = x.clone() if keep_points else None
     todo = correct.nonzero().squeeze(1)
     task = task or f"{threat} {attack} {norm} eps={eps:g}"
     report(task, 0, len(todo))
 
     def work(start: int, stop: int) -> None:  # keeps nothing from a batch that fails
         idx = todo[start:stop]
-        begin = None if previous is None else previous[idx]
         done = _attack_batch(
-            crafter, target, x, y, idx, attack, norm, eps, config, threat, device, skip, begin
+            crafter, target, x, y, idx, attack, norm, eps, config, threat, device, skip
         )
-        still, size, gallery, passes, used, adv = done
+        still, size, gallery, passes, used = done
         robust[idx] = still
-        if points is not None:
-            points[idx] = adv.to(points.device)
         stats.forward += passes
         if used is not None:
             counts[idx] = used
@@ -325,8 +301,38 @@ def measure_cell(
         attacked=n_correct,
         queries=query_summary(counts[todo], config.queries) if attack in QUERY_ATTACKS else None,
         query_counts=counts if attack in QUERY_ATTACKS else None,
-        points=points,
     )
+
+
+def measure_staged(
+    crafter: Classifier,
+    target: Classifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    correct: torch.Tensor,
+    attack: str,
+    norm: str,
+    eps: float,
+    config: AuditConfig,
+    threat: str,
+    batch: BatchPlan | int,
+    report: Reporter = silent,
+) -> CellResult:
+    """An attack whose budget is spent in stages (``stages.stage_plan``), each on the samples
+    still robust, going on only while the stage before fooled any (a screen: whatever it did).
+    Where the earlier attacks left nothing to find, the rest of the budget is not spent; where
+    they missed something (masked gradients), all of it is. Decided over the whole cell, so
+    the numbers do not depend on the batch size."""
+    left, done, fooled_any = correct, [], True
+    for stage in stage_plan(attack, config):
+        if not (fooled_any or stage.always):
+            break
+        cell = measure_cell(crafter, target, x, y, left, attack, norm, eps, stage.config,
+                            threat, batch, report, skip=stage.skip)  # fmt: skip
+        done.append(cell)
+        fooled_any = int(cell.robust.sum()) < int(left.sum())
+        left = cell.robust
+    return merge_stages(done, correct, config, GALLERY_SIZE)
 
 
 def _attack_batch(
@@ -342,12 +348,9 @@ def _attack_batch(
     threat: str,
     device: torch.device,
     skip: int = 0,
-    previous: torch.Tensor | None = None,
-) -> tuple[
-    torch.Tensor, torch.Tensor | None, list[Example], int, torch.Tensor | None, torch.Tensor
-]:
+) -> tuple[torch.Tensor, torch.Tensor | None, list[Example], int, torch.Tensor | None]:
     """Samples ``idx`` attacked: (still correct, perturbation sizes of the fooled ones, gallery
-    candidates, forward passes, queries per sample of a query attack, the attacked points)."""
+    candidates, forward passes, queries per sample of a query attack)."""
     stats = AttackStats()
     xb = x[idx].to(device)
     adv = craft(
@@ -363,20 +366,19 @@ def _attack_batch(
         sample_seeds(config.seed, idx),
         stats,
         skip,
-        None if previous is None else previous.to(device),
     )
     predicted = target.labels(adv).cpu()
     still = predicted == y[idx]
     fooled = ~still
     used = stats.queries.cpu() if getattr(stats, "queries", None) is not None else None
     if not fooled.any():
-        return still, None, [], stats.forward, used, adv
+        return still, None, [], stats.forward, used
     size = perturbation_size(adv[fooled.to(adv.device)], xb[fooled.to(xb.device)], norm).cpu()
     gallery = [
         Example(xb[j].cpu(), adv[j].cpu(), int(y[idx][j]), int(predicted[j]))
         for j in fooled.nonzero().squeeze(1)[:GALLERY_SIZE].tolist()
     ]
-    return still, size, gallery, stats.forward, used, adv
+    return still, size, gallery, stats.forward, used
 
 
 def sample_seeds(seed: int, idx: torch.Tensor) -> torch.Tensor:

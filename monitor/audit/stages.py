@@ -1,79 +1,56 @@
-"""Budgets spent in stages: which configurations the stages of one attack run with, running
-them (``measure_staged``: each a cell on what the last left robust), and one result for them
-all.
+"""Budgets spent in stages: which configurations the stages of one attack run with, and one
+result for them all (``measure.measure_staged`` runs them, each on what the last left robust).
 
 Square: ``query_probe`` queries, then fresh searches of twice as many each, up to its budget;
-APGD-T: the first ``target_stop`` targets, then one target at a time. The next stage runs only
-while the one before fooled any sample.
+the next only while the one before fooled any sample. APGD-T: the first ``target_stop``
+targets, then all the others at once on ``target_screen`` steps each (a screen, run whatever
+the first stage found), or without a screen one target at a time while the one before fooled
+any.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
 
 from monitor.audit.config import QUERY_ATTACKS, AuditConfig
-from monitor.audit.memory import BatchPlan
-from monitor.classifiers import Classifier
-from monitor.progress import Reporter, silent
 
 if TYPE_CHECKING:
     from monitor.audit.measure import CellResult
 
 
-def stage_plan(attack: str, config: AuditConfig) -> list[tuple[AuditConfig, int]]:
-    """(configuration, targets to skip) of each stage of an attack (one stage: no staging)."""
+@dataclass(frozen=True)
+class Stage:
+    """One stage: its configuration, the APGD-T targets it skips (run by the stages before),
+    and whether it runs whatever the stage before found (a screen) or only if that fooled any."""
+
+    config: AuditConfig
+    skip: int = 0
+    always: bool = False
+
+
+def stage_plan(attack: str, config: AuditConfig) -> list[Stage]:
+    """The stages of an attack (one stage: no staging)."""
     if attack in QUERY_ATTACKS and 0 < config.query_probe < config.queries:
         budgets, left = [], config.queries  # the probe, then doubling: 500, 1000, 2000, 1500
         while left > 0:
             budgets.append(min(config.query_probe * 2 ** len(budgets), left))
             left -= budgets[-1]
         return [
-            (replace(config, queries=q, seed=config.seed + i), 0) for i, q in enumerate(budgets)
+            Stage(replace(config, queries=q, seed=config.seed + i)) for i, q in enumerate(budgets)
         ]
-    if attack == "apgd-t" and 0 < config.target_stop < config.target_classes:
-        first = [(replace(config, target_classes=config.target_stop), 0)]
-        return first + [
-            (replace(config, target_classes=k + 1), k)
-            for k in range(config.target_stop, config.target_classes)
+    stop = config.target_stop
+    if attack == "apgd-t" and 0 < stop < config.target_classes:
+        first = Stage(replace(config, target_classes=stop))
+        if config.target_screen:  # all the other targets at once, each on a short budget
+            return [first, Stage(replace(config, apgd_steps=config.target_screen), stop, True)]
+        return [first] + [
+            Stage(replace(config, target_classes=k + 1), k)
+            for k in range(stop, config.target_classes)
         ]
-    return [(config, 0)]
-
-
-def measure_staged(
-    crafter: Classifier,
-    target: Classifier,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    correct: torch.Tensor,
-    attack: str,
-    norm: str,
-    eps: float,
-    config: AuditConfig,
-    threat: str,
-    batch: BatchPlan | int,
-    report: Reporter = silent,
-    previous: torch.Tensor | None = None,
-) -> CellResult:
-    """An attack whose budget is spent in stages (``stage_plan``), each a cell
-    (``measure.measure_cell``) on the samples still robust, from the same ``previous``, going on
-    only while the stage before fooled any. Where the earlier attacks left nothing to find,
-    the rest of the budget is not spent; where they missed something (masked gradients), all
-    of it is. Decided over the whole cell, so the numbers do not depend on the batch size."""
-    from monitor.audit.measure import GALLERY_SIZE, measure_cell  # measure runs the stages
-
-    left, done = correct, []
-    for stage_config, skip in stage_plan(attack, config):
-        cell = measure_cell(crafter, target, x, y, left, attack, norm, eps, stage_config,
-                            threat, batch, report, skip=skip, previous=previous)  # fmt: skip
-        done.append(cell)
-        fooled_any = int(cell.robust.sum()) < int(left.sum())
-        left = cell.robust
-        if not fooled_any:
-            break
-    return merge_stages(done, correct, config, GALLERY_SIZE)
+    return [Stage(config)]
 
 
 def merge_stages(

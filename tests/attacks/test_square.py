@@ -96,6 +96,49 @@ def test_sample_streams_depend_only_on_each_samples_seed_and_draws():
         draw(torch.randn, (60, 5), whole, cpu, torch.float32)
 
 
+def test_a_rewound_stream_goes_on_as_if_the_draws_were_never_made():
+    cpu = torch.device("cpu")
+    fresh = SampleStreams.seeded(torch.arange(6) + 11, cpu).rand((6, 8))
+    streams = SampleStreams.seeded(torch.arange(6) + 11, cpu)
+    assert torch.equal(streams.rand((6, 5)), fresh[:, :5])
+    streams.subset(torch.tensor([1, 4])).rewind(torch.tensor([5, 2]))  # 1 all back, 4 keeps 3
+    again = streams.rand((6, 3))
+    assert torch.equal(again[1], fresh[1, :3]) and torch.equal(again[4], fresh[4, 3:6])
+    assert torch.equal(again[0], fresh[0, 5:8])
+
+
+def test_a_square_that_changes_nothing_is_redrawn_as_if_one_draw_at_a_time():
+    """The L∞ step against the paper's loop (redraw the signs until the square changes the
+    image), run sample by sample on the same streams: the same candidates, and the streams
+    where they would have got to."""
+    from monitor.attacks.square import _RESAMPLES, _linf_step, _signs, _window
+
+    cpu, n, eps = torch.device("cpu"), 400, 0.1
+    x = torch.full((n, 1, 4, 4), 0.5)
+    flips = torch.rand((n, 1, 4, 4), generator=torch.Generator().manual_seed(0)) < 0.5
+    best = x + eps * torch.where(flips, -1.0, 1.0)  # a one-pixel square is unchanged half the time
+    ours = SampleStreams.seeded(torch.arange(n), cpu)
+    candidate = _linf_step(x, best, eps, 1, ours)
+    theirs = SampleStreams.seeded(torch.arange(n), cpu)
+    expected, redrawn = best.clone(), 0
+    for i in range(n):
+        one = theirs.subset(torch.tensor([i]))
+        u = one.rand((1, 3))
+        window = _window(u, (1, 1, 4, 4), 1)
+        clean, current = x[i : i + 1][window], best[i : i + 1][window]
+        square = (clean + eps * _signs(u[:, 2:]).view(1, 1, 1, 1)).clamp(0.0, 1.0)
+        for _ in range(_RESAMPLES):
+            if not torch.equal(square, current):
+                break
+            redrawn += 1
+            square = (clean + eps * _signs(one.rand((1, 1))).view(1, 1, 1, 1)).clamp(0.0, 1.0)
+        expected[i : i + 1][window] = square
+    assert redrawn > n // 3  # the redraw is exercised
+    assert torch.equal(candidate, expected)
+    assert bool((candidate != best).flatten(1).any(dim=1).all())  # no query wasted
+    assert torch.equal(ours.rand((n, 4)), theirs.rand((n, 4)))
+
+
 def test_sample_streams_look_uniform_and_independent():
     n, k = 2000, 500
     u = SampleStreams.seeded(torch.arange(n), torch.device("cpu")).rand((n, k)).double()

@@ -1,11 +1,12 @@
 """Presets: what each one runs, how levels of settings combine, hashes that stay put for old
 audits and change where the numbers change, and the preset read back from stored audits."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from monitor.audit.config import (
-    PRESETS,
     AuditConfig,
     audit_defaults,
     config_from,
@@ -13,11 +14,17 @@ from monitor.audit.config import (
     preset_text,
     stored_preset,
 )
+from monitor.audit.presets import PRESETS
 from monitor.datasets import dataset_digest
 from monitor.errors import AuditError
 
 # the hash of AuditConfig(dataset="digits") before presets existed: quick audits keep it
 QUICK_DIGITS_HASH = "937de1feabadc07789485c4a8c01adbac070e1962ceb6a3ada705415bd2e9c4f"
+# standard on digits before APGD-T screened its targets after the first (its audits keep this
+# hash and read back as custom), and since
+OLD_STANDARD_DIGITS_HASH = "a5004e9a10b542702e8e0b1ca5a234a4ceb45fc08823e06b9542c0260fc680d7"
+STANDARD_DIGITS_HASH = "39d9f69eafd26aa6b5eeee8481d3a253b476aa066c1d34057a06132fe631022e"
+THOROUGH_DIGITS_HASH = "4e590b86c16ea57fc3237d8ebb1c6740651bbc19d3d18df76d7caac122d18971"
 
 
 def test_standard_is_autoattacks_structure_in_its_order():
@@ -27,6 +34,27 @@ def test_standard_is_autoattacks_structure_in_its_order():
     assert config.queries == 5000 and config.preset == "standard"
     assert [a for a, _, e in config.cells() if e == 0.1] == ["apgd", "apgd-t", "square"]
     assert preset_text(config).startswith("standard (gate-grade): APGD-CE-100 → APGD-T-100")
+
+
+def test_standard_screens_apgd_t_targets_after_the_first_and_thorough_runs_them_all():
+    config = config_from({"preset": "standard"}, {"dataset": "digits"})
+    assert (config.target_stop, config.target_screen) == (1, 25)
+    assert config.hash() == STANDARD_DIGITS_HASH
+    assert "APGD-T-100 (9 targets; after the first, 25 steps each) → Square" in preset_text(config)
+    # before: three targets, then one at a time while the one before fools any
+    before = replace(config, target_stop=3, target_screen=0)
+    assert before.hash() == OLD_STANDARD_DIGITS_HASH and before.preset == "custom"
+    assert "target_screen" not in before.canonical()
+    assert stored_preset(before.canonical()) == "custom"
+    assert stored_preset(config.canonical()) == "standard"
+    thorough = config_from({"preset": "thorough"}, {"dataset": "digits"})
+    assert thorough.target_screen == 0 and thorough.hash() == THOROUGH_DIGITS_HASH
+    # no APGD-T, no screen: the default audit keeps its hash whatever the setting says
+    assert AuditConfig(dataset="digits", target_screen=25).hash() == QUICK_DIGITS_HASH
+    with pytest.raises(AuditError, match="target_screen must be 0"):
+        AuditConfig(dataset="digits", target_screen=-1)
+    with pytest.raises(AuditError, match=r"audit\.target_screen must be an integer"):
+        audit_defaults({"target_screen": "25"})
 
 
 def test_the_default_audit_is_quick_and_keeps_its_hash():

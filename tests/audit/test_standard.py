@@ -30,7 +30,7 @@ def test_standard_chains_apgd_apgd_t_and_square_and_never_flatters_quick(demo_ho
     assert quick["preset"] == "quick"
     assert chain[-1] <= _cells(quick)[("pgd", 0.1)]["robust_accuracy"]
     shown = robmon("audits", "show", str(data["audit_id"])).stdout
-    assert "Attacks: custom (not a preset): APGD-CE-100 → APGD-T-100 (9 targets; after 3" in shown
+    assert "Attacks: custom (not a preset): APGD-CE-100 → APGD-T-100 (9 targets; after the" in shown
     assert "chained" in shown and "Queries (white-box square linf 0.1): mean" in shown
 
 

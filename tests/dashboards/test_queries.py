@@ -223,7 +223,8 @@ def test_config_labels_name_every_setting_that_differs_from_the_defaults() -> No
         "quick: FGSM, PGD · L∞ 2/255, 4/255, 8/255 · colour default eps · 10 steps"
     )
     standard = {"attacks": ["apgd", "apgd-t", "square"], "chain": True, "restarts": 1,
-                "queries": 5000, "query_probe": 500, "target_stop": 3, "norms": ["linf"],
+                "queries": 5000, "query_probe": 500, "target_stop": 1, "target_screen": 25,
+                "norms": ["linf"],
                 "eps": {"linf": [0.1]}}  # fmt: skip
     assert queries.config_label(standard, "digits", "ab") == (
         "standard: APGD → APGD-T → SQUARE · L∞ 0.1 · 5000 queries · all images · digits · ab"
