@@ -239,6 +239,7 @@ def test_non_json_numbers_are_published_as_readable_lines(ctx, tmp_path) -> None
     g.close()
     assert v.verdict == "refuse"
     [line] = published.read_text().splitlines()
+
     def no_constants(token: str):
         raise AssertionError(f"{token} is no JSON")
 
