@@ -99,7 +99,7 @@ class AuditConfig:
             raise AuditError("--apgd-steps, --queries and --target-classes must be at least 1.")
         if self.query_probe < 0 or self.target_stop < 0 or self.target_screen < 0:
             raise AuditError(
-                "--query-probe, --target-stop and target_screen must be 0 (off) or more."
+                "--query-probe, --target-stop and --target-screen must be 0 (off) or more."
             )
         if self.limit is not None and self.limit < 1:
             raise AuditError("--limit must be at least 1.")

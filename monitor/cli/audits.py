@@ -51,7 +51,7 @@ def audit(
     attack: list[str] = typer.Option(
         None,
         "--attack",
-        help="fgsm, pgd, apgd, apgd-t and/or square (repeatable; replaces the preset's).",
+        help="fgsm, pgd, apgd, apgd-t, fab-t and/or square (repeatable; replaces the preset's).",
     ),
     eps: str | None = typer.Option(
         None,
@@ -79,8 +79,14 @@ def audit(
     target_stop: int | None = typer.Option(
         None,
         "--target-stop",
-        help="APGD-T: after this many targets, go on to the next only while the one before "
-        "fooled any sample (standard: 3; 0: always every target).",
+        help="APGD-T: targets run at the full --apgd-steps, the top ones first (standard: 1; "
+        "0: every target at full strength).",
+    ),
+    target_screen: int | None = typer.Option(
+        None,
+        "--target-screen",
+        help="APGD-T: steps for the targets after the first --target-stop ones, all of them run "
+        "(standard: 25; 0: the old rule, go on only while the target before fooled any).",
     ),
     chain: bool | None = typer.Option(
         None,
@@ -168,6 +174,7 @@ def audit(
         "queries": queries,
         "query_probe": query_probe,
         "target_stop": target_stop,
+        "target_screen": target_screen,
         "chain": chain,
     }
     if endpoint is not None or model is None:
