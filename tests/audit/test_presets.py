@@ -51,7 +51,7 @@ def test_standard_screens_apgd_t_targets_after_the_first_and_thorough_runs_them_
     assert thorough.target_screen == 0 and thorough.hash() == THOROUGH_DIGITS_HASH
     # no APGD-T, no screen: the default audit keeps its hash whatever the setting says
     assert AuditConfig(dataset="digits", target_screen=25).hash() == QUICK_DIGITS_HASH
-    with pytest.raises(AuditError, match="target_screen must be 0"):
+    with pytest.raises(AuditError, match="--target-screen must be 0"):
         AuditConfig(dataset="digits", target_screen=-1)
     with pytest.raises(AuditError, match=r"audit\.target_screen must be an integer"):
         audit_defaults({"target_screen": "25"})
